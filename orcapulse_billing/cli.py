@@ -1,0 +1,172 @@
+"""`orcapulse-billing`: the operator's command line.
+
+Bad input gets one line on stderr and exit status 2; nothing is written. No tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from decimal import Decimal
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import accounts
+from .config import ConfigError, get_settings
+from .db import get_engine, upgrade
+from .ledger import LedgerError, Posting, get_account
+from .models import CreditSource, EntryType
+from .money import MoneyError, fmt4, fmt_balance, parse_amount
+from .seed import DEMO_MEMBER, DEMO_ORG, DEMO_OWNER, seed_demo
+from .services import get_ledger
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UsageError(message)
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        return parse_amount(text)
+    except MoneyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_init_db(args) -> None:
+    upgrade()
+    print("database is at the latest schema")
+
+
+def cmd_seed_demo(args) -> None:
+    settings = get_settings()
+    engine = get_engine()
+    result = seed_demo(engine, get_ledger(engine), welcome_credit=settings.welcome_credit)
+    if result.created:
+        print(f"seeded {DEMO_ORG!r} with {result.entries} entries")
+        print(f"  owner : {DEMO_OWNER[0]} / {DEMO_OWNER[1]}")
+        print(f"  member: {DEMO_MEMBER[0]} / {DEMO_MEMBER[1]}")
+    else:
+        print(f"{DEMO_ORG!r} already exists; nothing seeded (owner {DEMO_OWNER[0]}, member {DEMO_MEMBER[0]})")
+
+
+def cmd_create_org(args) -> None:
+    engine = get_engine()
+    org = accounts.create_organization(
+        engine, get_ledger(engine), args.name, welcome_credit=get_settings().welcome_credit
+    )
+    print(f"created organization {org.id}: {org.name}")
+
+
+def cmd_add_user(args) -> None:
+    engine = get_engine()
+    org = accounts.find_organization(engine, args.org)
+    user, generated = accounts.add_user(engine, org, args.email, args.role, args.password)
+    print(f"{user.email} is now {args.role} of {org.name!r}")
+    if generated:
+        print(f"generated password (shown once): {generated}")
+
+
+def cmd_create_api_key(args) -> None:
+    new = accounts.create_api_key(get_engine(), args.email)
+    print(new.key)
+    print(f"(shown once; stored as a hash; prefix {new.prefix})", file=sys.stderr)
+
+
+def cmd_grant(args) -> None:
+    engine = get_engine()
+    org = accounts.find_organization(engine, args.org)
+    entry_type = EntryType(args.type)
+    if entry_type is EntryType.bonus and args.amount <= 0:
+        raise UsageError("a bonus must be positive")
+    entry = get_ledger(engine).post(
+        Posting(
+            account_id=accounts.account_id_for(engine, org.id),
+            type=entry_type,
+            amount=args.amount,
+            description=args.description,
+            source=CreditSource.manual if args.amount > 0 else None,
+            metadata={"via": "cli", "operator": getpass.getuser()},
+            idempotency_key=args.idempotency_key,
+        )
+    )
+    note = " (already posted with this idempotency key)" if entry.replayed else ""
+    print(f"posted {entry.type} {fmt4(entry.amount_units)} to {org.name!r}; balance {fmt4(entry.balance_after_units)}{note}")
+
+
+def cmd_balance(args) -> None:
+    engine = get_engine()
+    org = accounts.find_organization(engine, args.org)
+    with engine.connect() as conn:
+        acct = get_account(conn, organization_id=org.id)
+    print(
+        f"{org.name}: balance {fmt_balance(acct.balance_units)} ({fmt4(acct.balance_units)} credits), "
+        f"added {fmt4(acct.lifetime_added_units)}, consumed {fmt4(acct.lifetime_consumed_units)}, "
+        f"{acct.transaction_count} transactions"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="orcapulse-billing", description="OrcaPulse Billing operator commands")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("init-db", help="apply all migrations").set_defaults(func=cmd_init_db)
+    sub.add_parser("seed-demo", help="create the demo organisation once").set_defaults(func=cmd_seed_demo)
+
+    p = sub.add_parser("create-org", help="create an organization (with its welcome credit)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_create_org)
+
+    p = sub.add_parser("add-user", help="add a user to an organization")
+    p.add_argument("org", help="organization id or name")
+    p.add_argument("email")
+    p.add_argument("--role", required=True, choices=["owner", "admin", "member"])
+    p.add_argument("--password", help="at least 8 characters; generated and printed when omitted")
+    p.set_defaults(func=cmd_add_user)
+
+    p = sub.add_parser("create-api-key", help="create an API key for a user (printed once)")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_create_api_key)
+
+    p = sub.add_parser("grant", help="post a manual credit or adjustment")
+    p.add_argument("org", help="organization id or name")
+    p.add_argument("amount", type=_amount, help="credits, up to 4 decimals (adjustments may be negative)")
+    p.add_argument("--type", required=True, choices=["bonus", "adjustment"])
+    p.add_argument("--description", required=True)
+    p.add_argument("--idempotency-key")
+    p.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser("balance", help="show an organization's balance")
+    p.add_argument("org", help="organization id or name")
+    p.set_defaults(func=cmd_balance)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+        return 0
+    except UsageError as exc:
+        print(f"orcapulse-billing: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (accounts.AccountsError, LedgerError, MoneyError, ConfigError) as exc:
+        print(f"orcapulse-billing: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SQLAlchemyError as exc:
+        first_line = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0]
+        print(f"orcapulse-billing: database error: {first_line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""The credit ledger: the only code that changes a balance.
+
+`Ledger.post` writes one append-only entry and moves the account's aggregates in the same
+database transaction:
+
+* the account row is changed by one conditional UPDATE (`balance + amount >= floor`) that also
+  takes the row lock, so parallel writers queue on it, never lose an update and never pass the floor;
+* the entry records balance_before/balance_after from that UPDATE's RETURNING, and its `seq` is the
+  account's new transaction count (gap-free per account);
+* an idempotency key is unique per account: the same key returns the first entry unchanged, the
+  same key with other parameters raises `IdempotencyConflict`. The UPDATE itself skips a key that
+  is already posted; two writers racing with one new key meet at the unique index, and the loser
+  rolls back and retries as a replay.
+
+On PostgreSQL the UPDATE and the INSERT are one statement (a data-modifying CTE), one round trip.
+SQLite has no DML in CTEs, so there it is two statements inside `BEGIN IMMEDIATE`, funnelled through
+one in-process writer lock (SQLite allows one writer per file anyway).
+
+Plain Python and SQLAlchemy Core: nothing here imports Reflex.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterator, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .db import as_utc, is_sqlite
+from .models import CreditSource, EntryType, JsonType
+from .money import MoneyError, from_units, parse_amount, to_units
+
+MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
+NO_FLOOR_UNITS = -(2**62)
+
+
+class LedgerError(Exception):
+    code = "ledger_error"
+
+
+class InvalidPosting(LedgerError):
+    code = "invalid_posting"
+
+
+class AccountNotFound(LedgerError):
+    code = "account_not_found"
+
+
+class InsufficientCredits(LedgerError):
+    code = "insufficient_credits"
+
+    def __init__(self, balance: Decimal, amount: Decimal, floor: Decimal):
+        self.balance, self.amount, self.floor = balance, amount, floor
+        super().__init__(
+            f"insufficient credits: balance {balance:.4f}, debit {-amount:.4f} would pass the floor {floor:.4f}"
+        )
+
+
+class IdempotencyConflict(LedgerError):
+    code = "idempotency_conflict"
+
+
+_DEFAULT_SOURCE = {
+    EntryType.purchase: CreditSource.purchase,
+    EntryType.bonus: CreditSource.bonus,
+    EntryType.refund: CreditSource.refund,
+    EntryType.adjustment: CreditSource.manual,
+}
+
+
+@dataclass(frozen=True)
+class Posting:
+    """What to post. `amount` is signed: credits positive, debits negative.
+
+    `floor` is the lowest balance a debit may leave (default: minus the grace limit). Credits are
+    never refused by the floor.
+    """
+
+    account_id: int
+    type: EntryType | str
+    amount: Decimal | int | str
+    description: str
+    category: str | None = None
+    source: CreditSource | str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    actor_user_id: int | None = None
+    actor_ip: str | None = None
+    idempotency_key: str | None = None
+    floor: Decimal | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PostedEntry:
+    id: int
+    account_id: int
+    seq: int
+    type: str
+    source: str | None
+    amount_units: int
+    balance_before_units: int
+    balance_after_units: int
+    description: str
+    category: str | None
+    metadata: dict
+    actor_user_id: int | None
+    actor_ip: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    replayed: bool = False  # True when an idempotency key returned an earlier entry
+
+    @property
+    def amount(self) -> Decimal:
+        return from_units(self.amount_units)
+
+    @property
+    def balance_before(self) -> Decimal:
+        return from_units(self.balance_before_units)
+
+    @property
+    def balance_after(self) -> Decimal:
+        return from_units(self.balance_after_units)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    account_id: int
+    type: str
+    source: str | None
+    amount: int
+    floor: int
+    description: str
+    category: str | None
+    metadata: dict
+    actor_user_id: int | None
+    actor_ip: str | None
+    idempotency_key: str | None
+    created_at: datetime
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "type": self.type,
+            "source": self.source,
+            "amount": self.amount,
+            "added": max(self.amount, 0),
+            "consumed": max(-self.amount, 0),
+            "floor": self.floor,
+            "description": self.description,
+            "category": self.category,
+            "metadata": self.metadata,
+            "actor_user_id": self.actor_user_id,
+            "actor_ip": self.actor_ip,
+            "idempotency_key": self.idempotency_key,
+            "created_at": self.created_at,
+        }
+
+
+_UPDATE_ACCOUNT = """
+UPDATE credit_account
+   SET balance = balance + :amount,
+       lifetime_added = lifetime_added + :added,
+       lifetime_consumed = lifetime_consumed + :consumed,
+       transaction_count = transaction_count + 1,
+       version = version + 1,
+       updated_at = :created_at
+ WHERE id = :account_id AND balance + :amount >= :floor
+   AND NOT EXISTS (SELECT 1 FROM ledger_entry
+                    WHERE account_id = :account_id AND idempotency_key = :idempotency_key)
+RETURNING balance, transaction_count
+"""
+
+_ENTRY_COLUMNS = (
+    "id, account_id, seq, type, source, amount, balance_before, balance_after, description, category, "
+    "metadata, actor_user_id, actor_ip, idempotency_key, created_at"
+)
+_INSERT_COLUMNS = (
+    "account_id, seq, type, source, amount, balance_before, balance_after, description, category, "
+    "metadata, actor_user_id, actor_ip, idempotency_key, created_at"
+)
+
+_TYPED = (
+    sa.bindparam("metadata", type_=JsonType),
+    sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
+)
+
+_RESULT_TYPES = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
+
+# PostgreSQL: one statement, one round trip. Explicit casts because parameters in a SELECT list
+# are not typed by the INSERT's target columns.
+_PG_POST = sa.text(
+    f"""
+WITH acct AS ({_UPDATE_ACCOUNT})
+INSERT INTO ledger_entry ({_INSERT_COLUMNS})
+SELECT CAST(:account_id AS INTEGER), acct.transaction_count, CAST(:type AS VARCHAR), CAST(:source AS VARCHAR),
+       CAST(:amount AS BIGINT), acct.balance - CAST(:amount AS BIGINT), acct.balance,
+       CAST(:description AS VARCHAR), CAST(:category AS VARCHAR), CAST(:metadata AS JSONB),
+       CAST(:actor_user_id AS INTEGER), CAST(:actor_ip AS VARCHAR), CAST(:idempotency_key AS VARCHAR),
+       CAST(:created_at AS TIMESTAMPTZ)
+  FROM acct
+RETURNING {_ENTRY_COLUMNS}
+"""
+).bindparams(*_TYPED).columns(**_RESULT_TYPES)
+
+_SQLITE_UPDATE = sa.text(_UPDATE_ACCOUNT).bindparams(_TYPED[1])
+_SQLITE_INSERT = sa.text(
+    f"""
+INSERT INTO ledger_entry ({_INSERT_COLUMNS})
+VALUES (:account_id, :seq, :type, :source, :amount, :balance_before, :balance_after, :description, :category,
+        :metadata, :actor_user_id, :actor_ip, :idempotency_key, :created_at)
+RETURNING {_ENTRY_COLUMNS}
+"""
+).bindparams(*_TYPED).columns(**_RESULT_TYPES)
+
+_FIND_BY_KEY = sa.text(
+    f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id AND idempotency_key = :key"
+).columns(**_RESULT_TYPES)
+
+_ACCOUNT_BALANCE = sa.text("SELECT balance FROM credit_account WHERE id = :account_id")
+
+
+def _entry_from_row(row: Any, *, replayed: bool = False) -> PostedEntry:
+    m = row._mapping
+    return PostedEntry(
+        id=m["id"],
+        account_id=m["account_id"],
+        seq=m["seq"],
+        type=m["type"],
+        source=m["source"],
+        amount_units=m["amount"],
+        balance_before_units=m["balance_before"],
+        balance_after_units=m["balance_after"],
+        description=m["description"],
+        category=m["category"],
+        metadata=dict(m["metadata"] or {}),
+        actor_user_id=m["actor_user_id"],
+        actor_ip=m["actor_ip"],
+        idempotency_key=m["idempotency_key"],
+        created_at=as_utc(m["created_at"]),
+        replayed=replayed,
+    )
+
+
+class Ledger:
+    def __init__(self, engine: Engine, *, grace_limit: Decimal):
+        self.engine = engine
+        self.default_floor = to_units(-grace_limit)
+        self._sqlite = is_sqlite(engine)
+        # SQLite has one writer per file; queueing in-process beats spinning on the busy timeout.
+        self._write_lock = threading.Lock() if self._sqlite else None
+
+    # -- public API -------------------------------------------------------------------------
+
+    def post(self, posting: Posting) -> PostedEntry:
+        """Post one entry in its own transaction."""
+        return self.post_many([posting])[0]
+
+    def post_many(self, postings: list[Posting]) -> list[PostedEntry]:
+        """Post several entries all-or-nothing in one transaction (e.g. a purchase and its bonus)."""
+        prepared = [self._prepare(p) for p in postings]
+        try:
+            with self.transaction() as conn:
+                return [self._apply(conn, p) for p in prepared]
+        except IntegrityError:
+            # A concurrent writer committed one of our idempotency keys first; our transaction
+            # rolled back as a whole. Retry once: the keyed postings now resolve as replays.
+            with self.transaction() as conn:
+                return [self._apply(conn, p) for p in prepared]
+
+    def post_in(self, conn: Connection, posting: Posting) -> PostedEntry:
+        """Post inside the caller's transaction (which must hold the write lock on SQLite: use
+        `Ledger.transaction()`), so that other writes commit or roll back with the entry."""
+        prepared = self._prepare(posting)
+        try:
+            with conn.begin_nested():
+                return self._apply(conn, prepared)
+        except IntegrityError:
+            if prepared.idempotency_key is None:
+                raise
+            existing = conn.execute(
+                _FIND_BY_KEY, {"account_id": prepared.account_id, "key": prepared.idempotency_key}
+            ).first()
+            if existing is None:
+                raise
+            return self._replay(existing, prepared)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: `BEGIN IMMEDIATE` under the writer lock on SQLite."""
+        with self._write_lock or nullcontext():
+            opts = {"sqlite_immediate": True} if self._sqlite else {}
+            with self.engine.connect().execution_options(**opts) as conn, conn.begin():
+                yield conn
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _prepare(self, p: Posting) -> _Prepared:
+        try:
+            entry_type = EntryType(p.type)
+        except ValueError:
+            raise InvalidPosting(f"unknown entry type {p.type!r}") from None
+        if isinstance(p.amount, float):
+            raise InvalidPosting("amounts must be Decimal, int or str, never float")
+        try:
+            exact = parse_amount(p.amount, max_places=None)
+        except MoneyError as exc:
+            raise InvalidPosting(str(exc)) from None
+        if abs(exact) > MAX_AMOUNT:
+            raise InvalidPosting(f"amount {exact} is out of range")
+        units = to_units(exact)  # half-up to 4 places, here and nowhere later
+        if units == 0:
+            raise InvalidPosting("amount must not be zero (after rounding to 4 places)")
+        if entry_type in (EntryType.purchase, EntryType.bonus) and units < 0:
+            raise InvalidPosting(f"a {entry_type.value} must be a credit (positive amount)")
+        if entry_type is EntryType.usage and units > 0:
+            raise InvalidPosting("usage must be a debit (negative amount)")
+        source = p.source
+        if units > 0:
+            source = source or _DEFAULT_SOURCE.get(entry_type)
+            try:
+                source = CreditSource(source).value
+            except ValueError:
+                raise InvalidPosting(f"unknown credit source {p.source!r}") from None
+        elif source is not None:
+            raise InvalidPosting("only credits carry a source")
+        description = (p.description or "").strip()
+        if not description or len(description) > 500:
+            raise InvalidPosting("description must be 1 to 500 characters")
+        if p.category is not None and not (0 < len(p.category) <= 32):
+            raise InvalidPosting("category must be 1 to 32 characters")
+        if p.idempotency_key is not None and not (0 < len(p.idempotency_key) <= 200):
+            raise InvalidPosting("idempotency key must be 1 to 200 characters")
+        if units > 0:
+            floor = NO_FLOOR_UNITS
+        elif p.floor is None:
+            floor = self.default_floor
+        else:
+            floor = to_units(p.floor)
+        created_at = as_utc(p.created_at) if p.created_at else datetime.now(timezone.utc)
+        return _Prepared(
+            account_id=p.account_id,
+            type=entry_type.value,
+            source=source,
+            amount=units,
+            floor=floor,
+            description=description,
+            category=p.category,
+            metadata=dict(p.metadata),
+            actor_user_id=p.actor_user_id,
+            actor_ip=p.actor_ip,
+            idempotency_key=p.idempotency_key,
+            created_at=created_at,
+        )
+
+    def _apply(self, conn: Connection, p: _Prepared) -> PostedEntry:
+        params = p.params()
+        if self._sqlite:
+            row = self._apply_sqlite(conn, params)
+        else:
+            row = conn.execute(_PG_POST, params).first()
+        if row is not None:
+            return _entry_from_row(row)
+        # Nothing was written: an earlier entry with this key, a missing account, or the floor.
+        if p.idempotency_key is not None:
+            existing = conn.execute(_FIND_BY_KEY, {"account_id": p.account_id, "key": p.idempotency_key}).first()
+            if existing is not None:
+                return self._replay(existing, p)
+        balance = conn.execute(_ACCOUNT_BALANCE, {"account_id": p.account_id}).scalar()
+        if balance is None:
+            raise AccountNotFound(f"no credit account {p.account_id}")
+        raise InsufficientCredits(from_units(balance), from_units(p.amount), from_units(p.floor))
+
+    @staticmethod
+    def _apply_sqlite(conn: Connection, params: dict[str, Any]) -> Any:
+        acct = conn.execute(_SQLITE_UPDATE, params).first()
+        if acct is None:
+            return None
+        balance, seq = acct
+        return conn.execute(
+            _SQLITE_INSERT,
+            {**params, "seq": seq, "balance_before": balance - params["amount"], "balance_after": balance},
+        ).first()
+
+    @staticmethod
+    def _replay(row: Any, p: _Prepared) -> PostedEntry:
+        entry = _entry_from_row(row, replayed=True)
+        mine = (p.type, p.amount, p.source, p.category, p.description)
+        theirs = (entry.type, entry.amount_units, entry.source, entry.category, entry.description)
+        if mine != theirs:
+            raise IdempotencyConflict(
+                f"idempotency key {p.idempotency_key!r} was already used with different parameters"
+            )
+        return entry
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    id: int
+    organization_id: int
+    currency: str
+    balance_units: int
+    lifetime_added_units: int
+    lifetime_consumed_units: int
+    transaction_count: int
+    version: int
+
+    @property
+    def balance(self) -> Decimal:
+        return from_units(self.balance_units)
+
+
+def get_account(conn: Connection, *, account_id: int | None = None, organization_id: int | None = None):
+    where, value = ("id", account_id) if account_id is not None else ("organization_id", organization_id)
+    row = conn.execute(
+        sa.text(
+            "SELECT id, organization_id, currency, balance, lifetime_added, lifetime_consumed, "
+            f"transaction_count, version FROM credit_account WHERE {where} = :v"
+        ),
+        {"v": value},
+    ).first()
+    if row is None:
+        raise AccountNotFound(f"no credit account for {where}={value}")
+    return AccountSnapshot(
+        id=row[0],
+        organization_id=row[1],
+        currency=row[2],
+        balance_units=row[3],
+        lifetime_added_units=row[4],
+        lifetime_consumed_units=row[5],
+        transaction_count=row[6],
+        version=row[7],
+    )
+
+
+def check_invariants(conn: Connection, account_id: int) -> list[str]:
+    """Every way the account row and its entries must agree; returns the violations (empty = sound)."""
+    acct = get_account(conn, account_id=account_id)
+    total, count, max_seq, added, consumed = conn.execute(
+        sa.text(
+            "SELECT COALESCE(SUM(amount), 0), COUNT(*), COALESCE(MAX(seq), 0), "
+            "COALESCE(SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END), 0) "
+            "FROM ledger_entry WHERE account_id = :a"
+        ),
+        {"a": account_id},
+    ).one()
+    last_after = conn.execute(
+        sa.text("SELECT balance_after FROM ledger_entry WHERE account_id = :a ORDER BY seq DESC LIMIT 1"),
+        {"a": account_id},
+    ).scalar()
+    broken_chain = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM ledger_entry e JOIN ledger_entry p "
+            "ON p.account_id = e.account_id AND p.seq = e.seq - 1 "
+            "WHERE e.account_id = :a AND e.balance_before <> p.balance_after"
+        ),
+        {"a": account_id},
+    ).scalar()
+    problems = []
+    if acct.balance_units != total:
+        problems.append(f"balance {acct.balance_units} != sum(amounts) {total}")
+    if count and acct.balance_units != last_after:
+        problems.append(f"balance {acct.balance_units} != last balance_after {last_after}")
+    if acct.transaction_count != count or max_seq != count:
+        problems.append(f"transaction_count {acct.transaction_count}, entries {count}, max seq {max_seq}")
+    if acct.lifetime_added_units != added or acct.lifetime_consumed_units != consumed:
+        problems.append("lifetime aggregates disagree with the entries")
+    if broken_chain:
+        problems.append(f"{broken_chain} entries whose balance_before is not the previous balance_after")
+    return problems

@@ -1,0 +1,148 @@
+"""All tables, in one place. Created only through Alembic migrations (alembic/versions/).
+
+Money columns hold integer ten-thousandths of a credit (see money.py): exact on SQLite and
+PostgreSQL alike, and cheap to add in SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Field, SQLModel
+
+# A 64-bit id on PostgreSQL; SQLite only auto-increments an "INTEGER PRIMARY KEY".
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JsonType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_column=sa.Column(sa.DateTime(timezone=True), **kw))
+
+
+class Role(str, Enum):
+    owner = "owner"
+    admin = "admin"
+    member = "member"
+
+
+class EntryType(str, Enum):
+    purchase = "purchase"
+    bonus = "bonus"
+    usage = "usage"
+    refund = "refund"
+    adjustment = "adjustment"
+
+
+class CreditSource(str, Enum):
+    """Where a credit (a positive entry) came from; per-grant expiry and burn order build on it."""
+
+    purchase = "purchase"
+    bonus = "bonus"
+    welcome = "welcome"
+    manual = "manual"
+    refund = "refund"
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organization"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    created_at: datetime = _ts(nullable=False)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "app_user"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))
+    password_hash: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "membership"
+    __table_args__ = (sa.UniqueConstraint("user_id", "organization_id", name="uq_membership_user_org"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
+    organization_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
+    )
+    role: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_key"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False, index=True))
+    prefix: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    key_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    created_at: datetime = _ts(nullable=False)
+    last_used_at: Optional[datetime] = _ts(nullable=True)
+    revoked_at: Optional[datetime] = _ts(nullable=True)
+
+
+class CreditAccount(SQLModel, table=True):
+    """One per organization. The aggregates move in the same transaction as every posting, so
+    `balance == lifetime_added - lifetime_consumed == sum(entry amounts)` at every commit, and
+    `transaction_count` is the last entry's `seq`."""
+
+    __tablename__ = "credit_account"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    organization_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, unique=True)
+    )
+    currency: str = Field(sa_column=sa.Column(sa.String(3), nullable=False, server_default="USD"))
+    balance: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    lifetime_added: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    lifetime_consumed: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    transaction_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only. `seq` is gap-free per account (1, 2, 3, ...) in posting order."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "seq", name="uq_ledger_entry_account_seq"),
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_ledger_entry_account_idem"),
+        sa.Index("ix_ledger_entry_account_created", "account_id", "created_at", "id"),
+        sa.Index("ix_ledger_entry_account_type_seq", "account_id", "type", "seq"),
+        sa.CheckConstraint("balance_after = balance_before + amount", name="ck_ledger_entry_balance_math"),
+        sa.CheckConstraint("amount <> 0", name="ck_ledger_entry_nonzero"),
+        sa.CheckConstraint("amount < 0 OR source IS NOT NULL", name="ck_ledger_entry_credit_source"),
+    )
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
+    seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    type: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    source: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    balance_before: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    balance_after: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    description: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
+    category: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    # "metadata" is reserved on declarative classes, hence the attribute name.
+    entry_metadata: dict = Field(default_factory=dict, sa_column=sa.Column("metadata", JsonType, nullable=False))
+    actor_user_id: Optional[int] = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    actor_ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    idempotency_key: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    created_at: datetime = _ts(nullable=False)

@@ -1,0 +1,21 @@
+"""Wiring: the process's engine and ledger, built from configuration. Faces (CLI, REST, Reflex,
+jobs) take their collaborators from here instead of constructing them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy.engine import Engine
+
+from .config import get_settings
+from .db import get_engine
+from .ledger import Ledger
+
+
+@lru_cache(maxsize=8)
+def _ledger_for(engine: Engine) -> Ledger:
+    return Ledger(engine, grace_limit=get_settings().grace_limit)
+
+
+def get_ledger(engine: Engine | None = None) -> Ledger:
+    return _ledger_for(engine or get_engine())

@@ -1,0 +1,96 @@
+"""Shared fixtures: real databases (a SQLite file and a fresh PostgreSQL database per session).
+
+A missing service is a failure, never a skip: the test command (scripts/test) starts PostgreSQL
+and Redis where none answers, so absence means the set-up is broken.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from orcapulse_billing.accounts import account_id_for, create_organization
+from orcapulse_billing.db import make_engine, upgrade
+from orcapulse_billing.ledger import Ledger
+
+GRACE = Decimal("5.00")
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin_engine():
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is needed at {POSTGRES_ADMIN_URL} and does not answer: {exc.orig}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pg_database_factory():
+    """Creates empty PostgreSQL databases and drops them at the end of the session."""
+    admin = None
+    created: list[str] = []
+
+    def create() -> str:
+        nonlocal admin
+        admin = admin or _pg_admin_engine()
+        name = f"opb_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return str(sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
+
+    yield create
+    if admin is not None:
+        with admin.connect() as conn:
+            for name in created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_database_factory) -> str:
+    url = pg_database_factory()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'ledger.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_url(request) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture(scope="session")
+def engine(db_url):
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def ledger(engine) -> Ledger:
+    return Ledger(engine, grace_limit=GRACE)
+
+
+@pytest.fixture
+def new_account(engine, ledger):
+    """Creates a fresh organization (no welcome credit unless asked) and returns its account id."""
+
+    def make(welcome: Decimal = Decimal(0)) -> int:
+        org = create_organization(engine, ledger, f"org-{uuid.uuid4().hex[:10]}", welcome_credit=welcome)
+        return account_id_for(engine, org.id)
+
+    return make
