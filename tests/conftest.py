@@ -94,3 +94,63 @@ def new_account(engine, ledger):
         return account_id_for(engine, org.id)
 
     return make
+
+
+# -- the app in a real browser ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app_database(tmp_path_factory) -> str:
+    """The app's own database: migrated and seeded with the demo organisation."""
+    from orcapulse_billing.config import get_settings
+    from orcapulse_billing.seed import seed_demo
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('app') / 'app.db'}"
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    upgrade(url)
+    engine = make_engine(url)
+    seed_demo(engine, Ledger(engine, grace_limit=GRACE), welcome_credit=Decimal("5.00"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def app(app_database):
+    """The Reflex app started once per session on loopback."""
+    from .browser import ROOT, reflex_environment
+
+    reflex_environment()
+    from reflex.testing import AppHarness
+
+    with AppHarness.create(root=ROOT, app_name="orcapulse_billing") as harness:
+        # The harness serves the page on "localhost" but points its socket at 127.0.0.1; one host
+        # name keeps cookies working.
+        harness.base_url = harness.frontend_url.replace("localhost", "127.0.0.1").rstrip("/")
+        yield harness
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from .browser import CHROMIUM_ARGS, chromium_path
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser context per test; a screenshot of the end state goes to test-artifacts/."""
+    from .browser import screenshot_name
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    tab = context.new_page()
+    yield tab
+    try:
+        tab.screenshot(path=str(screenshot_name(request.node.nodeid)), full_page=True)
+    finally:
+        context.close()

@@ -1,0 +1,65 @@
+# Shared set-up for scripts/run and scripts/test (sourced, not executed).
+# Idempotent: each step is skipped when what it makes is already there and current.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+VENV="$ROOT/.venv"
+BUN_VERSION="1.4.4"
+
+log() { printf '\033[1;35m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+  log "installing Debian packages: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q "$@" >/dev/null 2>&1 || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q "$@" >/dev/null; }
+}
+
+find_python() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "$candidate"; return
+    fi
+  done
+  die "Python 3.11 is required"
+}
+
+# Python packages, pinned by requirements.lock; $1 is the extras ("" or "[test]").
+setup_python() {
+  local extras="${1:-}" stamp
+  [ -x "$VENV/bin/python" ] || { log "creating virtualenv .venv"; "$(find_python)" -m venv "$VENV"; }
+  stamp="$VENV/.installed-$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)${extras//[^a-z]/}"
+  if [ ! -f "$stamp" ]; then
+    log "installing Python packages (pinned in requirements.lock)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/requirements.lock" -e "$ROOT$extras" 2>&1 \
+      | grep -v "^WARNING: Location" >&2 || true
+    "$VENV/bin/python" -c 'import orcapulse_billing, reflex' || die "Python packages did not install"
+    touch "$stamp"
+  fi
+}
+
+# bun from the npm registry into .tools/ (Reflex's own installer needs the internet).
+setup_bun() {
+  export NPM_CONFIG_REGISTRY="${NPM_CONFIG_REGISTRY:-$(npm config get registry 2>/dev/null)}"
+  if [ "$("$TOOLS/node_modules/.bin/bun" --version 2>/dev/null)" != "$BUN_VERSION" ]; then
+    log "installing bun $BUN_VERSION from the npm registry into .tools/"
+    mkdir -p "$TOOLS"
+    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "bun@$BUN_VERSION" >/dev/null
+    [ "$("$TOOLS/node_modules/.bin/bun" --version)" = "$BUN_VERSION" ] || die "bun $BUN_VERSION did not install"
+  fi
+  export REFLEX_BUN_PATH="$TOOLS/node_modules/.bin/bun"
+  export REFLEX_DIR="$TOOLS/reflex"
+  export BUN_INSTALL_CACHE_DIR="$TOOLS/bun-cache"
+  export REFLEX_CHECK_LATEST_VERSION=0
+  export REFLEX_TELEMETRY_ENABLED=false
+}
+
+setup_database() {
+  "$VENV/bin/orcapulse-billing" init-db >/dev/null
+  "$VENV/bin/orcapulse-billing" seed-demo
+}

@@ -1,0 +1,125 @@
+"""The operator CLI, run as a real process against a real database file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orcapulse_billing.accounts import hash_api_key, verify_password
+
+CLI = str(Path(sys.executable).with_name("orcapulse-billing"))
+
+
+def _make_cli(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {**os.environ, "DATABASE_URL": url, "WELCOME_CREDIT": "5.00"}
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+        if ok:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    run("init-db")
+    run.engine = sa.create_engine(url)
+    return run
+
+
+@pytest.fixture
+def cli(tmp_path):
+    run = _make_cli(tmp_path)
+    yield run
+    run.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def acme_cli(tmp_path_factory):
+    """One database for the bad-input cases: each of them must leave it unchanged anyway."""
+    run = _make_cli(tmp_path_factory.mktemp("cli"))
+    run("create-org", "Acme")
+    yield run
+    run.engine.dispose()
+
+
+def _snapshot(engine):
+    with engine.connect() as conn:
+        counts = [conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+                  for t in ("organization", "app_user", "membership", "ledger_entry", "api_key")]
+        return counts, conn.execute(sa.text("SELECT * FROM credit_account")).all()
+
+
+def _balance(cli, org="Acme"):
+    return cli("balance", org).stdout
+
+
+def test_create_org_add_users_grant_and_balance(cli):
+    assert "created organization 1: Acme" in cli("create-org", "Acme").stdout
+    assert "balance $5.00 (5.0000 credits)" in _balance(cli)  # the welcome credit
+    out = cli("add-user", "Acme", "Owner@Acme.test", "--role", "owner", "--password", "correct horse").stdout
+    assert "owner@acme.test is now owner of 'Acme'" in out
+    generated = cli("add-user", "1", "member@acme.test", "--role", "member").stdout.split("shown once): ")[1].strip()
+    out = cli("grant", "Acme", "12.3456", "--type", "bonus", "--description", "Startup grant credit - Approved application")
+    assert "balance 17.3456" in out.stdout
+    cli("grant", "Acme", "-2.3456", "--type", "adjustment", "--description", "Manual correction")
+    assert "balance $15.00 (15.0000 credits), added 17.3456, consumed 2.3456, 3 transactions" in _balance(cli)
+    with cli.engine.connect() as conn:
+        hashes = dict(conn.execute(sa.text("SELECT email, password_hash FROM app_user")).all())
+        sources = conn.execute(sa.text("SELECT type, source FROM ledger_entry ORDER BY seq")).all()
+    assert verify_password(hashes["owner@acme.test"], "correct horse")
+    assert verify_password(hashes["member@acme.test"], generated)
+    assert hashes["owner@acme.test"].startswith("$argon2")
+    assert [tuple(r) for r in sources] == [("bonus", "welcome"), ("bonus", "manual"), ("adjustment", None)]
+
+
+def test_api_key_is_printed_once_and_stored_as_hash(cli):
+    cli("create-org", "Acme")
+    cli("add-user", "Acme", "dev@acme.test", "--role", "admin", "--password", "longenough")
+    key = cli("create-api-key", "dev@acme.test").stdout.strip()
+    assert key.startswith("opb_") and len(key) > 40
+    with cli.engine.connect() as conn:
+        prefix, key_hash = conn.execute(sa.text("SELECT prefix, key_hash FROM api_key")).one()
+    assert key_hash == hash_api_key(key) and key not in key_hash and key.startswith(prefix)
+
+
+def test_grant_with_idempotency_key_posts_once(cli):
+    cli("create-org", "Acme")
+    for _ in range(2):
+        out = cli("grant", "Acme", "10", "--type", "bonus", "--description", "promo", "--idempotency-key", "promo-1")
+    assert "already posted" in out.stdout
+    assert "balance $15.00" in _balance(cli)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["grant", "Acme", "1.23456", "--type", "bonus", "--description", "x"], "at most 4 decimal places"),
+        (["grant", "Acme", "abc", "--type", "bonus", "--description", "x"], "not a number"),
+        (["grant", "Acme", "-1", "--type", "bonus", "--description", "x"], "a bonus must be positive"),
+        (["grant", "Acme", "1", "--type", "purchase", "--description", "x"], "invalid choice"),
+        (["grant", "Acme", "-100", "--type", "adjustment", "--description", "x"], "insufficient credits"),
+        (["grant", "Nobody", "1", "--type", "bonus", "--description", "x"], "no organization 'Nobody'"),
+        (["grant", "Acme", "1", "--type", "bonus"], "--description"),
+        (["add-user", "Acme", "not-an-email", "--role", "member"], "not an email address"),
+        (["add-user", "Acme", "a@b.test", "--role", "boss"], "invalid choice"),
+        (["add-user", "Acme", "a@b.test", "--role", "member", "--password", "short"], "at least 8 characters"),
+        (["create-org", "Acme"], "already exists"),
+        (["create-org", ""], "1 to 200 characters"),
+        (["create-api-key", "ghost@acme.test"], "no user"),
+        (["balance", "42"], "no organization"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(acme_cli, args, message):
+    cli = acme_cli
+    before = _snapshot(cli.engine)
+    result = cli(*args, ok=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert _snapshot(cli.engine) == before
