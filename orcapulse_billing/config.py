@@ -41,6 +41,17 @@ def _list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in (_env(name, "") or "").split(",") if part.strip())
 
 
+def _int(name: str, default: int) -> int:
+    try:
+        return int(_env(name, str(default)))
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer") from None
+
+
+def _flag(name: str, default: bool) -> bool:
+    return (_env(name, "true" if default else "false") or "").lower() in ("1", "true", "yes", "on")
+
+
 def default_data_dir() -> Path:
     return Path(_env("ORCAPULSE_DATA_DIR", str(PROJECT_ROOT / "data")))
 
@@ -70,14 +81,13 @@ class Settings:
     smtp_password: str | None
     smtp_from: str
     smtp_starttls: bool
+    session_ttl_hours: int
+    cookie_secure: bool
 
 
 def load_settings() -> Settings:
     data_dir = default_data_dir()
-    try:
-        smtp_port = int(_env("SMTP_PORT", "587"))
-    except ValueError:
-        raise ConfigError("SMTP_PORT must be an integer") from None
+    smtp_port = _int("SMTP_PORT", 587)
     return Settings(
         database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'orcapulse.db'}"),
         redis_url=_env("REDIS_URL"),
@@ -101,7 +111,9 @@ def load_settings() -> Settings:
         smtp_user=_env("SMTP_USER"),
         smtp_password=_env("SMTP_PASSWORD"),
         smtp_from=_env("SMTP_FROM", "billing@orcapulse.local"),
-        smtp_starttls=(_env("SMTP_STARTTLS", "true") or "").lower() in ("1", "true", "yes"),
+        smtp_starttls=_flag("SMTP_STARTTLS", True),
+        session_ttl_hours=_int("SESSION_TTL_HOURS", 168),
+        cookie_secure=_flag("COOKIE_SECURE", False),
     )
 
 

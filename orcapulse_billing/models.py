@@ -146,3 +146,69 @@ class LedgerEntry(SQLModel, table=True):
     actor_ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
     idempotency_key: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     created_at: datetime = _ts(nullable=False)
+
+
+class AuthSession(SQLModel, table=True):
+    """A signed-in browser. Only the token's hash is stored; the token rides in an HttpOnly cookie."""
+
+    __tablename__ = "auth_session"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    token_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False, index=True))
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    revoked_at: Optional[datetime] = _ts(nullable=True)
+    ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    user_agent: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+
+
+class AuditLog(SQLModel, table=True):
+    """Settings changes and sign-ins: who, what, when, from where. (Credit changes carry the same on
+    their ledger entries.)"""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_org_created", "organization_id", "created_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    organization_id: Optional[int] = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=True)
+    )
+    user_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True))
+    action: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    details: dict = Field(default_factory=dict, sa_column=sa.Column(JsonType, nullable=False))
+    ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    created_at: datetime = _ts(nullable=False)
+
+
+class BillingSession(SQLModel, table=True):
+    """One usage event (a call, a chat, a batch) with its cost breakdown, linked to its ledger entry."""
+
+    __tablename__ = "billing_session"
+    __table_args__ = (sa.UniqueConstraint("account_id", "external_id", name="uq_billing_session_account_external"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
+    external_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    ledger_entry_id: Optional[int] = Field(
+        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True, index=True)
+    )
+    operation: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    agent_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    agent_name: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    architecture: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
+    # quantities are decimals kept as exact strings ("3.5" minutes)
+    duration_minutes: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    message_count: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    started_at: Optional[datetime] = _ts(nullable=True)
+    ended_at: Optional[datetime] = _ts(nullable=True)
+    transcript: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    recording_url: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
+    analysis: Optional[dict] = Field(default=None, sa_column=sa.Column(JsonType, nullable=True))
+    cost_base: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    cost_llm: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    cost_stt: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    cost_tts: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    cost_total: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    created_at: datetime = _ts(nullable=False)

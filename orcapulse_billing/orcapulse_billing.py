@@ -2,7 +2,7 @@
 
 import reflex as rx
 
-from .api import api_app
-from .pages import overview  # noqa: F401  (registers the page)
+from .api import create_api_app
+from .pages import billing, login  # noqa: F401  (register the pages)
 
-app = rx.App(api_transformer=api_app)
+app = rx.App(api_transformer=create_api_app())

@@ -70,3 +70,37 @@ SESSION_COMPONENTS: dict[str, SessionComponents] = {
 def session_cost(architecture: str, quantity: Decimal) -> tuple[Decimal, dict[str, Decimal]]:
     breakdown = SESSION_COMPONENTS[architecture].breakdown(quantity)
     return sum(breakdown.values(), Decimal(0)), breakdown
+
+
+# OpenAI provider cost in USD per 1M tokens (input, output); billed with the configured markup.
+OPENAI_MODELS: dict[str, tuple[Decimal, Decimal]] = {
+    "gpt-4o": (Decimal("2.50"), Decimal("10.00")),
+    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60")),
+    "gpt-4.1": (Decimal("2.00"), Decimal("8.00")),
+    "gpt-4.1-mini": (Decimal("0.40"), Decimal("1.60")),
+}
+
+
+def openai_rate(model: str | None, kind: str) -> Decimal | None:
+    rates = OPENAI_MODELS.get(model or "")
+    if rates is None:
+        return None
+    return rates[0] if kind == "input" else rates[1]
+
+
+@dataclass(frozen=True)
+class CreditPackage:
+    id: str
+    credits: Decimal
+    price: Decimal  # USD; 1 credit = 1 USD
+
+    @property
+    def name(self) -> str:
+        return f"${self.price:,.0f} package"
+
+
+PACKAGES: tuple[CreditPackage, ...] = tuple(
+    CreditPackage(f"pkg_{n}", Decimal(n), Decimal(n)) for n in (50, 200, 500, 1000)
+)
+CUSTOM_MIN = Decimal(1)
+CUSTOM_MAX = Decimal(100)

@@ -99,7 +99,7 @@ def _demo_usage(account_id: int, rng: random.Random, at: datetime, idem: str) ->
         messages = rng.randint(3, 60)
         cost, breakdown = session_cost("chat", Decimal(messages))
         return Posting(
-            account_id=account_id, type=EntryType.usage, amount=-cost, category="llm_tokens",
+            account_id=account_id, type=EntryType.usage, amount=-cost, category="chat",
             description=f"Chat session - {agent} - {messages} messages",
             metadata={"provider": "openai", "feature": "chat", "agent_id": agent, "architecture": "chat",
                       "message_count": messages, "breakdown": {k: str(v) for k, v in breakdown.items()}},

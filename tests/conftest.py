@@ -154,3 +154,44 @@ def page(browser, request):
         tab.screenshot(path=str(screenshot_name(request.node.nodeid)), full_page=True)
     finally:
         context.close()
+
+
+# -- the REST API over ASGI against the app's database ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app_engine(app_database):
+    from orcapulse_billing.db import get_engine
+
+    return get_engine(app_database)
+
+
+@pytest.fixture(scope="session")
+def app_ledger(app_engine):
+    from orcapulse_billing.services import get_ledger
+
+    return get_ledger(app_engine)
+
+
+@pytest.fixture
+def client(app_database):
+    from fastapi.testclient import TestClient
+
+    from orcapulse_billing.api import create_api_app
+
+    with TestClient(create_api_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def org(app_engine, app_ledger):
+    from .apiutil import Org
+
+    return Org(app_engine, app_ledger)
+
+
+@pytest.fixture
+def other(app_engine, app_ledger):
+    from .apiutil import Org
+
+    return Org(app_engine, app_ledger, roles=("owner", "member"))

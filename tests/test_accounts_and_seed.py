@@ -67,7 +67,7 @@ def test_demo_seed_runs_once_and_leaves_a_sound_ledger(tmp_path):
         emails = {r[0] for r in conn.execute(sa.text("SELECT email FROM app_user"))}
     assert acct.transaction_count == first.entries + 1 and acct.balance > 0
     assert kinds["purchase"] == 3 and kinds["bonus"] == 1 and kinds["usage"] > 50
-    assert {"ai_call", "sms", "llm_tokens"} <= categories
+    assert {"ai_call", "sms", "chat"} <= categories
     assert (datetime.fromisoformat(str(span[1])) - datetime.fromisoformat(str(span[0]))).days >= 20
     assert emails == {DEMO_OWNER[0], DEMO_MEMBER[0]}
     engine.dispose()

@@ -1,26 +1,40 @@
-"""HTTP routes mounted on the Reflex backend (rx.App(api_transformer=...)).
+"""HTTP routes mounted on the Reflex backend (rx.App(api_transformer=create_api_app())).
 
-Starlette (Reflex's own dependency). The routes call the same service layer as the pages.
+FastAPI for validation and the OpenAPI document (/api/openapi.json). Every refusal is
+{"error": {"code", "message"}}; the routes call the same services as the pages and the CLI.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from ..db import get_engine
+from . import auth_routes, credits, errors
+
+def create_api_app() -> FastAPI:
+    """A new app each call: Reflex adds its middleware to the one it mounts, so tests that serve the
+    API on their own take their own instance."""
+    app = FastAPI(
+        title="OrcaPulse Billing API",
+        version="1.0.0",
+        description="Prepaid credits: balance, history, usage metering. Money is a 4-place decimal string.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.include_router(auth_routes.router)
+    app.include_router(credits.router)
+    app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
+    return app
 
 
-async def health(request: Request) -> JSONResponse:
+def health() -> JSONResponse:
     try:
         with get_engine().connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError:
         return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})
-
-
-api_app = Starlette(routes=[Route("/api/health", health, methods=["GET"])])

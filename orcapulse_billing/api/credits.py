@@ -1,0 +1,244 @@
+"""`/api/credits/*`: balance, history, usage summary, billing sessions and metering.
+
+Thin: parse, check the principal, call the services (history, metering, ledger), shape the JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from enum import IntEnum
+from datetime import datetime, timezone
+from typing import Iterator, Literal, Optional
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
+
+from ..auth import Principal
+from ..config import get_settings
+from ..db import get_engine
+from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, history_page, iter_history, usage_summary
+from ..ledger import IdempotencyConflict, InsufficientCredits, get_account
+from ..metering import MeteringError, SessionInfo, check, record_usage
+from ..money import fmt4, to_units
+from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
+from ..services import get_ledger
+from . import schemas as s
+from .deps import DecimalRoute, client_ip, current_principal
+from .errors import ApiError, responses
+
+router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=DecimalRoute)
+AUTH = responses(400, 401)
+TypeFilter = Literal["all", "topup", "usage", "refund", "adjustment"]
+PageSize = IntEnum("PageSize", {f"size_{n}": n for n in PAGE_SIZES})  # query strings "50" validate as 50
+
+
+def _utc(value: Optional[datetime]) -> Optional[datetime]:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _range(start: Optional[datetime], end: Optional[datetime]) -> tuple[Optional[datetime], Optional[datetime]]:
+    start, end = _utc(start), _utc(end)
+    if start and end and end < start:
+        raise ApiError(400, "invalid_request", "'to' must not be before 'from'")
+    return start, end
+
+
+def entry_json(item: HistoryItem) -> s.HistoryEntry:
+    return s.HistoryEntry(
+        id=item.id, type=item.type, source=item.source, amount=fmt4(item.amount_units),
+        balance_before=fmt4(item.balance_before_units), balance_after=fmt4(item.balance_after_units),
+        description=item.description, category=item.category, created_at=item.created_at,
+        metadata=item.metadata, usage_session_id=item.usage_session_id,
+    )
+
+
+@router.get("/packages", response_model=s.Packages, summary="Available credit packages (public)")
+def packages() -> s.Packages:
+    return s.Packages(
+        packages=[s.Package(id=p.id, name=p.name, credits=f"{p.credits:.4f}", price=f"{p.price:.4f}") for p in PACKAGES],
+        custom=s.CustomRange(min=f"{CUSTOM_MIN:.4f}", max=f"{CUSTOM_MAX:.4f}"),
+    )
+
+
+def balance_json(organization_id: int) -> s.Balance:
+    settings = get_settings()
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+    threshold = to_units(settings.low_balance_threshold)
+    return s.Balance(
+        balance=fmt4(acct.balance_units), currency=acct.currency,
+        low_balance=acct.balance_units < threshold, low_balance_threshold=fmt4(threshold),
+        grace_limit=fmt4(to_units(settings.grace_limit)), in_grace_period=acct.balance_units < 0,
+        can_start_operations=acct.balance_units > 0, lifetime_added=fmt4(acct.lifetime_added_units),
+        lifetime_consumed=fmt4(acct.lifetime_consumed_units), transaction_count=acct.transaction_count,
+    )
+
+
+@router.get("/balance", response_model=s.Balance, responses=AUTH, summary="Current credit balance")
+def balance(principal: Principal = Depends(current_principal)) -> s.Balance:
+    return balance_json(principal.organization_id)
+
+
+@router.get("/history", response_model=s.History, responses=AUTH, summary="Paginated transaction history")
+def history(
+    page: int = Query(1, ge=1, le=10_000_000),
+    page_size: PageSize = Query(PageSize(50)),
+    type: TypeFilter = Query("all"),
+    from_: Optional[datetime] = Query(None, alias="from"),
+    to: Optional[datetime] = Query(None),
+    principal: Principal = Depends(current_principal),
+) -> s.History:
+    start, end = _range(from_, to)
+    with get_engine().connect() as conn:
+        account_id = get_account(conn, organization_id=principal.organization_id).id
+        result = history_page(conn, account_id, HistoryQuery(type, start, end), page=page, page_size=int(page_size))
+    return s.History(items=[entry_json(i) for i in result.items], page=result.page, page_size=result.page_size,
+                     total=result.total, total_pages=result.total_pages)
+
+
+CSV_COLUMNS = ["id", "created_at", "type", "source", "description", "category", "amount", "balance_before",
+               "balance_after", "usage_session_id"]
+
+
+def csv_rows(items: Iterator[HistoryItem]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for n, item in enumerate(items, 1):
+        writer.writerow([item.id, item.created_at.isoformat(), item.type, item.source or "", item.description,
+                         item.category or "", fmt4(item.amount_units), fmt4(item.balance_before_units),
+                         fmt4(item.balance_after_units), item.usage_session_id or ""])
+        if n % 500 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _stream_history(account_id: int, query: HistoryQuery) -> Iterator[str]:
+    with get_engine().connect() as conn:
+        yield from csv_rows(iter_history(conn, account_id, query))
+
+
+@router.get("/history.csv", responses={**AUTH, 200: {"content": {"text/csv": {}}, "description": "CSV"}},
+            response_class=StreamingResponse, summary="The filtered history as CSV (whole range)")
+def history_csv(
+    type: TypeFilter = Query("all"),
+    from_: Optional[datetime] = Query(None, alias="from"),
+    to: Optional[datetime] = Query(None),
+    principal: Principal = Depends(current_principal),
+):
+    start, end = _range(from_, to)
+    with get_engine().connect() as conn:
+        account_id = get_account(conn, organization_id=principal.organization_id).id
+    name = f"orcapulse-credits-{type}-{datetime.now(timezone.utc):%Y%m%d}.csv"
+    return StreamingResponse(_stream_history(account_id, HistoryQuery(type, start, end)), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/usage-summary", response_model=s.UsageSummary, responses=AUTH, summary="Consumption per category")
+def get_usage_summary(
+    from_: Optional[datetime] = Query(None, alias="from"),
+    to: Optional[datetime] = Query(None),
+    principal: Principal = Depends(current_principal),
+) -> s.UsageSummary:
+    start, end = _range(from_, to)
+    with get_engine().connect() as conn:
+        account_id = get_account(conn, organization_id=principal.organization_id).id
+        rows = usage_summary(conn, account_id, start, end)
+    return s.UsageSummary(
+        categories=[s.CategorySpend(category=r.category, amount=fmt4(r.amount_units), count=r.count) for r in rows],
+        total=fmt4(sum(r.amount_units for r in rows)), count=sum(r.count for r in rows), from_=start, to=end,
+    )
+
+
+def session_json(row: dict) -> s.BillingSessionOut:
+    return s.BillingSessionOut(
+        id=row["external_id"], operation=row["operation"], agent_id=row["agent_id"], agent_name=row["agent_name"],
+        architecture=row["architecture"], duration_minutes=row["duration_minutes"], message_count=row["message_count"],
+        started_at=_utc(row["started_at"]), ended_at=_utc(row["ended_at"]), transcript=row["transcript"],
+        recording_url=row["recording_url"], analysis=row["analysis"],
+        cost=s.CostBreakdown(base=fmt4(row["cost_base"]), llm=fmt4(row["cost_llm"]), stt=fmt4(row["cost_stt"]),
+                             tts=fmt4(row["cost_tts"]), total=fmt4(row["cost_total"])),
+        ledger_entry_id=row["ledger_entry_id"], created_at=_utc(row["created_at"]),
+    )
+
+
+@router.get("/sessions/{session_id}", response_model=s.BillingSessionOut, responses=responses(400, 401, 404),
+            summary="One billing session with its cost breakdown")
+def get_session(session_id: str, principal: Principal = Depends(current_principal)) -> s.BillingSessionOut:
+    with get_engine().connect() as conn:
+        account_id = get_account(conn, organization_id=principal.organization_id).id
+        row = billing_session(conn, account_id, session_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no billing session {session_id!r} in this organization")
+    return session_json(row)
+
+
+@router.post("/check", response_model=s.CheckResponse, responses=responses(400, 401, 402),
+             summary="May a new operation start? (402 at or below zero)")
+def post_check(body: s.CheckRequest, principal: Principal = Depends(current_principal)):
+    try:
+        result = check(get_engine(), principal.organization_id, body.operation, body.estimated_quantity,
+                       markup_percent=get_settings().markup_percent, model=body.model)
+    except MeteringError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    answer = s.CheckResponse(allowed=result.allowed, balance=fmt4(result.balance_units),
+                             estimated_cost=fmt4(to_units(result.estimated_cost)))
+    if not result.allowed:
+        answer.reason = "the balance is at or below zero: add credits to start new operations"
+        raise ApiError(402, "insufficient_credits", answer.reason)
+    return answer
+
+
+@router.post("/usage", response_model=s.UsageResponse, responses=responses(400, 401, 402, 409),
+             summary="Report a finished operation; completed ones are charged, failed ones never")
+def post_usage(
+    body: s.UsageRequest,
+    request: Request,
+    idempotency_key: Optional[str] = Header(None, alias="Idempotency-Key", max_length=150),
+    principal: Principal = Depends(current_principal),
+) -> s.UsageResponse:
+    key = body.idempotency_key or idempotency_key
+    if key is None:
+        raise ApiError(400, "invalid_request", "an idempotency_key (or Idempotency-Key header) is required")
+    if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
+        raise ApiError(400, "invalid_request", "idempotency_key and the Idempotency-Key header differ")
+    session = SessionInfo(**body.session.model_dump()) if body.session else None
+    if session is not None:
+        session = SessionInfo(**{**body.session.model_dump(), "started_at": _utc(session.started_at),
+                                 "ended_at": _utc(session.ended_at)})
+    try:
+        result = record_usage(
+            get_ledger(), principal.organization_id, operation=body.operation, quantity=body.quantity,
+            status=body.status, idempotency_key=key, markup_percent=get_settings().markup_percent,
+            model=body.model, session=session, actor_user_id=principal.user_id, actor_ip=client_ip(request),
+        )
+    except MeteringError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc)) from None
+    except InsufficientCredits as exc:
+        raise ApiError(402, "insufficient_credits", str(exc)) from None
+    except IntegrityError:  # the same session id billed concurrently under another key
+        raise ApiError(409, "conflict", "this session was billed concurrently under another key") from None
+    entry = result.entry
+    return s.UsageResponse(
+        charged=result.charged, cost=fmt4(to_units(result.charge.cost)),
+        entry=entry_json(_as_item(entry)) if entry else None,
+        balance=fmt4(entry.balance_after_units) if entry else None,
+        session_id=result.session_id, replayed=bool(entry and entry.replayed),
+    )
+
+
+def _as_item(entry) -> HistoryItem:
+    return HistoryItem(
+        id=entry.id, seq=entry.seq, type=entry.type, source=entry.source, amount_units=entry.amount_units,
+        balance_before_units=entry.balance_before_units, balance_after_units=entry.balance_after_units,
+        description=entry.description, category=entry.category, created_at=entry.created_at,
+        metadata=entry.metadata, usage_session_id=entry.metadata.get("usage_session_id"),
+    )

@@ -1,0 +1,79 @@
+"""Request plumbing: exact JSON decimals, who is calling, and role checks."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, Callable
+
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+
+from ..auth import SESSION_COOKIE, Principal, principal_for_api_key, principal_for_session
+from ..config import get_settings
+from ..db import get_engine
+from ..ratelimit import RateLimiter
+from .errors import ApiError
+
+
+class DecimalJSONRequest(Request):
+    """Parses JSON numbers as Decimal, so no float ever carries a quantity or an amount."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body, parse_float=Decimal)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        return self._json
+
+
+class DecimalRoute(APIRoute):
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request):
+            return await handler(DecimalJSONRequest(request.scope, request.receive))
+
+        return route_handler
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def current_principal(request: Request) -> Principal:
+    engine = get_engine()
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "unauthenticated", "use 'Authorization: Bearer <api key>'")
+        org_header = request.headers.get("x-organization-id")
+        if org_header is not None and not org_header.isdigit():
+            raise ApiError(400, "invalid_request", "X-Organization-Id must be an organization id")
+        principal = principal_for_api_key(engine, key.strip(), int(org_header) if org_header else None)
+    else:
+        principal = principal_for_session(engine, request.cookies.get(SESSION_COOKIE))
+    if principal is None:
+        raise ApiError(401, "unauthenticated", "sign in, or send a valid API key")
+    return principal
+
+
+def owner_principal(principal: Principal = Depends(current_principal)) -> Principal:
+    if not principal.is_owner:
+        raise ApiError(403, "forbidden", "only owners of the organization can do this")
+    return principal
+
+
+@lru_cache(maxsize=4)
+def limiter(name: str, limit: int, window_seconds: int) -> RateLimiter:
+    return RateLimiter(limit, window_seconds, redis_url=get_settings().redis_url, name=name)
+
+
+def rate_limit(name: str, key: str, *, limit: int, window_seconds: int = 60) -> None:
+    if not limiter(name, limit, window_seconds).allow(key):
+        raise ApiError(429, "rate_limited", "too many attempts; try again in a minute",
+                       headers={"Retry-After": str(window_seconds)})

@@ -1,0 +1,34 @@
+"""A plain HTML form that the browser submits itself.
+
+Reflex's own forms always call preventDefault and route the data through the websocket; sign-in
+and sign-out must instead reach the backend as a real POST so the server can set or clear the
+HttpOnly session cookie. The action is resolved in the browser from Reflex's own backend address,
+with the page's host name, so the cookie lands on the host the page and its socket use.
+"""
+
+from __future__ import annotations
+
+import reflex as rx
+from reflex_base.utils.imports import ImportVar
+from reflex_base.vars.base import Var, VarData
+from reflex_components_core.el.elements.base import BaseHTML
+
+
+class NativeForm(BaseHTML):
+    tag = "form"
+    action: Var[str]
+    method: Var[str]
+
+
+def backend_url(path: str) -> Var:
+    return Var(
+        _js_expr=f"(getBackendURL(env.UPLOAD).origin + {path!r})",
+        _var_type=str,
+        _var_data=VarData(
+            imports={"$/utils/state": [ImportVar(tag="getBackendURL")], "$/env.json": [ImportVar(tag="env", is_default=True)]}
+        ),
+    )
+
+
+def native_form(*children: rx.Component, path: str, **props) -> rx.Component:
+    return NativeForm.create(*children, action=backend_url(path), method="post", **props)

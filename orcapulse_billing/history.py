@@ -1,0 +1,160 @@
+"""Reading the ledger: history pages, the CSV export, usage by category, billing sessions.
+
+Fast on big accounts without OFFSET or COUNT(*) where it matters: the unfiltered history (the
+common case) pages by the per-account gap-free `seq`, so page N is a range read on the
+(account_id, seq) index, and its total is the account row's transaction_count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .db import as_utc
+from .ledger import get_account
+from .models import BillingSession, LedgerEntry
+
+PAGE_SIZES = (10, 25, 50, 100)
+DEFAULT_PAGE_SIZE = 50
+TYPE_FILTERS: dict[str, tuple[str, ...] | None] = {
+    "all": None,
+    "topup": ("purchase", "bonus"),
+    "usage": ("usage",),
+    "refund": ("refund",),
+    "adjustment": ("adjustment",),
+}
+TYPE_LABELS = {"all": "All Transactions", "topup": "Top-ups", "usage": "Usage", "refund": "Refunds",
+               "adjustment": "Adjustments"}
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    id: int
+    seq: int
+    type: str
+    source: str | None
+    amount_units: int
+    balance_before_units: int
+    balance_after_units: int
+    description: str
+    category: str | None
+    created_at: datetime
+    metadata: dict
+    usage_session_id: str | None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    page: int
+    page_size: int
+    total: int
+
+    @property
+    def total_pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    type: str = "all"
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+
+    def __post_init__(self):
+        if self.type not in TYPE_FILTERS:
+            raise ValueError(f"type must be one of {', '.join(TYPE_FILTERS)}")
+
+    @property
+    def unfiltered(self) -> bool:
+        return self.type == "all" and self.start is None and self.end is None
+
+    def where(self, account_id: int) -> list:
+        e = LedgerEntry.__table__.c
+        clauses = [e.account_id == account_id]
+        types = TYPE_FILTERS[self.type]
+        if types:
+            clauses.append(e.type.in_(types))
+        if self.start is not None:
+            clauses.append(e.created_at >= self.start)
+        if self.end is not None:
+            clauses.append(e.created_at < self.end)
+        return clauses
+
+
+_COLUMNS = [c for c in LedgerEntry.__table__.c if c.name not in ("account_id", "actor_user_id", "actor_ip", "idempotency_key")]
+
+
+def _item(row) -> HistoryItem:
+    m = row._mapping
+    metadata = dict(m["metadata"] or {})
+    return HistoryItem(
+        id=m["id"], seq=m["seq"], type=m["type"], source=m["source"], amount_units=m["amount"],
+        balance_before_units=m["balance_before"], balance_after_units=m["balance_after"],
+        description=m["description"], category=m["category"], created_at=as_utc(m["created_at"]),
+        metadata=metadata, usage_session_id=metadata.get("usage_session_id"),
+    )
+
+
+def history_page(conn: Connection, account_id: int, query: HistoryQuery, *, page: int = 1,
+                 page_size: int = DEFAULT_PAGE_SIZE) -> HistoryPage:
+    """Newest first, in posting order (seq), so the order is stable however timestamps tie."""
+    if page_size not in PAGE_SIZES:
+        raise ValueError(f"page_size must be one of {', '.join(map(str, PAGE_SIZES))}")
+    if page < 1:
+        raise ValueError("page must be 1 or more")
+    e = LedgerEntry.__table__.c
+    stmt = sa.select(*_COLUMNS).order_by(e.seq.desc())
+    if query.unfiltered:
+        total = get_account(conn, account_id=account_id).transaction_count
+        high = total - (page - 1) * page_size  # seq is 1..total without gaps
+        stmt = stmt.where(e.account_id == account_id, e.seq <= high, e.seq > high - page_size)
+    else:
+        clauses = query.where(account_id)
+        total = conn.execute(sa.select(sa.func.count()).select_from(LedgerEntry.__table__).where(*clauses)).scalar()
+        stmt = stmt.where(*clauses).limit(page_size).offset((page - 1) * page_size)
+    return HistoryPage([_item(r) for r in conn.execute(stmt)], page, page_size, total)
+
+
+def iter_history(conn: Connection, account_id: int, query: HistoryQuery, batch: int = 1000) -> Iterator[HistoryItem]:
+    """Every matching entry, newest first, read in keyset batches (for the CSV export)."""
+    e = LedgerEntry.__table__.c
+    below = None
+    while True:
+        stmt = sa.select(*_COLUMNS).where(*query.where(account_id)).order_by(e.seq.desc()).limit(batch)
+        if below is not None:
+            stmt = stmt.where(e.seq < below)
+        rows = conn.execute(stmt).all()
+        for row in rows:
+            yield _item(row)
+        if len(rows) < batch:
+            return
+        below = rows[-1]._mapping["seq"]
+
+
+@dataclass(frozen=True)
+class CategoryUsage:
+    category: str
+    amount_units: int  # consumed, positive
+    count: int
+
+
+def usage_summary(conn: Connection, account_id: int, start: datetime | None, end: datetime | None) -> list[CategoryUsage]:
+    e = LedgerEntry.__table__.c
+    stmt = (
+        sa.select(sa.func.coalesce(e.category, "other"), sa.func.sum(-e.amount), sa.func.count())
+        .where(*HistoryQuery("usage", start, end).where(account_id))
+        .group_by(sa.func.coalesce(e.category, "other"))
+    )
+    rows = [CategoryUsage(r[0], int(r[1]), int(r[2])) for r in conn.execute(stmt)]
+    return sorted(rows, key=lambda r: (-r.amount_units, r.category))
+
+
+def billing_session(conn: Connection, account_id: int, external_id: str) -> dict | None:
+    t = BillingSession.__table__
+    row = conn.execute(sa.select(t).where(t.c.account_id == account_id, t.c.external_id == external_id)).first()
+    return dict(row._mapping) if row else None
