@@ -48,7 +48,8 @@ def cmd_init_db(args) -> None:
 def cmd_seed_demo(args) -> None:
     settings = get_settings()
     engine = get_engine()
-    result = seed_demo(engine, get_ledger(engine), welcome_credit=settings.welcome_credit)
+    result = seed_demo(engine, get_ledger(engine), welcome_credit=settings.welcome_credit,
+                       markup_percent=settings.markup_percent)
     if result.created:
         print(f"seeded {DEMO_ORG!r} with {result.entries} entries")
         print(f"  owner : {DEMO_OWNER[0]} / {DEMO_OWNER[1]}")

@@ -145,10 +145,13 @@ class CategoryUsage:
 
 def usage_summary(conn: Connection, account_id: int, start: datetime | None, end: datetime | None) -> list[CategoryUsage]:
     e = LedgerEntry.__table__.c
+    # one expression object in SELECT and GROUP BY (two bound 'other' parameters would not match
+    # on PostgreSQL)
+    category = sa.func.coalesce(e.category, sa.literal_column("'other'"))
     stmt = (
-        sa.select(sa.func.coalesce(e.category, "other"), sa.func.sum(-e.amount), sa.func.count())
+        sa.select(category, sa.func.sum(-e.amount), sa.func.count())
         .where(*HistoryQuery("usage", start, end).where(account_id))
-        .group_by(sa.func.coalesce(e.category, "other"))
+        .group_by(category)
     )
     rows = [CategoryUsage(r[0], int(r[1]), int(r[2])) for r in conn.execute(stmt)]
     return sorted(rows, key=lambda r: (-r.amount_units, r.category))

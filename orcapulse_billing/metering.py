@@ -111,7 +111,8 @@ class UsageResult:
 def record_usage(ledger: Ledger, organization_id: int, *, operation: str, quantity: Decimal, status: str,
                  idempotency_key: str, markup_percent: Decimal, model: str | None = None,
                  session: SessionInfo | None = None, actor_user_id: int | None = None,
-                 actor_ip: str | None = None) -> UsageResult:
+                 actor_ip: str | None = None, created_at: datetime | None = None) -> UsageResult:
+    """`created_at` backdates the entry (imports, the demo seed); live reports leave it unset."""
     if status not in STATUSES:
         raise MeteringError(f"status must be one of {', '.join(STATUSES)}")
     if session is not None and session.ended_at and session.started_at and session.ended_at < session.started_at:
@@ -133,7 +134,7 @@ def record_usage(ledger: Ledger, organization_id: int, *, operation: str, quanti
             conn,
             Posting(account_id, EntryType.usage, -charge.cost, charge.description, category=charge.category,
                     metadata=metadata, actor_user_id=actor_user_id, actor_ip=actor_ip,
-                    idempotency_key=f"usage:{idempotency_key}"),
+                    idempotency_key=f"usage:{idempotency_key}", created_at=created_at),
         )
         if session is not None and not entry.replayed:
             if billing_session(conn, account_id, session.id) is not None:
@@ -155,7 +156,7 @@ def _insert_session(conn, account_id: int, entry: PostedEntry, operation: str, q
             started_at=s.started_at, ended_at=s.ended_at, transcript=s.transcript, recording_url=s.recording_url,
             analysis=s.analysis, cost_base=parts.get("base", 0), cost_llm=parts.get("llm", 0),
             cost_stt=parts.get("stt", 0), cost_tts=parts.get("tts", 0), cost_total=-entry.amount_units,
-            created_at=datetime.now(timezone.utc),
+            created_at=entry.created_at,
         )
     )
 

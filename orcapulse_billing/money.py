@@ -69,5 +69,10 @@ def fmt_balance(units: int) -> str:
 
 def fmt_signed_amount(units: int) -> str:
     """Display form for amounts: '+$50.0000', '-$0.1523'."""
+    return ("+" if units >= 0 else "") + fmt_money4(units)
+
+
+def fmt_money4(units: int) -> str:
+    """Display form for balances after an entry: '$149.8477', '-$2.5000'."""
     value = from_units(units)
-    return f"-${-value:,.4f}" if value < 0 else f"+${value:,.4f}"
+    return f"-${-value:,.4f}" if value < 0 else f"${value:,.4f}"

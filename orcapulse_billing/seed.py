@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 
 from .accounts import AccountsError, account_id_for, add_user, create_organization, find_organization
 from .ledger import Ledger, Posting
+from .metering import SessionInfo, record_usage
 from .models import EntryType
-from .pricing import RATE_CARD, session_cost
 
 DEMO_ORG = "Demo Org"
 DEMO_OWNER = ("owner@demo.orcapulse.test", "demo-owner-pass")
@@ -29,7 +29,8 @@ class SeedResult:
     entries: int
 
 
-def seed_demo(engine: Engine, ledger: Ledger, *, welcome_credit: Decimal, now: datetime | None = None) -> SeedResult:
+def seed_demo(engine: Engine, ledger: Ledger, *, welcome_credit: Decimal, markup_percent: Decimal = Decimal(20),
+              now: datetime | None = None) -> SeedResult:
     try:
         org = find_organization(engine, DEMO_ORG)
         return SeedResult(False, org.id, 0)
@@ -41,13 +42,18 @@ def seed_demo(engine: Engine, ledger: Ledger, *, welcome_credit: Decimal, now: d
     add_user(engine, org, DEMO_OWNER[0], "owner", DEMO_OWNER[1])
     add_user(engine, org, DEMO_MEMBER[0], "member", DEMO_MEMBER[1])
     account_id = account_id_for(engine, org.id)
-    postings = list(_demo_postings(account_id, start, now))
-    for posting in postings:
-        ledger.post(posting)
-    return SeedResult(True, org.id, len(postings))
+    count = 0
+    for item in _demo_activity(account_id, start, now):
+        if isinstance(item, Posting):
+            ledger.post(item)
+        else:
+            record_usage(ledger, org.id, markup_percent=markup_percent, **item)
+        count += 1
+    return SeedResult(True, org.id, count)
 
 
-def _demo_postings(account_id: int, start: datetime, now: datetime):
+def _demo_activity(account_id: int, start: datetime, now: datetime):
+    """Purchases as ledger postings; usage as metering reports (sessions with their breakdowns)."""
     rng = random.Random(2026)
     n = 0
 
@@ -75,49 +81,43 @@ def _demo_postings(account_id: int, start: datetime, now: datetime):
             at = day_start + timedelta(minutes=minute)
             if at >= now:
                 return
-            yield _demo_usage(account_id, rng, at, key())
+            yield _demo_usage(rng, at, key())
 
 
-def _demo_usage(account_id: int, rng: random.Random, at: datetime, idem: str) -> Posting:
+TRANSCRIPT = (
+    "Agent: Thanks for calling, how can I help?\nCaller: I'd like to move my appointment to Friday.\n"
+    "Agent: Done - Friday at 10:00. Anything else?\nCaller: No, thank you!"
+)
+
+
+def _demo_usage(rng: random.Random, at: datetime, idem: str) -> dict:
+    """One metering report, as the platform's services would send it."""
     kind = rng.choices(
-        ["pipeline", "realtime", "chat", "sms_twilio", "whatsapp", "email", "transcription_deepgram", "tts_elevenlabs"],
+        ["voice_pipeline", "voice_realtime", "chat", "sms_twilio", "whatsapp", "email", "transcription_deepgram",
+         "tts_elevenlabs"],
         weights=[30, 10, 15, 15, 10, 8, 7, 5],
     )[0]
     agent = rng.choice(["agent_abc123", "agent_xyz789", "agent_sales01", "agent_support7"])
-    if kind in ("pipeline", "realtime"):
-        minutes = Decimal(rng.randint(3, 160)) / 10
-        cost, breakdown = session_cost(kind, minutes)
-        return Posting(
-            account_id=account_id, type=EntryType.usage, amount=-cost, category="ai_call",
-            description=f"Voice call session - {agent} - {minutes} min",
-            metadata={"provider": "orcapulse", "feature": f"voice_{kind}", "agent_id": agent,
-                      "architecture": kind, "duration_minutes": str(minutes),
-                      "breakdown": {k: str(v) for k, v in breakdown.items()}},
-            idempotency_key=idem, created_at=at,
+    report = {"operation": kind, "status": "completed", "idempotency_key": idem, "created_at": at}
+    if kind in ("voice_pipeline", "voice_realtime", "chat"):
+        voice = kind != "chat"
+        quantity = Decimal(rng.randint(3, 160)) / 10 if voice else Decimal(rng.randint(3, 60))
+        seconds = int(quantity * 60) if voice else 120
+        report["quantity"] = quantity
+        report["session"] = SessionInfo(
+            id=f"sess_{idem.split(':')[1]}", agent_id=agent, agent_name=AGENT_NAMES[agent],
+            started_at=at - timedelta(seconds=seconds), ended_at=at,
+            transcript=TRANSCRIPT if voice else None,
+            recording_url=f"https://recordings.orcapulse.local/{idem.split(':')[1]}.mp3" if voice else None,
+            analysis={"sentiment": rng.choice(["positive", "neutral"]), "resolved": rng.choice(["yes", "no"])} if voice else None,
         )
-    if kind == "chat":
-        messages = rng.randint(3, 60)
-        cost, breakdown = session_cost("chat", Decimal(messages))
-        return Posting(
-            account_id=account_id, type=EntryType.usage, amount=-cost, category="chat",
-            description=f"Chat session - {agent} - {messages} messages",
-            metadata={"provider": "openai", "feature": "chat", "agent_id": agent, "architecture": "chat",
-                      "message_count": messages, "breakdown": {k: str(v) for k, v in breakdown.items()}},
-            idempotency_key=idem, created_at=at,
-        )
-    rate = RATE_CARD[kind]
-    quantity = Decimal(rng.randint(1, 40)) if kind != "tts_elevenlabs" else Decimal(rng.randint(500, 6000))
-    text = {
-        "sms_twilio": f"SMS via Twilio - {quantity} segments",
-        "whatsapp": f"WhatsApp messages - {quantity} messages",
-        "email": f"Email campaign - {quantity * 25} recipients",
-        "transcription_deepgram": f"Transcription (Deepgram) - {quantity} min",
-        "tts_elevenlabs": f"Text-to-speech (ElevenLabs) - {quantity} characters",
-    }[kind]
+        return report
+    quantity = Decimal(rng.randint(500, 6000)) if kind == "tts_elevenlabs" else Decimal(rng.randint(1, 40))
     if kind == "email":
         quantity *= 25
-    return Posting(
-        account_id=account_id, type=EntryType.usage, amount=-rate.cost(quantity), category=rate.category,
-        description=text, metadata={"provider": kind.split("_")[-1], "feature": kind, "quantity": str(quantity)},
-        idempotency_key=idem, created_at=at,
-    )
+    report["quantity"] = quantity
+    return report
+
+
+AGENT_NAMES = {"agent_abc123": "Front desk", "agent_xyz789": "Support chat", "agent_sales01": "Sales outreach",
+               "agent_support7": "After-hours support"}

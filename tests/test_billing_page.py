@@ -80,3 +80,218 @@ def test_backend_answers_health_and_ping(app):
     r = httpx.post(base + "/api/auth/login-form", data={"email": DEMO_OWNER[0], "password": DEMO_OWNER[1]},
                    headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+# -- the Billing & Credits page (document 003), section by section ------------------------------
+
+from decimal import Decimal  # noqa: E402
+
+from orcapulse_billing.money import fmt_money4, fmt_signed_amount  # noqa: E402
+
+from .apiutil import PASSWORD, Org  # noqa: E402
+
+
+def open_billing(page, app, org: Org, role: str = "owner"):
+    sign_in(page, app, org.emails[role], PASSWORD)
+    expect(page).to_have_url(re.compile(r"/billing$"), timeout=30_000)
+    expect(page.get_by_test_id("balance-value")).not_to_have_text("", timeout=30_000)
+
+
+def test_member_cannot_add_credits_in_the_page_or_on_the_server(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "member")
+    button = page.get_by_test_id("add-credits-button")
+    expect(button).to_be_disabled()
+    # Bypass the disabled button the way a curious user could, by calling React's own click
+    # handler, which sends the event to the server: the server still refuses.
+    button.evaluate("""b => {
+        const key = Object.keys(b).find(k => k.startsWith('__reactProps'));
+        b[key].onClick({preventDefault() {}, stopPropagation() {}, persist() {}, nativeEvent: new MouseEvent('click')});
+    }""")
+    expect(page.get_by_text("Only owners can add credits.")).to_be_visible(timeout=10_000)
+    expect(page.get_by_test_id("add-credits-dialog")).to_have_count(0)
+
+
+def test_owner_opens_add_credits(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "owner")
+    page.get_by_test_id("add-credits-button").click()
+    expect(page.get_by_test_id("add-credits-dialog")).to_be_visible()
+
+
+def test_stat_cards_match_the_ledger(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    org.post("purchase", "200")
+    org.post("usage", "-12.3456", category="ai_call")
+    org.post("refund", "1.5")
+    open_billing(page, app, org, "admin")
+    acct = org.account()
+    expect(page.get_by_test_id("balance-value")).to_have_text(fmt_balance(acct.balance_units))
+    expect(page.get_by_test_id("credits-added-value")).to_have_text("+$206.50")
+    expect(page.get_by_test_id("credits-consumed-value")).to_have_text("-$12.35")
+    expect(page.get_by_test_id("transaction-count-value")).to_have_text("4")
+    first = page.get_by_test_id("history-row").first
+    expect(first).to_contain_text("Refund")
+    expect(first).to_contain_text("+$1.5000")
+    expect(first).to_contain_text(fmt_money4(acct.balance_units))
+
+
+def test_paging_filter_and_page_size(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger)
+    for n in range(1, 121):
+        org.post("purchase" if n % 10 == 0 else "usage", "1" if n % 10 == 0 else "-0.01",
+                 category=None if n % 10 == 0 else "sms", description=f"entry {n:03d}")
+    open_billing(page, app, org, "member")
+    rows = page.get_by_test_id("history-row")
+    expect(rows).to_have_count(50)
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 1–50 of 120 transactions")
+    expect(page.get_by_test_id("pagination-prev")).to_be_disabled()
+    expect(rows.first).to_contain_text("entry 120")
+    page.get_by_test_id("pagination-next").click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 51–100 of 120 transactions")
+    expect(rows.first).to_contain_text("entry 070")
+    page.get_by_test_id("pagination-next").click()
+    expect(rows).to_have_count(20)
+    expect(rows.last).to_contain_text("entry 001")
+    expect(page.get_by_test_id("pagination-next")).to_be_disabled()
+    # filter: back to page 1
+    page.get_by_test_id("type-filter").click()
+    page.get_by_role("option", name="Top-ups").click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 1–12 of 12 transactions")
+    expect(rows).to_have_count(12)
+    page.get_by_test_id("type-filter").click()
+    page.get_by_role("option", name="Usage").click()
+    page.get_by_test_id("pagination-next").click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 51–100 of 108 transactions")
+    # page size: back to page 1
+    page.get_by_test_id("page-size-select").click()
+    page.get_by_role("option", name="10 per page").click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 1–10 of 108 transactions")
+    expect(page.get_by_test_id("pagination-page")).to_have_count(5)  # 1 2 3 4 … 11
+    expect(page.get_by_text("…")).to_be_visible()
+    page.get_by_test_id("pagination-page").last.click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 101–108 of 108 transactions")
+
+
+def test_empty_state_and_filtered_empty_state(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger)
+    open_billing(page, app, org, "member")
+    expect(page.get_by_test_id("empty-state")).to_contain_text("No transactions found")
+    expect(page.get_by_test_id("empty-state")).to_contain_text("Your transaction history is empty")
+    org.post("usage", "-0.5", category="sms")
+    page.get_by_test_id("type-filter").click()
+    page.get_by_role("option", name="Top-ups").click()
+    expect(page.get_by_test_id("empty-state")).to_contain_text("No Top-ups transactions in your history")
+
+
+def test_error_state_when_the_data_source_fails(app, page, app_engine, app_ledger, monkeypatch):
+    from orcapulse_billing.pages import billing
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("database unreachable")
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    monkeypatch.setattr(billing, "history_page", broken)  # the app runs in this process
+    sign_in(page, app, org.emails["member"], PASSWORD)
+    alert = page.get_by_test_id("error-alert")
+    expect(alert).to_contain_text("Failed to load transaction history", timeout=30_000)
+    expect(alert).to_contain_text("Please try again later")
+    monkeypatch.undo()
+    page.get_by_test_id("refresh-button").click()
+    expect(page.get_by_test_id("history-row")).to_have_count(1, timeout=10_000)
+    expect(page.get_by_test_id("error-alert")).to_have_count(0)
+
+
+def test_skeleton_then_data(app, page, app_engine, app_ledger, monkeypatch):
+    import time
+
+    from orcapulse_billing.pages import billing
+
+    real = billing._load
+
+    def slow(*args, **kwargs):
+        time.sleep(2)
+        return real(*args, **kwargs)
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    monkeypatch.setattr(billing, "_load", slow)
+    sign_in(page, app, org.emails["member"], PASSWORD)
+    expect(page.get_by_test_id("skeleton-cards")).to_be_visible(timeout=30_000)
+    expect(page.get_by_test_id("skeleton-row")).to_have_count(5)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$5.00", timeout=30_000)
+    expect(page.get_by_test_id("skeleton-cards")).to_have_count(0)
+
+
+def test_row_click_opens_the_session_panel(app, page, app_engine, app_ledger):
+    from orcapulse_billing.metering import SessionInfo, record_usage
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    record_usage(app_ledger, org.id, operation="voice_pipeline", quantity=Decimal("3.5"), status="completed",
+                 idempotency_key="call-1", markup_percent=Decimal(20),
+                 session=SessionInfo(id="call-1", agent_id="agent_abc123", agent_name="Front desk",
+                                     transcript="Caller: hello", analysis={"sentiment": "positive"}))
+    open_billing(page, app, org, "member")
+    page.get_by_test_id("history-row").first.click()
+    panel = page.get_by_test_id("session-panel")
+    expect(panel).to_contain_text("Billing session")
+    for text in ("Front desk", "Pipeline", "3.5 min", "$0.1750", "$0.0525", "$0.0105", "$0.0175", "$0.2555",
+                 "Caller: hello", "sentiment: positive"):
+        expect(panel).to_contain_text(text)
+
+
+def test_csv_export_downloads_the_filtered_rows(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    for n in range(7):
+        org.post("usage", "-0.25", category="sms", description=f"sms batch {n}")
+    open_billing(page, app, org, "member")
+    page.get_by_test_id("type-filter").click()
+    page.get_by_role("option", name="Usage").click()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 1–7 of 7 transactions")
+    with page.expect_download() as download:
+        page.get_by_test_id("export-csv").click()
+    import csv
+
+    with open(download.value.path(), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["description"] for r in rows] == [f"sms batch {n}" for n in range(6, -1, -1)]
+    assert {r["amount"] for r in rows} == {"-0.2500"}
+
+
+def test_balance_change_outside_the_page_shows_after_refresh(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "member")
+    expect(page.get_by_test_id("balance-value")).to_have_text("$5.00")
+    entry = org.post("purchase", "50")
+    page.get_by_test_id("refresh-button").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("$55.00", timeout=10_000)
+    expect(page.get_by_text("Billing data refreshed")).to_be_visible()
+    expect(page.get_by_test_id("history-row").first).to_contain_text(fmt_signed_amount(entry.amount_units))
+
+
+def test_low_balance_banner_and_grace_period(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    org.post("usage", "-1", category="sms")
+    open_billing(page, app, org, "owner")
+    banner = page.get_by_test_id("low-balance-banner")
+    expect(banner).to_contain_text("Low balance")
+    org.post("usage", "-6.5", category="ai_call")
+    page.get_by_test_id("refresh-button").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("-$2.50", timeout=10_000)
+    expect(banner).to_contain_text("new calls are blocked until credits are added")
+    org.post("purchase", "50")
+    page.get_by_test_id("refresh-button").click()
+    expect(banner).to_have_count(0, timeout=10_000)
+
+
+def test_phone_width_has_no_horizontal_scroll(app, browser, app_engine, app_ledger):
+    from .browser import screenshot_name
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        open_billing(page, app, org, "owner")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(screenshot_name("test_phone_width")), full_page=True)
+    finally:
+        context.close()

@@ -191,3 +191,21 @@ def test_backdated_entries_keep_their_timestamp(ledger, new_account):
     at = datetime(2026, 10, 1, 14, 30, tzinfo=timezone.utc)
     entry = ledger.post(Posting(account_id, "purchase", "50", "old", created_at=at))
     assert entry.created_at == at
+
+
+def test_history_and_usage_summary_queries(engine, ledger, new_account):
+    """The read side on both databases: seq keyset pages, filters and the per-category summary."""
+    from orcapulse_billing.history import HistoryQuery, history_page, iter_history, usage_summary
+
+    account_id = new_account()
+    ledger.post(Posting(account_id, "purchase", "100", "top-up"))
+    for n in range(12):
+        ledger.post(Posting(account_id, "usage", "-0.5", f"u{n}", category=("ai_call", "sms", None)[n % 3]))
+    with engine.connect() as conn:
+        page = history_page(conn, account_id, HistoryQuery(), page=2, page_size=10)
+        assert (page.total, page.total_pages, [i.seq for i in page.items]) == (13, 2, [3, 2, 1])
+        topups = history_page(conn, account_id, HistoryQuery("topup"), page=1, page_size=10)
+        assert [i.description for i in topups.items] == ["top-up"] and topups.total == 1
+        assert [i.seq for i in iter_history(conn, account_id, HistoryQuery("usage"), batch=5)] == list(range(13, 1, -1))
+        summary = {(r.category, r.amount_units, r.count) for r in usage_summary(conn, account_id, None, None)}
+    assert summary == {("ai_call", 20_000, 4), ("sms", 20_000, 4), ("other", 20_000, 4)}

@@ -26,7 +26,7 @@ def _me(p: Principal) -> s.Me:
 @router.post("/login", response_model=s.Me, responses=responses(400, 401, 429), summary="Sign in (sets the session cookie)")
 def post_login(body: s.LoginRequest, request: Request, response: Response) -> s.Me:
     ip = client_ip(request) or "unknown"
-    rate_limit("login-ip", ip, limit=30, window_seconds=60)
+    rate_limit("login-ip", ip, limit=100, window_seconds=60)
     rate_limit("login-email", body.email.strip().lower(), limit=10, window_seconds=60)
     settings = get_settings()
     try:

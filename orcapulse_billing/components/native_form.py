@@ -27,7 +27,7 @@ def backend_url(path: str) -> Var:
         _var_data=VarData(
             imports={"$/utils/state": [ImportVar(tag="getBackendURL")], "$/env.json": [ImportVar(tag="env", is_default=True)]}
         ),
-    )
+    ).to(str)
 
 
 def native_form(*children: rx.Component, path: str, **props) -> rx.Component:

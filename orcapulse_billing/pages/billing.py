@@ -1,62 +1,310 @@
-"""`/billing`: the Billing & Credits page of the signed-in organization.
+"""`/billing`: the Billing & Credits page (document 003), for the signed-in organization.
 
-Reads the account row's maintained aggregates (no ledger scan). Signed-out visitors go to /login.
+The state reads through the same services as the REST API (ledger.get_account, history,
+metering's billing sessions), off the event loop, and keeps only display-ready strings: money is
+formatted here from exact integer units, never carried as floats (the chart's bar heights aside).
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
 
 import reflex as rx
 import sqlalchemy as sa
 
 from ..components.layout import PURPLE, page_frame
+from ..components.native_form import backend_url
+from ..components.pagination import page_window, pagination
 from ..components.stat_card import stat_card
+from ..config import get_settings
 from ..db import get_engine
+from ..history import DEFAULT_PAGE_SIZE, PAGE_SIZES, TYPE_LABELS, HistoryQuery, billing_session, history_page, usage_summary
 from ..ledger import get_account
 from ..models import Organization
-from ..money import fmt_balance
+from ..money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
 from ..state import SessionState
+
+log = logging.getLogger(__name__)
 
 GRAY = "linear-gradient(135deg, #475569 0%, #64748b 100%)"
 BLACK = "linear-gradient(135deg, #0f172a 0%, #334155 100%)"
+GREEN = "#16a34a"
+RED = "#dc2626"
+CHART_DAYS = 30
+TYPE_BADGES = {"purchase": "Top-up", "bonus": "Top-up", "usage": "Usage", "refund": "Refund", "adjustment": "Adjustment"}
+CATEGORY_LABELS = {"ai_call": "AI calls", "call_recording": "Recording", "whatsapp": "WhatsApp", "sms": "SMS",
+                   "email": "Email", "transcription": "Transcription", "tts": "TTS", "llm_tokens": "LLM tokens",
+                   "chat": "Chat", "phone_rental": "Phone numbers", "other": "Other"}
+
+
+def format_when(value: datetime) -> str:
+    """'Jan 15, 2024 14:30' (UTC)."""
+    v = value.astimezone(timezone.utc)
+    return f"{v:%b} {v.day}, {v:%Y %H:%M}"
+
+
+def _row(item) -> dict[str, str]:
+    return {
+        "id": str(item.id),
+        "when": format_when(item.created_at),
+        "type": item.type,
+        "badge": TYPE_BADGES.get(item.type, item.type.title()),
+        "description": item.description,
+        "amount": fmt_signed_amount(item.amount_units),
+        "credit": "1" if item.amount_units > 0 else "",
+        "balance_after": fmt_money4(item.balance_after_units),
+        "session_id": item.usage_session_id or "",
+        "category": item.category or "",
+    }
+
+
+def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> dict:
+    """Everything the page shows, in one read transaction (runs in a worker thread)."""
+    settings = get_settings()
+    now = datetime.now(timezone.utc)
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+        org_name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
+        result = history_page(conn, acct.id, HistoryQuery(type_filter), page=page, page_size=page_size)
+        if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
+            result = history_page(conn, acct.id, HistoryQuery(type_filter), page=result.total_pages,
+                                          page_size=page_size)
+        spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
+    return {
+        "org_name": org_name or "",
+        "balance_units": acct.balance_units,
+        "added_units": acct.lifetime_added_units,
+        "consumed_units": acct.lifetime_consumed_units,
+        "transactions": acct.transaction_count,
+        "threshold_units": to_units(settings.low_balance_threshold),
+        "grace_units": to_units(settings.grace_limit),
+        "rows": [_row(i) for i in result.items],
+        "page": result.page,
+        "total": result.total,
+        "total_pages": result.total_pages,
+        "spend": [
+            {"category": CATEGORY_LABELS.get(r.category, r.category), "amount": fmt_money4(r.amount_units),
+             "count": f"({r.count:,})",
+             # chart bar height only; every figure shown as text comes from the exact string above
+             "value": float(from_units(r.amount_units))}  # ok: chart
+            for r in spend
+        ],
+        "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
+    }
+
+
+def _load_session(organization_id: int, session_id: str) -> dict | None:
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+        row = billing_session(conn, acct.id, session_id)
+    if row is None:
+        return None
+    when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or timezone.utc)) if v else ""  # noqa: E731
+    duration = f"{row['duration_minutes']} min" if row["duration_minutes"] else (
+        f"{row['message_count']} messages" if row["message_count"] is not None else "")
+    return {
+        "id": row["external_id"], "agent": row["agent_name"] or row["agent_id"] or "Unknown agent",
+        "agent_id": row["agent_id"] or "", "architecture": (row["architecture"] or row["operation"]).title(),
+        "duration": duration, "base": "$" + fmt4(row["cost_base"]), "llm": "$" + fmt4(row["cost_llm"]),
+        "stt": "$" + fmt4(row["cost_stt"]), "tts": "$" + fmt4(row["cost_tts"]), "total": "$" + fmt4(row["cost_total"]),
+        "started": when(row["started_at"]), "ended": when(row["ended_at"]), "billed": when(row["created_at"]),
+        "transcript": row["transcript"] or "", "recording": row["recording_url"] or "",
+        "analysis": "\n".join(f"{k}: {v}" for k, v in (row["analysis"] or {}).items()),
+    }
 
 
 class BillingState(SessionState):
     loaded: bool = False
+    load_failed: bool = False
+    refreshing: bool = False
     org_name: str = ""
     balance: str = ""
     negative: bool = False
+    low_balance: bool = False
+    threshold: str = ""
+    grace_limit: str = ""
     added: str = ""
     consumed: str = ""
     transactions: int = 0
+    type_filter: str = "all"
+    page_size: str = str(DEFAULT_PAGE_SIZE)
+    page: int = 1
+    total: int = 0
+    total_pages: int = 1
+    rows: list[dict[str, str]] = []
+    spend: list[dict] = []
+    spend_total: str = "$0.00"
+    panel_open: bool = False
+    panel_row: dict[str, str] = {}
+    panel_session: dict[str, str] = {}
+    add_credits_open: bool = False
+
+    @rx.var
+    def page_labels(self) -> list[str]:
+        return page_window(self.page, self.total_pages)
+
+    @rx.var
+    def filter_label(self) -> str:
+        return TYPE_LABELS.get(self.type_filter, "All Transactions")
+
+    @rx.var
+    def range_text(self) -> str:
+        if self.total == 0:
+            return "No transactions"
+        first = (self.page - 1) * int(self.page_size) + 1
+        last = min(self.total, first + len(self.rows) - 1)
+        noun = "transaction" if self.total == 1 else "transactions"
+        return f"Showing {first:,}–{last:,} of {self.total:,} {noun}"
+
+    @rx.var
+    def export_query(self) -> str:
+        return f"?type={self.type_filter}"
+
+    async def _reload(self) -> bool:
+        principal = self.current_principal()
+        if principal is None:
+            return False
+        try:
+            data = await asyncio.to_thread(_load, principal.organization_id, self.type_filter, self.page,
+                                           int(self.page_size))
+        except Exception:  # the page shows its error state; the cause goes to the log
+            log.exception("loading billing data failed")
+            self.load_failed = True
+            return True
+        self.load_failed = False
+        self.org_name = data["org_name"]
+        self.balance = fmt_balance(data["balance_units"])
+        self.negative = data["balance_units"] < 0
+        self.low_balance = data["balance_units"] < data["threshold_units"]
+        self.threshold = fmt_balance(data["threshold_units"])
+        self.grace_limit = fmt_balance(data["grace_units"])
+        self.added = ("+" if data["added_units"] else "") + fmt_balance(data["added_units"])
+        self.consumed = ("-" if data["consumed_units"] else "") + fmt_balance(data["consumed_units"])
+        self.transactions = data["transactions"]
+        self.rows, self.page, self.total, self.total_pages = data["rows"], data["page"], data["total"], data["total_pages"]
+        self.spend, self.spend_total = data["spend"], data["spend_total"]
+        return True
 
     @rx.event
-    def load(self):
+    async def load(self):
+        self.loaded = False
+        if not await self._reload():
+            return rx.redirect("/login")
+        self.loaded = True
+
+    @rx.event
+    async def refresh(self):
+        if self.refreshing:
+            return
+        self.refreshing = True
+        yield
+        ok = await self._reload()
+        self.refreshing = False
+        if not ok:
+            yield rx.redirect("/login")
+        elif self.load_failed:
+            yield rx.toast.error("Refresh failed. Please try again later.")
+        else:
+            yield rx.toast.success("Billing data refreshed")
+
+    @rx.event
+    async def set_type_filter(self, value: str):
+        self.type_filter = value if value in TYPE_LABELS else "all"
+        self.page = 1
+        await self._reload()
+
+    @rx.event
+    async def set_page_size(self, value: str):
+        self.page_size = value if value in {str(n) for n in PAGE_SIZES} else str(DEFAULT_PAGE_SIZE)
+        self.page = 1
+        await self._reload()
+
+    @rx.event
+    async def go_to_page(self, label: str):
+        if label.isdigit():
+            self.page = max(1, min(int(label), self.total_pages))
+            await self._reload()
+
+    @rx.event
+    async def previous_page(self):
+        if self.page > 1:
+            self.page -= 1
+            await self._reload()
+
+    @rx.event
+    async def next_page(self):
+        if self.page < self.total_pages:
+            self.page += 1
+            await self._reload()
+
+    @rx.event
+    async def open_row(self, row: dict):
         principal = self.current_principal()
         if principal is None:
             return rx.redirect("/login")
-        engine = get_engine()
-        with engine.connect() as conn:
-            acct = get_account(conn, organization_id=principal.organization_id)
-            self.org_name = conn.execute(
-                sa.select(Organization.name).where(Organization.id == principal.organization_id)
-            ).scalar() or ""
-        self.balance = fmt_balance(acct.balance_units)
-        self.negative = acct.balance_units < 0
-        self.added = "+" + fmt_balance(acct.lifetime_added_units)
-        self.consumed = "-" + fmt_balance(acct.lifetime_consumed_units)
-        self.transactions = acct.transaction_count
-        self.loaded = True
+        self.panel_row = row
+        self.panel_session = {}
+        if row.get("session_id"):
+            session = await asyncio.to_thread(_load_session, principal.organization_id, row["session_id"])
+            self.panel_session = session or {}
+        self.panel_open = True
+
+    @rx.event
+    def set_panel_open(self, value: bool):
+        self.panel_open = value
+
+    @rx.event
+    def open_add_credits(self):
+        principal = self.current_principal()  # checked again on the server, not just in the page
+        if principal is None or not principal.is_owner:
+            return rx.toast.error("Only owners can add credits.")
+        self.add_credits_open = True
+
+    @rx.event
+    def set_add_credits_open(self, value: bool):
+        self.add_credits_open = value and self.is_owner
 
 
-def _cards() -> rx.Component:
+# -- views ----------------------------------------------------------------------------------------
+
+
+def header() -> rx.Component:
+    add = rx.button(rx.icon("plus", size=16), "Add Credits", color_scheme="green", size="3",
+                    on_click=BillingState.open_add_credits, disabled=~BillingState.is_owner,
+                    data_testid="add-credits-button")
+    return rx.flex(
+        rx.vstack(
+            rx.heading("Billing & Credits", size="8",
+                       style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"}),
+            rx.text("Manage your credits and view transaction history", color_scheme="gray", size="3"),
+            rx.text(BillingState.org_name, size="2", color_scheme="gray", data_testid="org-name"),
+            spacing="1",
+        ),
+        rx.spacer(),
+        rx.hstack(
+            rx.button(rx.icon("refresh-cw", size=16, class_name=rx.cond(BillingState.refreshing, "animate-spin", "")),
+                      "Refresh", variant="outline", size="3", on_click=BillingState.refresh,
+                      disabled=BillingState.refreshing, loading=BillingState.refreshing, data_testid="refresh-button"),
+            rx.cond(BillingState.is_owner, add, rx.tooltip(rx.box(add), content="Only owners can add credits")),
+            spacing="3",
+        ),
+        direction=rx.breakpoints(initial="column", sm="row"),
+        gap="4",
+        width="100%",
+        align=rx.breakpoints(initial="start", sm="end"),
+    )
+
+
+def stats() -> rx.Component:
     return rx.grid(
-        stat_card("Current Balance", BillingState.balance, "Available credits", "wallet",
-                  testid="balance-value", background=PURPLE,
-                  value_color=rx.cond(BillingState.negative, "#fecaca", "white")),
+        stat_card("Current Balance", BillingState.balance, "Available credits", "wallet", testid="balance-value",
+                  background=PURPLE, value_color=rx.cond(BillingState.negative, "#fecaca", "white")),
         stat_card("Credits Added", BillingState.added, "Credits added", "trending-up",
                   testid="credits-added-value", background=GRAY, value_color="#bbf7d0"),
         stat_card("Credits Consumed", BillingState.consumed, "Credits consumed", "arrow-down-right",
-                  testid="credits-consumed-value", background="white", color="black", value_color="#dc2626"),
+                  testid="credits-consumed-value", background="white", color="black", value_color=RED),
         stat_card("Transactions", BillingState.transactions, "All time", "credit-card",
                   testid="transaction-count-value", background=BLACK),
         columns=rx.breakpoints(initial="1", sm="2", lg="4"),
@@ -65,22 +313,362 @@ def _cards() -> rx.Component:
     )
 
 
+def low_balance_banner() -> rx.Component:
+    return rx.cond(
+        BillingState.low_balance,
+        rx.callout.root(
+            rx.callout.icon(rx.icon("triangle-alert")),
+            rx.flex(
+                rx.vstack(
+                    rx.text(rx.cond(BillingState.negative, "Your balance is negative",
+                                    "Low balance: below " + BillingState.threshold), weight="bold"),
+                    rx.text(rx.cond(
+                        BillingState.negative,
+                        "You are in the grace period (down to -" + BillingState.grace_limit
+                        + "). Calls already running finish normally; new calls are blocked until credits are added.",
+                        "New calls stop when the balance reaches $0.00. Add credits to keep your agents running.",
+                    ), size="2"),
+                    spacing="1",
+                ),
+                rx.spacer(),
+                rx.cond(BillingState.is_owner,
+                        rx.button(rx.icon("plus", size=14), "Add Credits", color_scheme="green",
+                                  on_click=BillingState.open_add_credits, class_name="pulse-ring")),
+                gap="3", width="100%", align="center", direction=rx.breakpoints(initial="column", sm="row"),
+            ),
+            color_scheme=rx.cond(BillingState.negative, "red", "amber"),
+            width="100%",
+            data_testid="low-balance-banner",
+        ),
+    )
+
+
+def skeleton() -> rx.Component:
+    return rx.vstack(
+        rx.grid(*[rx.box(height="118px", border_radius="14px", background="var(--gray-4)", class_name="animate-pulse")
+                  for _ in range(4)], columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%",
+                data_testid="skeleton-cards"),
+        rx.vstack(*[rx.box(height="44px", width="100%", border_radius="8px", background="var(--gray-3)",
+                           class_name="animate-pulse", data_testid="skeleton-row") for _ in range(5)],
+                  width="100%", spacing="2"),
+        width="100%",
+        spacing="5",
+    )
+
+
+def type_badge(row) -> rx.Component:
+    return rx.match(
+        row["badge"],
+        ("Top-up", rx.badge(rx.icon("arrow-up-right", size=12), "Top-up", color_scheme="green", variant="soft")),
+        ("Usage", rx.badge(rx.icon("arrow-down-right", size=12), "Usage", color_scheme="red", variant="soft")),
+        rx.badge(rx.icon("dollar-sign", size=12), row["badge"], color_scheme="gray", variant="soft"),
+    )
+
+
+def history_row(row) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(row["when"], white_space="nowrap"),
+        rx.table.cell(type_badge(row)),
+        rx.table.cell(row["description"], min_width="220px"),
+        rx.table.cell(rx.text(row["amount"], color=rx.cond(row["credit"] == "1", GREEN, RED), weight="medium",
+                              font_family="var(--code-font-family)"), text_align="right", white_space="nowrap"),
+        rx.table.cell(rx.text(row["balance_after"], font_family="var(--code-font-family)"), text_align="right",
+                      white_space="nowrap"),
+        on_click=BillingState.open_row(row),
+        cursor="pointer",
+        _hover={"background": "var(--gray-a2)"},
+        data_testid="history-row",
+    )
+
+
+def controls() -> rx.Component:
+    return rx.flex(
+        rx.heading("Transaction History", size="5"),
+        rx.spacer(),
+        rx.hstack(
+            rx.select.root(
+                rx.select.trigger(data_testid="type-filter", min_width="170px"),
+                rx.select.content(*[rx.select.item(label, value=value) for value, label in TYPE_LABELS.items()]),
+                value=BillingState.type_filter,
+                on_change=BillingState.set_type_filter,
+            ),
+            rx.select.root(
+                rx.select.trigger(data_testid="page-size-select"),
+                rx.select.content(*[rx.select.item(f"{n} per page", value=str(n)) for n in PAGE_SIZES]),
+                value=BillingState.page_size,
+                on_change=BillingState.set_page_size,
+            ),
+            rx.el.a(
+                rx.button(rx.icon("download", size=14), "Export CSV", variant="soft", color_scheme="gray"),
+                href=backend_url("/api/credits/history.csv") + BillingState.export_query,
+                download="orcapulse-credits.csv",
+                data_testid="export-csv",
+            ),
+            spacing="2",
+            wrap="wrap",
+        ),
+        direction=rx.breakpoints(initial="column", sm="row"),
+        gap="3",
+        width="100%",
+        align=rx.breakpoints(initial="start", sm="center"),
+    )
+
+
+def empty_state() -> rx.Component:
+    return rx.center(
+        rx.vstack(
+            rx.center(rx.icon("credit-card", size=40, color="var(--gray-9)"), width="80px", height="80px",
+                      border_radius="50%", background="var(--gray-3)"),
+            rx.heading("No transactions found", size="4"),
+            rx.text(rx.cond(BillingState.type_filter == "all", "Your transaction history is empty",
+                            "No " + BillingState.filter_label + " transactions in your history"),
+                    color_scheme="gray"),
+            rx.button(rx.icon("refresh-cw", size=14), "Refresh", variant="outline", on_click=BillingState.refresh),
+            align="center",
+            spacing="3",
+        ),
+        padding_y="9",
+        width="100%",
+        data_testid="empty-state",
+    )
+
+
+def error_state() -> rx.Component:
+    return rx.callout.root(
+        rx.callout.icon(rx.icon("circle-alert")),
+        rx.flex(
+            rx.vstack(rx.text("Failed to load transaction history", weight="bold"),
+                      rx.text("Please try again later", size="2"), spacing="1"),
+            rx.spacer(),
+            rx.button(rx.icon("refresh-cw", size=14), "Refresh", variant="outline", color_scheme="red",
+                      on_click=BillingState.refresh),
+            width="100%", align="center", gap="3",
+        ),
+        color_scheme="red",
+        width="100%",
+        data_testid="error-alert",
+    )
+
+
+def history_table() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            controls(),
+            rx.cond(
+                BillingState.total == 0,
+                empty_state(),
+                rx.vstack(
+                    rx.box(
+                        rx.table.root(
+                            rx.table.header(rx.table.row(
+                                rx.table.column_header_cell("Date & Time (UTC)"),
+                                rx.table.column_header_cell("Type"),
+                                rx.table.column_header_cell("Description"),
+                                rx.table.column_header_cell("Amount", text_align="right"),
+                                rx.table.column_header_cell("Balance", text_align="right"),
+                            )),
+                            rx.table.body(rx.foreach(BillingState.rows, history_row)),
+                            variant="ghost",
+                            size="2",
+                            width="100%",
+                            min_width="760px",
+                            data_testid="history-table",
+                        ),
+                        overflow_x="auto",
+                        width="100%",
+                        max_width="100%",
+                    ),
+                    rx.flex(
+                        rx.text(BillingState.range_text, size="2", color_scheme="gray", data_testid="pagination-total"),
+                        rx.spacer(),
+                        pagination(page=BillingState.page, total_pages=BillingState.total_pages,
+                                   labels=BillingState.page_labels, on_prev=BillingState.previous_page,
+                                   on_next=BillingState.next_page, on_page=BillingState.go_to_page),
+                        direction=rx.breakpoints(initial="column", sm="row"),
+                        gap="3",
+                        width="100%",
+                        align=rx.breakpoints(initial="start", sm="center"),
+                    ),
+                    width="100%",
+                    spacing="3",
+                ),
+            ),
+            spacing="4",
+            width="100%",
+        ),
+        width="100%",
+        max_width="100%",
+        overflow="hidden",
+        size=rx.breakpoints(initial="2", sm="3"),
+    )
+
+
+def usage_chart() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.hstack(
+                rx.heading("Usage by category", size="4"),
+                rx.spacer(),
+                rx.text("Last 30 days: ", rx.text.strong(BillingState.spend_total), size="2", color_scheme="gray"),
+                width="100%",
+                align="center",
+            ),
+            rx.cond(
+                BillingState.spend.length() > 0,
+                rx.flex(
+                    rx.box(
+                        rx.recharts.bar_chart(
+                            rx.recharts.bar(data_key="value", fill="#8b5cf6", radius=[6, 6, 0, 0], name="Spend ($)"),
+                            rx.recharts.x_axis(data_key="category", tick_line=False, font_size=12),
+                            rx.recharts.y_axis(width=48, font_size=12),
+                            rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
+                            rx.recharts.graphing_tooltip(),
+                            data=BillingState.spend,
+                            height=220,
+                            width="100%",
+                        ),
+                        flex="2",
+                        min_width="260px",
+                        width="100%",
+                    ),
+                    rx.vstack(
+                        rx.foreach(BillingState.spend, lambda r: rx.hstack(
+                            rx.text(r["category"], size="2"), rx.spacer(),
+                            rx.text(r["amount"], size="2", font_family="var(--code-font-family)"),
+                            rx.text(r["count"], size="1", color_scheme="gray"),
+                            width="100%", data_testid="usage-category")),
+                        flex="1",
+                        min_width="220px",
+                        spacing="1",
+                    ),
+                    gap="5",
+                    width="100%",
+                    wrap="wrap",
+                ),
+                rx.text("No usage in the last 30 days.", color_scheme="gray", size="2"),
+            ),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+        size="3",
+        data_testid="usage-chart",
+    )
+
+
+def _detail(label: str, value) -> rx.Component:
+    return rx.cond(value != "", rx.hstack(rx.text(label, size="2", color_scheme="gray", min_width="130px"),
+                                          rx.text(value, size="2"), width="100%"))
+
+
+def session_panel() -> rx.Component:
+    s = BillingState.panel_session
+    r = BillingState.panel_row
+    return rx.dialog.root(
+        rx.dialog.content(
+            rx.vstack(
+                rx.hstack(
+                    rx.dialog.title(rx.cond(s.contains("id"), "Billing session", "Transaction"), margin="0"),
+                    rx.spacer(),
+                    rx.dialog.close(rx.icon_button(rx.icon("x"), variant="ghost", color_scheme="gray")),
+                    width="100%",
+                    align="center",
+                ),
+                rx.text(r["description"], weight="medium"),
+                _detail("Amount", r["amount"]),
+                _detail("Date & Time", r["when"]),
+                rx.cond(
+                    s.contains("id"),
+                    rx.vstack(
+                        rx.divider(),
+                        _detail("Session ID", s["id"]),
+                        _detail("Agent", s["agent"]),
+                        _detail("Agent ID", s["agent_id"]),
+                        _detail("Architecture", s["architecture"]),
+                        _detail("Duration", s["duration"]),
+                        _detail("Started", s["started"]),
+                        _detail("Ended", s["ended"]),
+                        _detail("Billed", s["billed"]),
+                        rx.heading("Cost breakdown", size="3", padding_top="2"),
+                        _detail("Base", s["base"]),
+                        _detail("Model / LLM", s["llm"]),
+                        _detail("Speech-to-text", s["stt"]),
+                        _detail("Text-to-speech", s["tts"]),
+                        rx.hstack(rx.text("Total", weight="bold", min_width="130px"),
+                                  rx.text(s["total"], weight="bold"), width="100%"),
+                        rx.cond(s["recording"] != "", rx.vstack(
+                            rx.heading("Recording", size="3", padding_top="2"),
+                            rx.audio(src=s["recording"], controls=True, width="100%", height="40px"),
+                            width="100%")),
+                        rx.cond(s["transcript"] != "", rx.vstack(
+                            rx.heading("Transcript", size="3", padding_top="2"),
+                            rx.box(rx.text(s["transcript"], size="2", white_space="pre-wrap"),
+                                   background="var(--gray-2)", padding="3", border_radius="8px", width="100%",
+                                   max_height="220px", overflow_y="auto"),
+                            width="100%")),
+                        rx.cond(s["analysis"] != "", rx.vstack(
+                            rx.heading("Post-call analysis", size="3", padding_top="2"),
+                            rx.text(s["analysis"], size="2", white_space="pre-wrap"), width="100%")),
+                        width="100%",
+                        spacing="2",
+                    ),
+                    rx.text(rx.cond(r["type"] == "usage", "No session details were reported for this charge.", ""),
+                            size="2", color_scheme="gray"),
+                ),
+                spacing="3",
+                width="100%",
+            ),
+            max_width="520px",
+            data_testid="session-panel",
+        ),
+        open=BillingState.panel_open,
+        on_open_change=BillingState.set_panel_open,
+    )
+
+
+def add_credits_dialog() -> rx.Component:
+    from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
+
+    return rx.dialog.root(
+        rx.dialog.content(
+            rx.dialog.title("Add Credits"),
+            rx.dialog.description("1 credit = $1.00. Credits never expire.", size="2"),
+            rx.grid(*[rx.card(rx.vstack(rx.text(f"${p.price:,.0f}", size="6", weight="bold"),
+                                        rx.text(f"{p.credits:,.0f} credits", size="2", color_scheme="gray")))
+                      for p in PACKAGES], columns="2", spacing="3", padding_y="3"),
+            rx.text(f"Or any amount from ${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f}.", size="2", color_scheme="gray"),
+            rx.callout("Card checkout is being connected; until then an operator can grant credits "
+                       "(orcapulse-billing grant).", icon="info", size="1", margin_top="3"),
+            rx.flex(rx.dialog.close(rx.button("Close", variant="soft", color_scheme="gray")), justify="end",
+                    margin_top="3"),
+            data_testid="add-credits-dialog",
+        ),
+        open=BillingState.add_credits_open,
+        on_open_change=BillingState.set_add_credits_open,
+    )
+
+
 @rx.page(route="/billing", title="Billing & Credits · OrcaPulse", on_load=BillingState.load)
 def billing() -> rx.Component:
     return page_frame(
-        rx.vstack(
-            rx.heading("Billing & Credits", size="8",
-                       style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"}),
-            rx.text("Manage your credits and view transaction history", color_scheme="gray", size="3"),
-            rx.text(BillingState.org_name, size="2", color_scheme="gray", data_testid="org-name"),
-            spacing="1",
+        rx.el.style(
+            "@keyframes spin{to{transform:rotate(360deg)}}.animate-spin{animation:spin 1s linear infinite}"
+            "@keyframes pulse{50%{opacity:.45}}.animate-pulse{animation:pulse 1.6s ease-in-out infinite}"
+            ".pulse-ring{box-shadow:0 0 0 0 rgba(22,163,74,.6);animation:ring 1.8s infinite}"
+            "@keyframes ring{70%{box-shadow:0 0 0 10px rgba(22,163,74,0)}100%{box-shadow:0 0 0 0 rgba(22,163,74,0)}}"
         ),
+        header(),
         rx.cond(
             BillingState.loaded,
-            _cards(),
-            rx.grid(*[rx.skeleton(rx.box(height="110px"), loading=True) for _ in range(4)],
-                    columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%"),
+            rx.cond(
+                BillingState.load_failed,
+                error_state(),
+                rx.vstack(low_balance_banner(), stats(), usage_chart(), history_table(), width="100%", spacing="5"),
+            ),
+            skeleton(),
         ),
+        session_panel(),
+        add_credits_dialog(),
     )
 
 
