@@ -8,7 +8,7 @@ common case) pages by the per-account gap-free `seq`, so page N is a range read 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import sqlalchemy as sa
@@ -16,10 +16,11 @@ from sqlalchemy.engine import Connection
 
 from .db import as_utc
 from .ledger import get_account
-from .models import BillingSession, LedgerEntry
+from .models import BillingSession, LedgerEntry, UsageRollup
 
 PAGE_SIZES = (10, 25, 50, 100)
 DEFAULT_PAGE_SIZE = 50
+# The filters are the entries' kinds (models.ENTRY_KINDS); "all" is every kind.
 TYPE_FILTERS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "topup": ("purchase", "bonus"),
@@ -70,15 +71,14 @@ class HistoryQuery:
             raise ValueError(f"type must be one of {', '.join(TYPE_FILTERS)}")
 
     @property
-    def unfiltered(self) -> bool:
-        return self.type == "all" and self.start is None and self.end is None
+    def undated(self) -> bool:
+        return self.start is None and self.end is None
 
     def where(self, account_id: int) -> list:
         e = LedgerEntry.__table__.c
         clauses = [e.account_id == account_id]
-        types = TYPE_FILTERS[self.type]
-        if types:
-            clauses.append(e.type.in_(types))
+        if self.type != "all":
+            clauses.append(e.kind == self.type)
         if self.start is not None:
             clauses.append(e.created_at >= self.start)
         if self.end is not None:
@@ -109,10 +109,16 @@ def history_page(conn: Connection, account_id: int, query: HistoryQuery, *, page
         raise ValueError("page must be 1 or more")
     e = LedgerEntry.__table__.c
     stmt = sa.select(*_COLUMNS).order_by(e.seq.desc())
-    if query.unfiltered:
-        total = get_account(conn, account_id=account_id).transaction_count
-        high = total - (page - 1) * page_size  # seq is 1..total without gaps
-        stmt = stmt.where(e.account_id == account_id, e.seq <= high, e.seq > high - page_size)
+    if query.undated:
+        # seq (or kind_seq) runs 1..total without gaps: page N is a range, the total a counter
+        acct = get_account(conn, account_id=account_id)
+        if query.type == "all":
+            total, numbered = acct.transaction_count, e.seq
+        else:
+            total, numbered = acct.kind_counts[query.type], e.kind_seq
+            stmt = stmt.where(e.kind == query.type)
+        high = total - (page - 1) * page_size
+        stmt = stmt.where(e.account_id == account_id, numbered <= high, numbered > high - page_size)
     else:
         clauses = query.where(account_id)
         total = conn.execute(sa.select(sa.func.count()).select_from(LedgerEntry.__table__).where(*clauses)).scalar()
@@ -144,6 +150,47 @@ class CategoryUsage:
 
 
 def usage_summary(conn: Connection, account_id: int, start: datetime | None, end: datetime | None) -> list[CategoryUsage]:
+    """Consumption per category in [start, end). Whole UTC days come from the daily rollup the
+    ledger keeps; only the partial days at either edge read entries."""
+    totals: dict[str, list[int]] = {}
+
+    def add(rows) -> None:
+        for category, amount, count in rows:
+            t = totals.setdefault(category, [0, 0])
+            t[0] += int(amount)
+            t[1] += int(count)
+
+    first_day = _day_after(start) if start is not None else None  # first whole day
+    last_day = end.date() if end is not None else None  # first day not wholly inside
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        add(_entry_summary(conn, account_id, start, end))  # within one or two partial days
+    else:
+        r = UsageRollup.__table__.c
+        rollup = sa.select(r.category, sa.func.sum(r.amount), sa.func.sum(r.count)).where(r.account_id == account_id)
+        if first_day is not None:
+            rollup = rollup.where(r.day >= first_day)
+        if last_day is not None:
+            rollup = rollup.where(r.day < last_day)
+        add(conn.execute(rollup.group_by(r.category)))
+        if start is not None and start < _midnight(first_day):
+            add(_entry_summary(conn, account_id, start, _midnight(first_day)))
+        if end is not None and end > _midnight(last_day):
+            add(_entry_summary(conn, account_id, _midnight(last_day), end))
+    rows = [CategoryUsage(c, a, n) for c, (a, n) in totals.items() if n]
+    return sorted(rows, key=lambda r: (-r.amount_units, r.category))
+
+
+def _midnight(day) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _day_after(moment: datetime):
+    """The first UTC day starting at or after `moment`."""
+    day = moment.astimezone(timezone.utc).date()
+    return day if _midnight(day) == moment else day + timedelta(days=1)
+
+
+def _entry_summary(conn: Connection, account_id: int, start: datetime, end: datetime):
     e = LedgerEntry.__table__.c
     # one expression object in SELECT and GROUP BY (two bound 'other' parameters would not match
     # on PostgreSQL)
@@ -153,8 +200,7 @@ def usage_summary(conn: Connection, account_id: int, start: datetime | None, end
         .where(*HistoryQuery("usage", start, end).where(account_id))
         .group_by(category)
     )
-    rows = [CategoryUsage(r[0], int(r[1]), int(r[2])) for r in conn.execute(stmt)]
-    return sorted(rows, key=lambda r: (-r.amount_units, r.category))
+    return conn.execute(stmt).all()
 
 
 def billing_session(conn: Connection, account_id: int, external_id: str) -> dict | None:

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .db import as_utc, is_sqlite
-from .models import CreditSource, EntryType, JsonType
+from .models import ENTRY_KINDS, CreditSource, EntryType, JsonType
 from .money import MoneyError, from_units, parse_amount, to_units
 
 MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
@@ -132,6 +132,7 @@ class PostedEntry:
 class _Prepared:
     account_id: int
     type: str
+    kind: str
     source: str | None
     amount: int
     floor: int
@@ -147,6 +148,9 @@ class _Prepared:
         return {
             "account_id": self.account_id,
             "type": self.type,
+            "kind": self.kind,
+            "day": self.created_at.date(),
+            "rollup_category": self.category or "other",
             "source": self.source,
             "amount": self.amount,
             "added": max(self.amount, 0),
@@ -168,12 +172,18 @@ UPDATE credit_account
        lifetime_added = lifetime_added + :added,
        lifetime_consumed = lifetime_consumed + :consumed,
        transaction_count = transaction_count + 1,
+       topup_count = topup_count + CASE WHEN :kind = 'topup' THEN 1 ELSE 0 END,
+       usage_count = usage_count + CASE WHEN :kind = 'usage' THEN 1 ELSE 0 END,
+       refund_count = refund_count + CASE WHEN :kind = 'refund' THEN 1 ELSE 0 END,
+       adjustment_count = adjustment_count + CASE WHEN :kind = 'adjustment' THEN 1 ELSE 0 END,
        version = version + 1,
        updated_at = :created_at
  WHERE id = :account_id AND balance + :amount >= :floor
    AND NOT EXISTS (SELECT 1 FROM ledger_entry
                     WHERE account_id = :account_id AND idempotency_key = :idempotency_key)
-RETURNING balance, transaction_count
+RETURNING balance, transaction_count,
+          CASE :kind WHEN 'topup' THEN topup_count WHEN 'usage' THEN usage_count
+                     WHEN 'refund' THEN refund_count ELSE adjustment_count END AS kind_seq
 """
 
 _ENTRY_COLUMNS = (
@@ -181,14 +191,23 @@ _ENTRY_COLUMNS = (
     "metadata, actor_user_id, actor_ip, idempotency_key, created_at"
 )
 _INSERT_COLUMNS = (
-    "account_id, seq, type, source, amount, balance_before, balance_after, description, category, "
+    "account_id, seq, kind, kind_seq, type, source, amount, balance_before, balance_after, description, category, "
     "metadata, actor_user_id, actor_ip, idempotency_key, created_at"
 )
 
 _TYPED = (
     sa.bindparam("metadata", type_=JsonType),
     sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("day", type_=sa.Date()),
 )
+
+# Usage postings also add to their day's rollup (same transaction, under the account row's lock).
+_UPSERT_ROLLUP = """
+INSERT INTO usage_rollup (account_id, day, category, amount, count)
+{source}
+ON CONFLICT (account_id, day, category)
+DO UPDATE SET amount = usage_rollup.amount + excluded.amount, count = usage_rollup.count + 1
+"""
 
 _RESULT_TYPES = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
 
@@ -196,15 +215,21 @@ _RESULT_TYPES = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
 # are not typed by the INSERT's target columns.
 _PG_POST = sa.text(
     f"""
-WITH acct AS ({_UPDATE_ACCOUNT})
+WITH acct AS ({_UPDATE_ACCOUNT}),
+entry AS (
 INSERT INTO ledger_entry ({_INSERT_COLUMNS})
-SELECT CAST(:account_id AS INTEGER), acct.transaction_count, CAST(:type AS VARCHAR), CAST(:source AS VARCHAR),
+SELECT CAST(:account_id AS INTEGER), acct.transaction_count, CAST(:kind AS VARCHAR), acct.kind_seq,
+       CAST(:type AS VARCHAR), CAST(:source AS VARCHAR),
        CAST(:amount AS BIGINT), acct.balance - CAST(:amount AS BIGINT), acct.balance,
        CAST(:description AS VARCHAR), CAST(:category AS VARCHAR), CAST(:metadata AS JSONB),
        CAST(:actor_user_id AS INTEGER), CAST(:actor_ip AS VARCHAR), CAST(:idempotency_key AS VARCHAR),
        CAST(:created_at AS TIMESTAMPTZ)
   FROM acct
-RETURNING {_ENTRY_COLUMNS}
+RETURNING {_ENTRY_COLUMNS}, kind
+),
+rollup AS ({_UPSERT_ROLLUP.format(source="SELECT account_id, CAST(:day AS DATE), CAST(:rollup_category AS VARCHAR), "
+                                    "-amount, 1 FROM entry WHERE kind = 'usage'")})
+SELECT {_ENTRY_COLUMNS} FROM entry
 """
 ).bindparams(*_TYPED).columns(**_RESULT_TYPES)
 
@@ -212,11 +237,14 @@ _SQLITE_UPDATE = sa.text(_UPDATE_ACCOUNT).bindparams(_TYPED[1])
 _SQLITE_INSERT = sa.text(
     f"""
 INSERT INTO ledger_entry ({_INSERT_COLUMNS})
-VALUES (:account_id, :seq, :type, :source, :amount, :balance_before, :balance_after, :description, :category,
-        :metadata, :actor_user_id, :actor_ip, :idempotency_key, :created_at)
+VALUES (:account_id, :seq, :kind, :kind_seq, :type, :source, :amount, :balance_before, :balance_after,
+        :description, :category, :metadata, :actor_user_id, :actor_ip, :idempotency_key, :created_at)
 RETURNING {_ENTRY_COLUMNS}
 """
-).bindparams(*_TYPED).columns(**_RESULT_TYPES)
+).bindparams(*_TYPED[:2]).columns(**_RESULT_TYPES)
+_SQLITE_ROLLUP = sa.text(
+    _UPSERT_ROLLUP.format(source="VALUES (:account_id, :day, :rollup_category, :consumed, 1)")
+).bindparams(_TYPED[2])
 
 _FIND_BY_KEY = sa.text(
     f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id AND idempotency_key = :key"
@@ -346,6 +374,7 @@ class Ledger:
         return _Prepared(
             account_id=p.account_id,
             type=entry_type.value,
+            kind=ENTRY_KINDS[entry_type.value],
             source=source,
             amount=units,
             floor=floor,
@@ -381,11 +410,15 @@ class Ledger:
         acct = conn.execute(_SQLITE_UPDATE, params).first()
         if acct is None:
             return None
-        balance, seq = acct
-        return conn.execute(
+        balance, seq, kind_seq = acct
+        row = conn.execute(
             _SQLITE_INSERT,
-            {**params, "seq": seq, "balance_before": balance - params["amount"], "balance_after": balance},
+            {**params, "seq": seq, "kind_seq": kind_seq, "balance_before": balance - params["amount"],
+             "balance_after": balance},
         ).first()
+        if params["kind"] == "usage":
+            conn.execute(_SQLITE_ROLLUP, params)
+        return row
 
     @staticmethod
     def _replay(row: Any, p: _Prepared) -> PostedEntry:
@@ -409,6 +442,7 @@ class AccountSnapshot:
     lifetime_consumed_units: int
     transaction_count: int
     version: int
+    kind_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def balance(self) -> Decimal:
@@ -420,7 +454,8 @@ def get_account(conn: Connection, *, account_id: int | None = None, organization
     row = conn.execute(
         sa.text(
             "SELECT id, organization_id, currency, balance, lifetime_added, lifetime_consumed, "
-            f"transaction_count, version FROM credit_account WHERE {where} = :v"
+            "transaction_count, version, topup_count, usage_count, refund_count, adjustment_count "
+            f"FROM credit_account WHERE {where} = :v"
         ),
         {"v": value},
     ).first()
@@ -435,6 +470,7 @@ def get_account(conn: Connection, *, account_id: int | None = None, organization
         lifetime_consumed_units=row[5],
         transaction_count=row[6],
         version=row[7],
+        kind_counts={"topup": row[8], "usage": row[9], "refund": row[10], "adjustment": row[11]},
     )
 
 
@@ -462,7 +498,42 @@ def check_invariants(conn: Connection, account_id: int) -> list[str]:
         ),
         {"a": account_id},
     ).scalar()
+    kinds = conn.execute(
+        sa.text("SELECT kind, COUNT(*), MAX(kind_seq) FROM ledger_entry WHERE account_id = :a GROUP BY kind"),
+        {"a": account_id},
+    ).all()
+    counters = dict(
+        conn.execute(
+            sa.text("SELECT 'topup', topup_count FROM credit_account WHERE id = :a UNION ALL "
+                    "SELECT 'usage', usage_count FROM credit_account WHERE id = :a UNION ALL "
+                    "SELECT 'refund', refund_count FROM credit_account WHERE id = :a UNION ALL "
+                    "SELECT 'adjustment', adjustment_count FROM credit_account WHERE id = :a"),
+            {"a": account_id},
+        ).all()
+    )
+    usage_by_category = {
+        r[0]: (int(r[1]), int(r[2]))
+        for r in conn.execute(
+            sa.text("SELECT COALESCE(category, 'other'), SUM(-amount), COUNT(*) FROM ledger_entry "
+                    "WHERE account_id = :a AND kind = 'usage' GROUP BY COALESCE(category, 'other')"),
+            {"a": account_id},
+        )
+    }
+    rollup_by_category = {
+        r[0]: (int(r[1]), int(r[2]))
+        for r in conn.execute(
+            sa.text("SELECT category, SUM(amount), SUM(count) FROM usage_rollup WHERE account_id = :a GROUP BY category"),
+            {"a": account_id},
+        )
+    }
     problems = []
+    for kind, n, max_kind_seq in kinds:
+        if counters.get(kind) != n or max_kind_seq != n:
+            problems.append(f"{kind}: counter {counters.get(kind)}, entries {n}, max kind_seq {max_kind_seq}")
+    if {k: v for k, v in counters.items() if v} != {k: n for k, n, _ in kinds}:
+        problems.append(f"kind counters {counters} disagree with the entries")
+    if usage_by_category != rollup_by_category:
+        problems.append("the usage rollup disagrees with the usage entries")
     if acct.balance_units != total:
         problems.append(f"balance {acct.balance_units} != sum(amounts) {total}")
     if count and acct.balance_units != last_after:

@@ -6,7 +6,7 @@ PostgreSQL alike, and cheap to add in SQL.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from enum import Enum
 from typing import Any, Optional
 
@@ -109,20 +109,30 @@ class CreditAccount(SQLModel, table=True):
     lifetime_added: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     lifetime_consumed: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     transaction_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    # entries per history filter ("kind"); each is the last entry's kind_seq for that kind
+    topup_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    usage_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    refund_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    adjustment_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 
 
+ENTRY_KINDS = {"purchase": "topup", "bonus": "topup", "usage": "usage", "refund": "refund", "adjustment": "adjustment"}
+
+
 class LedgerEntry(SQLModel, table=True):
-    """Append-only. `seq` is gap-free per account (1, 2, 3, ...) in posting order."""
+    """Append-only. `seq` is gap-free per account (1, 2, 3, ...) in posting order; `kind_seq` is
+    gap-free per account and kind (the history filters: topup, usage, refund, adjustment), so a
+    filtered page at any depth is a range read too."""
 
     __tablename__ = "ledger_entry"
     __table_args__ = (
         sa.UniqueConstraint("account_id", "seq", name="uq_ledger_entry_account_seq"),
         sa.UniqueConstraint("account_id", "idempotency_key", name="uq_ledger_entry_account_idem"),
         sa.Index("ix_ledger_entry_account_created", "account_id", "created_at", "id"),
-        sa.Index("ix_ledger_entry_account_type_seq", "account_id", "type", "seq"),
+        sa.UniqueConstraint("account_id", "kind", "kind_seq", name="uq_ledger_entry_account_kind_seq"),
         sa.CheckConstraint("balance_after = balance_before + amount", name="ck_ledger_entry_balance_math"),
         sa.CheckConstraint("amount <> 0", name="ck_ledger_entry_nonzero"),
         sa.CheckConstraint("amount < 0 OR source IS NOT NULL", name="ck_ledger_entry_credit_source"),
@@ -132,6 +142,8 @@ class LedgerEntry(SQLModel, table=True):
     account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
     seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     type: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    kind_seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     source: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     balance_before: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
@@ -212,3 +224,16 @@ class BillingSession(SQLModel, table=True):
     cost_tts: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     cost_total: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _ts(nullable=False)
+
+
+class UsageRollup(SQLModel, table=True):
+    """Consumption per account, UTC day and category, kept by the ledger with every usage posting,
+    so usage summaries read a few hundred rows instead of every entry."""
+
+    __tablename__ = "usage_rollup"
+
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    category: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # consumed units, positive
+    count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))

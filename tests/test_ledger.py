@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -209,3 +209,30 @@ def test_history_and_usage_summary_queries(engine, ledger, new_account):
         assert [i.seq for i in iter_history(conn, account_id, HistoryQuery("usage"), batch=5)] == list(range(13, 1, -1))
         summary = {(r.category, r.amount_units, r.count) for r in usage_summary(conn, account_id, None, None)}
     assert summary == {("ai_call", 20_000, 4), ("sms", 20_000, 4), ("other", 20_000, 4)}
+
+
+def test_usage_summary_from_rollups_equals_a_scan_of_the_entries(engine, ledger, new_account):
+    """Whole days come from the rollup, edges from the entries: any range must match a plain scan."""
+    import random
+
+    from orcapulse_billing.history import _entry_summary, usage_summary
+
+    account_id = new_account()
+    ledger.post(Posting(account_id, "purchase", "1000", "funds"))
+    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    rng = random.Random(7)
+    for n in range(150):
+        at = base + timedelta(minutes=rng.randint(0, 9 * 24 * 60))
+        ledger.post(Posting(account_id, "usage", -Decimal(rng.randint(1, 5000)) / 10_000, f"u{n}",
+                            category=rng.choice(["ai_call", "sms", None]), created_at=at))
+    far = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    with engine.connect() as conn:
+        for _ in range(25):
+            start = base + timedelta(minutes=rng.randint(-600, 9 * 24 * 60))
+            end = start + timedelta(minutes=rng.choice([30, 600, 1440, 2 * 1440 + 7, 5 * 1440]))
+            for lo, hi in ((start, end), (None, end), (start, None), (base + timedelta(days=2), base + timedelta(days=5))):
+                fast = {(r.category, r.amount_units, r.count) for r in usage_summary(conn, account_id, lo, hi)}
+                slow = {(c, int(a), int(n)) for c, a, n in
+                        _entry_summary(conn, account_id, lo or base - timedelta(days=1), hi or far)}
+                assert fast == slow, (lo, hi)
+        assert check_invariants(conn, account_id) == []
