@@ -25,6 +25,10 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # batch migrations rebuild tables that others reference; SQLite would check foreign
+                # keys on each DROP. The pragma only works outside a transaction: on the raw connection.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,

@@ -52,6 +52,21 @@ def _flag(name: str, default: bool) -> bool:
     return (_env(name, "true" if default else "false") or "").lower() in ("1", "true", "yes", "on")
 
 
+def _bonuses(raw: str) -> dict[str, Decimal]:
+    """'pkg_200:2,pkg_500:5' -> {'pkg_200': Decimal('2'), ...} (percent of the package's credits)."""
+    result = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        package, _, percent = part.partition(":")
+        try:
+            value = parse_amount(percent)
+        except MoneyError:
+            raise ConfigError(f"PACKAGE_BONUS_PERCENT: bad percent in {part!r}") from None
+        if not package or value < 0 or value > 100:
+            raise ConfigError(f"PACKAGE_BONUS_PERCENT: bad entry {part!r}")
+        result[package.strip()] = value
+    return result
+
+
 def default_data_dir() -> Path:
     return Path(_env("ORCAPULSE_DATA_DIR", str(PROJECT_ROOT / "data")))
 
@@ -83,6 +98,7 @@ class Settings:
     smtp_starttls: bool
     session_ttl_hours: int
     cookie_secure: bool
+    package_bonus_percent: dict[str, Decimal]
 
 
 def load_settings() -> Settings:
@@ -113,6 +129,7 @@ def load_settings() -> Settings:
         smtp_from=_env("SMTP_FROM", "billing@orcapulse.local"),
         smtp_starttls=_flag("SMTP_STARTTLS", True),
         session_ttl_hours=_int("SESSION_TTL_HOURS", 168),
+        package_bonus_percent=_bonuses(_env("PACKAGE_BONUS_PERCENT", "pkg_50:0,pkg_200:2,pkg_500:5,pkg_1000:10")),
         cookie_secure=_flag("COOKIE_SECURE", False),
     )
 

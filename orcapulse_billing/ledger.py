@@ -287,7 +287,20 @@ class Ledger:
 
     def post(self, posting: Posting) -> PostedEntry:
         """Post one entry in its own transaction."""
-        return self.post_many([posting])[0]
+        if self._sqlite:
+            return self.post_many([posting])[0]
+        # PostgreSQL: the posting is one statement, atomic on its own, so it runs in autocommit:
+        # no BEGIN/COMMIT round trips, and the account row's lock is not held across the client.
+        prepared = self._prepare(posting)
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    return self._apply(conn, prepared)
+            except IntegrityError:
+                # a concurrent writer committed this idempotency key first: the retry is a replay
+                if attempt == 2 or prepared.idempotency_key is None:
+                    raise
+        raise AssertionError("unreachable")
 
     def post_many(self, postings: list[Posting]) -> list[PostedEntry]:
         """Post several entries all-or-nothing in one transaction (e.g. a purchase and its bonus)."""
@@ -430,6 +443,12 @@ class Ledger:
                 f"idempotency key {p.idempotency_key!r} was already used with different parameters"
             )
         return entry
+
+
+def find_entry(conn: Connection, account_id: int, idempotency_key: str) -> PostedEntry | None:
+    """The entry posted under this idempotency key, if any (marked as a replay)."""
+    row = conn.execute(_FIND_BY_KEY, {"account_id": account_id, "key": idempotency_key}).first()
+    return _entry_from_row(row, replayed=True) if row is not None else None
 
 
 @dataclass(frozen=True)

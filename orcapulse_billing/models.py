@@ -57,6 +57,7 @@ class Organization(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
     created_at: datetime = _ts(nullable=False)
+    stripe_customer_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
 
 
 class User(SQLModel, table=True):
@@ -237,3 +238,65 @@ class UsageRollup(SQLModel, table=True):
     category: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # consumed units, positive
     count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+
+
+class PaymentMethod(SQLModel, table=True):
+    """A saved card: display data only (brand, last four, expiry), never the number."""
+
+    __tablename__ = "payment_method"
+    __table_args__ = (sa.UniqueConstraint("provider", "provider_id", name="uq_payment_method_provider_id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    organization_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
+    )
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    provider_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    brand: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    last4: str = Field(sa_column=sa.Column(sa.String(4), nullable=False))
+    exp_month: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    exp_year: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    is_default: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    created_at: datetime = _ts(nullable=False)
+
+
+class CheckoutSession(SQLModel, table=True):
+    """A hosted checkout we created; a webhook may credit it only if it matches this row."""
+
+    __tablename__ = "checkout_session"
+    __table_args__ = (sa.UniqueConstraint("provider", "provider_id", name="uq_checkout_session_provider_id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    organization_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
+    )
+    user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    provider_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    mode: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # payment | setup
+    package_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))  # credit units
+    bonus: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # open|completed|failed|expired
+    payment_intent_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    url: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
+    actor_ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    refunded: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    created_at: datetime = _ts(nullable=False)
+    completed_at: Optional[datetime] = _ts(nullable=True)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """Every provider event we received, once: replays are recognised by (provider, event_id)."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (sa.UniqueConstraint("provider", "event_id", name="uq_webhook_event_provider_event"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    event_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    type: str = Field(sa_column=sa.Column(sa.String(80), nullable=False))
+    outcome: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))  # processed|ignored|rejected|failed
+    detail: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
+    organization_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    received_at: datetime = _ts(nullable=False)

@@ -19,3 +19,13 @@ def _ledger_for(engine: Engine) -> Ledger:
 
 def get_ledger(engine: Engine | None = None) -> Ledger:
     return _ledger_for(engine or get_engine())
+
+
+def get_stripe_purchases(engine: Engine | None = None):
+    """The Stripe purchase flow, or PaymentError('payments_unavailable') when Stripe is not configured."""
+    from .payments.purchases import StripePurchases
+    from .payments.stripe_gateway import StripeGateway
+
+    engine = engine or get_engine()
+    settings = get_settings()
+    return StripePurchases(engine, get_ledger(engine), StripeGateway(settings), settings)

@@ -59,6 +59,21 @@ setup_bun() {
   export REFLEX_TELEMETRY_ENABLED=false
 }
 
+# localstripe (GPL) for the offline Stripe sandbox: its own virtualenv, run as a separate process.
+setup_localstripe() {
+  local venv="$TOOLS/localstripe-venv" stamp
+  stamp="$venv/.installed-$(sha256sum "$ROOT/sandbox/localstripe-requirements.txt" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    log "installing localstripe into .tools/localstripe-venv (offline Stripe sandbox)"
+    [ -x "$venv/bin/python" ] || "$(find_python)" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/sandbox/localstripe-requirements.txt" 2>&1 \
+      | grep -v "^WARNING: Location" >&2 || true
+    "$venv/bin/python" -c 'import localstripe' || die "localstripe did not install"
+    touch "$stamp"
+  fi
+  export LOCALSTRIPE_PYTHON="$venv/bin/python"
+}
+
 setup_database() {
   "$VENV/bin/orcapulse-billing" init-db >/dev/null
   "$VENV/bin/orcapulse-billing" seed-demo

@@ -100,13 +100,27 @@ def new_account(engine, ledger):
 
 
 @pytest.fixture(scope="session")
-def app_database(tmp_path_factory) -> str:
-    """The app's own database: migrated and seeded with the demo organisation."""
+def stripe_sandbox():
+    """The offline Stripe sandbox as separate processes: localstripe, and our Checkout stand-in."""
+    from .sandboxes import start_stripe_sandbox
+
+    sandbox = start_stripe_sandbox()
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def app_database(tmp_path_factory, stripe_sandbox) -> str:
+    """The app's own database (migrated, with the demo organisation) and configuration."""
     from orcapulse_billing.config import get_settings
     from orcapulse_billing.seed import seed_demo
 
     url = f"sqlite:///{tmp_path_factory.mktemp('app') / 'app.db'}"
     os.environ["DATABASE_URL"] = url
+    os.environ["STRIPE_SECRET_KEY"] = "sk_test_sandbox"
+    os.environ["STRIPE_API_BASE"] = stripe_sandbox.api_base
+    # two secrets, as during a rotation: events signed with either are accepted
+    os.environ["STRIPE_WEBHOOK_SECRETS"] = f"whsec_previous_rotated,{stripe_sandbox.webhook_secret}"
     get_settings.cache_clear()
     upgrade(url)
     engine = make_engine(url)
@@ -116,7 +130,7 @@ def app_database(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def app(app_database):
+def app(app_database, stripe_sandbox):
     """The Reflex app started once per session on loopback."""
     from .browser import ROOT, reflex_environment
 
@@ -127,6 +141,9 @@ def app(app_database):
         # The harness serves the page on "localhost" but points its socket at 127.0.0.1; one host
         # name keeps cookies working.
         harness.base_url = harness.frontend_url.replace("localhost", "127.0.0.1").rstrip("/")
+        host, port = harness.backend.servers[0].sockets[0].getsockname()[:2]
+        harness.backend_url = f"http://{host}:{port}"
+        stripe_sandbox.configure_webhook(harness.backend_url + "/api/credits/webhook")
         yield harness
 
 

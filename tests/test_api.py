@@ -21,9 +21,9 @@ from .apiutil import Org
 
 def test_packages_are_public_and_exact(client):
     body = client.get("/api/credits/packages").json()
-    assert [(p["id"], p["credits"], p["price"]) for p in body["packages"]] == [
-        ("pkg_50", "50.0000", "50.0000"), ("pkg_200", "200.0000", "200.0000"),
-        ("pkg_500", "500.0000", "500.0000"), ("pkg_1000", "1000.0000", "1000.0000")]
+    assert [(p["id"], p["credits"], p["price"], p["bonus_credits"], p["bonus_percent"]) for p in body["packages"]] == [
+        ("pkg_50", "50.0000", "50.0000", "0.0000", "0"), ("pkg_200", "200.0000", "200.0000", "4.0000", "2"),
+        ("pkg_500", "500.0000", "500.0000", "25.0000", "5"), ("pkg_1000", "1000.0000", "1000.0000", "100.0000", "10")]
     assert body["custom"] == {"min": "1.0000", "max": "100.0000", "currency": "USD"}
 
 

@@ -112,11 +112,56 @@ def test_member_cannot_add_credits_in_the_page_or_on_the_server(app, page, app_e
     expect(page.get_by_test_id("add-credits-dialog")).to_have_count(0)
 
 
-def test_owner_opens_add_credits(app, page, app_engine, app_ledger):
+def test_owner_buys_the_50_package_through_the_checkout_popup(app, page, app_engine, app_ledger):
     org = Org(app_engine, app_ledger, welcome=Decimal(5))
     open_billing(page, app, org, "owner")
     page.get_by_test_id("add-credits-button").click()
-    expect(page.get_by_test_id("add-credits-dialog")).to_be_visible()
+    dialog = page.get_by_test_id("add-credits-dialog")
+    expect(dialog).to_contain_text("+25 bonus credits (5%)")
+    with page.expect_popup() as popup_info:
+        page.get_by_test_id("checkout-pkg_50").click()
+    popup = popup_info.value
+    expect(popup.get_by_test_id("checkout-amount")).to_have_text("$50.00")
+    expect(page.get_by_test_id("waiting-banner")).to_contain_text("Waiting for payment confirmation")
+    expect(page.get_by_test_id("balance-value")).to_have_text("$5.00")  # nothing before the webhook
+    assert org.account().transaction_count == 1
+    popup.get_by_test_id("checkout-card").fill("4242 4242 4242 4242")
+    popup.get_by_test_id("checkout-pay").click()
+    popup.wait_for_event("close", timeout=15_000)  # the return page closes the window
+    expect(page.get_by_text("Credits added successfully!")).to_be_visible(timeout=20_000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$55.00")
+    expect(page.get_by_test_id("waiting-banner")).to_have_count(0)
+    assert org.account().balance == Decimal("55.0000")  # exactly 50.0000 more
+    # the card used is saved: a one-click purchase is offered next time
+    page.get_by_test_id("add-credits-button").click()
+    expect(page.get_by_test_id("quick-pkg_50")).to_contain_text("Pay now with Visa •••• 4242")
+    page.get_by_test_id("quick-pkg_50").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("$105.00", timeout=20_000)
+
+
+def test_custom_amounts_in_the_dialog(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "owner")
+    page.get_by_test_id("add-credits-button").click()
+    for bad in ("0.50", "150", "abc"):
+        page.get_by_test_id("custom-amount").fill(bad)
+        page.get_by_test_id("custom-checkout").click()
+        expect(page.get_by_test_id("purchase-error")).to_be_visible()
+    expect(page.get_by_test_id("purchase-error")).to_contain_text("amount")
+    page.get_by_test_id("custom-amount").fill("150")
+    page.get_by_test_id("custom-checkout").click()
+    expect(page.get_by_test_id("purchase-error")).to_contain_text("between $1.00 and $100.00")
+    page.get_by_test_id("custom-amount").fill("7.25")
+    with page.expect_popup() as popup_info:
+        page.get_by_test_id("custom-checkout").click()
+    popup = popup_info.value
+    expect(popup.get_by_test_id("checkout-amount")).to_have_text("$7.25")
+    popup.get_by_test_id("checkout-card").fill("4242424242424242")
+    popup.get_by_test_id("checkout-pay").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("$12.25", timeout=20_000)
+    with org.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o"),
+                            {"o": org.id}).scalar() == 1  # the refused amounts created nothing
 
 
 def test_stat_cards_match_the_ledger(app, page, app_engine, app_ledger):

@@ -56,3 +56,37 @@ def test_downgrade_to_base_and_back(tmp_path):
     engine.dispose()
     command.upgrade(cfg, "head")
     assert _diff(url) == []
+
+
+def test_upgrading_a_ledger_with_data_backfills_it(tmp_path, pg_database_factory):
+    """An account with history at revision 0002 comes through the later migrations with its
+    per-kind sequences, counters and usage rollup filled in, on both databases."""
+    from orcapulse_billing.ledger import check_invariants
+
+    for url in (f"sqlite:///{tmp_path / 'old.db'}", pg_database_factory()):
+        cfg = alembic_config(url)
+        command.upgrade(cfg, "0002")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO organization (id, name, created_at) VALUES (1, 'Old', CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text("INSERT INTO credit_account (id, organization_id, balance, lifetime_added, "
+                                 "lifetime_consumed, transaction_count, version, created_at, updated_at) "
+                                 "VALUES (1, 1, 48500, 50000, 1500, 3, 3, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            for seq, type_, source, amount, before, category in (
+                    (1, "bonus", "welcome", 50000, 0, None), (2, "usage", None, -1000, 50000, "sms"),
+                    (3, "usage", None, -500, 49000, None)):
+                conn.execute(sa.text(
+                    "INSERT INTO ledger_entry (account_id, seq, type, source, amount, balance_before, balance_after, "
+                    "description, category, metadata, created_at) VALUES (1, :seq, :t, :s, :a, :b, :b + :a, 'old', "
+                    ":c, '{}', CURRENT_TIMESTAMP)"), {"seq": seq, "t": type_, "s": source, "a": amount, "b": before, "c": category})
+            conn.execute(sa.text("INSERT INTO billing_session (account_id, external_id, ledger_entry_id, operation, "
+                                 "cost_base, cost_llm, cost_stt, cost_tts, cost_total, created_at) "
+                                 "VALUES (1, 's1', 2, 'sms_twilio', 0, 0, 0, 0, 1000, CURRENT_TIMESTAMP)"))
+        engine.dispose()
+        command.upgrade(cfg, "head")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert check_invariants(conn, 1) == []
+            assert conn.execute(sa.text("SELECT usage_count, topup_count FROM credit_account")).one() == (2, 1)
+        engine.dispose()
+        assert _diff(url) == []

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from ..db import get_engine
-from . import auth_routes, credits, errors
+from . import auth_routes, credits, errors, payments
 
 def create_api_app() -> FastAPI:
     """A new app each call: Reflex adds its middleware to the one it mounts, so tests that serve the
@@ -27,6 +27,7 @@ def create_api_app() -> FastAPI:
     errors.install(app)
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
+    app.include_router(payments.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
     return app
 

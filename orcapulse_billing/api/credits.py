@@ -22,6 +22,7 @@ from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, hi
 from ..ledger import IdempotencyConflict, InsufficientCredits, get_account
 from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
+from ..payments.purchases import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..services import get_ledger
 from . import schemas as s
@@ -58,8 +59,12 @@ def entry_json(item: HistoryItem) -> s.HistoryEntry:
 
 @router.get("/packages", response_model=s.Packages, summary="Available credit packages (public)")
 def packages() -> s.Packages:
+    settings = get_settings()
+    choices = [choose(settings, package_id=p.id) for p in PACKAGES]
     return s.Packages(
-        packages=[s.Package(id=p.id, name=p.name, credits=f"{p.credits:.4f}", price=f"{p.price:.4f}") for p in PACKAGES],
+        packages=[s.Package(id=p.id, name=p.name, credits=f"{p.credits:.4f}", price=f"{p.price:.4f}",
+                            bonus_credits=f"{c.bonus:.4f}", bonus_percent=f"{c.bonus_percent.normalize():f}")
+                  for p, c in zip(PACKAGES, choices)],
         custom=s.CustomRange(min=f"{CUSTOM_MIN:.4f}", max=f"{CUSTOM_MAX:.4f}"),
     )
 

@@ -36,6 +36,8 @@ class Package(BaseModel):
     name: str
     credits: Money
     price: Money
+    bonus_credits: Money
+    bonus_percent: str
     currency: str = "USD"
 
 

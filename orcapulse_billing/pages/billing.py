@@ -8,7 +8,9 @@ formatted here from exact integer units, never carried as floats (the chart's ba
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import reflex as rx
@@ -24,6 +26,11 @@ from ..history import DEFAULT_PAGE_SIZE, PAGE_SIZES, TYPE_LABELS, HistoryQuery, 
 from ..ledger import get_account
 from ..models import Organization
 from ..money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
+from ..auth import Principal
+from ..payments.purchases import PurchaseError, choose, return_urls
+from ..payments.stripe_gateway import PaymentError
+from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
+from ..services import get_stripe_purchases
 from ..state import SessionState
 
 log = logging.getLogger(__name__)
@@ -140,6 +147,16 @@ class BillingState(SessionState):
     panel_row: dict[str, str] = {}
     panel_session: dict[str, str] = {}
     add_credits_open: bool = False
+    packages: list[dict[str, str]] = []
+    cards: list[dict[str, str]] = []
+    custom_amount: str = ""
+    purchase_error: str = ""
+    buying: bool = False
+    waiting: bool = False
+    checkout_url: str = ""
+    popup_blocked: bool = False
+    _checkout_session: str = ""
+    _checkout_mode: str = ""
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -255,16 +272,182 @@ class BillingState(SessionState):
     def set_panel_open(self, value: bool):
         self.panel_open = value
 
+    # -- buying credits (owners only: every handler re-checks the role on the server) ----------
+
+    def _owner(self) -> Principal | None:
+        principal = self.current_principal()
+        return principal if principal is not None and principal.is_owner else None
+
     @rx.event
-    def open_add_credits(self):
-        principal = self.current_principal()  # checked again on the server, not just in the page
-        if principal is None or not principal.is_owner:
+    async def open_add_credits(self):
+        principal = self._owner()
+        if principal is None:
             return rx.toast.error("Only owners can add credits.")
+        self.purchase_error, self.custom_amount = "", ""
+        self.packages = _package_rows()
+        self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
         self.add_credits_open = True
 
     @rx.event
     def set_add_credits_open(self, value: bool):
         self.add_credits_open = value and self.is_owner
+
+    @rx.event
+    def set_custom_amount(self, value: str):
+        self.custom_amount = value.strip().lstrip("$")
+        self.purchase_error = ""
+
+    async def _checkout(self, package_id: str | None, amount: str | None, setup: bool = False):
+        principal = self._owner()
+        if principal is None:
+            yield rx.toast.error("Only owners can add credits.")
+            return
+        try:
+            choice = None if setup else choose(get_settings(), package_id or None, amount if not package_id else None)
+            self.buying = True
+            yield
+            created = await asyncio.to_thread(_start_checkout, principal, choice)
+        except (PurchaseError, PaymentError) as exc:
+            self.buying = False
+            self.purchase_error = exc.message
+            return
+        self.buying, self.add_credits_open = False, False
+        self.waiting, self.popup_blocked = True, False
+        self.checkout_url, self._checkout_session = created["url"], created["session_id"]
+        self._checkout_mode = "setup" if setup else "payment"
+        yield rx.call_script(_OPEN_POPUP.replace("URL", json.dumps(created["url"])), callback=BillingState.popup_opened)
+        yield BillingState.watch_checkout
+
+    @rx.event
+    async def checkout_package(self, package_id: str):
+        async for update in self._checkout(package_id, None):
+            yield update
+
+    @rx.event
+    async def checkout_custom(self):
+        if not self.custom_amount:
+            self.purchase_error = "Enter an amount from $1.00 to $100.00."
+            return
+        async for update in self._checkout(None, self.custom_amount):
+            yield update
+
+    @rx.event
+    async def save_card(self):
+        async for update in self._checkout(None, None, setup=True):
+            yield update
+
+    @rx.event
+    def popup_opened(self, opened: bool):
+        self.popup_blocked = not opened
+
+    @rx.event
+    def cancel_waiting(self):
+        self.waiting, self._checkout_session = False, ""
+
+    @rx.event(background=True)
+    async def watch_checkout(self):
+        """Waits for the signed webhook to settle the checkout (the popup's own return proves nothing)."""
+        async with self:
+            principal = self.current_principal()
+            session_id = self._checkout_session
+        if principal is None or not session_id:
+            return
+        for _ in range(1800):
+            await asyncio.sleep(1)
+            status = await asyncio.to_thread(_checkout_status, principal.organization_id, session_id)
+            async with self:
+                if self._checkout_session != session_id:
+                    return  # another checkout replaced this one, or the owner stopped waiting
+                if status == "completed":
+                    self.waiting, self._checkout_session = False, ""
+                    await self._reload()
+                    self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
+                    yield rx.toast.success("Credits added successfully!" if self._checkout_mode == "payment"
+                                           else "Card saved")
+                    return
+                if status in ("failed", "expired"):
+                    self.waiting, self._checkout_session = False, ""
+                    yield rx.toast.error("The payment failed. Nothing was charged." if status == "failed"
+                                         else "The checkout expired. Nothing was charged.")
+                    return
+        async with self:
+            self.waiting = False
+
+    @rx.event
+    async def quick_purchase(self, package_id: str):
+        principal = self._owner()
+        if principal is None:
+            yield rx.toast.error("Only owners can add credits.")
+            return
+        try:
+            choice = choose(get_settings(), package_id or None, self.custom_amount if not package_id else None)
+            self.buying = True
+            yield
+            await asyncio.to_thread(_quick_purchase, principal, choice)
+        except (PurchaseError, PaymentError) as exc:
+            self.buying = False
+            self.purchase_error = exc.message
+            return
+        self.buying, self.add_credits_open = False, False
+        await self._reload()
+        yield rx.toast.success("Credits added successfully!")
+
+    @rx.event
+    async def remove_card(self, card_id: str):
+        principal = self._owner()
+        if principal is None:
+            yield rx.toast.error("Only owners can manage saved cards.")
+            return
+        try:
+            await asyncio.to_thread(_remove_card, principal.organization_id, card_id)
+        except (PurchaseError, PaymentError) as exc:
+            yield rx.toast.error(exc.message)
+            return
+        self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
+        yield rx.toast.success("Card removed")
+
+
+_OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
+
+
+def _package_rows() -> list[dict[str, str]]:
+    settings = get_settings()
+    rows = []
+    for package in PACKAGES:
+        c = choose(settings, package_id=package.id)
+        rows.append({"id": package.id, "price": f"${package.price:,.0f}", "credits": f"{package.credits:,.0f} credits",
+                     "bonus": f"+{c.bonus:,.0f} bonus credits ({c.bonus_percent.normalize():f}%)" if c.bonus else ""})
+    return rows
+
+
+def _card_rows(organization_id: int) -> list[dict[str, str]]:
+    try:
+        purchases = get_stripe_purchases()
+    except PaymentError:
+        return []
+    return [{"id": c["provider_id"], "label": f"{c['brand'].title()} •••• {c['last4']}",
+             "expiry": f"{c['exp_month']:02d}/{c['exp_year'] % 100:02d}", "default": "1" if c["is_default"] else ""}
+            for c in purchases.cards(organization_id)]
+
+
+def _start_checkout(principal: Principal, choice) -> dict:
+    # the popup lands on the backend's own return page, which closes the window
+    success, cancel = return_urls(rx.config.get_config().api_url)
+    return get_stripe_purchases().start_checkout(principal, choice, ip=None, success_url=success, cancel_url=cancel,
+                                                 request_key=uuid.uuid4().hex)
+
+
+def _checkout_status(organization_id: int, session_id: str) -> str | None:
+    return get_stripe_purchases().checkout_status(organization_id, session_id)
+
+
+def _quick_purchase(principal: Principal, choice) -> None:
+    get_stripe_purchases().quick_purchase(principal, choice, payment_method_id=None,
+                                          request_key=uuid.uuid4().hex, ip=None)
+
+
+def _remove_card(organization_id: int, card_id: str) -> None:
+    get_stripe_purchases().remove_card(organization_id, card_id)
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -626,25 +809,92 @@ def session_panel() -> rx.Component:
     )
 
 
-def add_credits_dialog() -> rx.Component:
-    from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
+def package_card(p) -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.text(p["price"], size="6", weight="bold"),
+            rx.text(p["credits"], size="2", color_scheme="gray"),
+            rx.cond(p["bonus"] != "", rx.badge(p["bonus"], color_scheme="green", variant="soft"), rx.box(height="20px")),
+            rx.button("Checkout", width="100%", color_scheme="purple", on_click=BillingState.checkout_package(p["id"]),
+                      loading=BillingState.buying, data_testid="checkout-" + p["id"].to(str)),
+            rx.cond(BillingState.cards.length() > 0,
+                    rx.button("Pay now with ", BillingState.cards[0]["label"], width="100%", variant="soft",
+                              color_scheme="green", on_click=BillingState.quick_purchase(p["id"]),
+                              loading=BillingState.buying, data_testid="quick-" + p["id"].to(str))),
+            spacing="2",
+            width="100%",
+        ),
+    )
 
+
+def add_credits_dialog() -> rx.Component:
     return rx.dialog.root(
         rx.dialog.content(
             rx.dialog.title("Add Credits"),
-            rx.dialog.description("1 credit = $1.00. Credits never expire.", size="2"),
-            rx.grid(*[rx.card(rx.vstack(rx.text(f"${p.price:,.0f}", size="6", weight="bold"),
-                                        rx.text(f"{p.credits:,.0f} credits", size="2", color_scheme="gray")))
-                      for p in PACKAGES], columns="2", spacing="3", padding_y="3"),
-            rx.text(f"Or any amount from ${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f}.", size="2", color_scheme="gray"),
-            rx.callout("Card checkout is being connected; until then an operator can grant credits "
-                       "(orcapulse-billing grant).", icon="info", size="1", margin_top="3"),
+            rx.dialog.description("1 credit = $1.00. Larger packages come with bonus credits.", size="2"),
+            rx.grid(rx.foreach(BillingState.packages, package_card),
+                    columns=rx.breakpoints(initial="1", sm="2"), spacing="3", padding_y="3"),
+            rx.text(f"Custom amount (${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f})", size="2", weight="medium"),
+            rx.hstack(
+                rx.input(placeholder="25.00", value=BillingState.custom_amount, on_change=BillingState.set_custom_amount,
+                         type="text", input_mode="decimal", width="100%", data_testid="custom-amount"),
+                rx.button("Checkout", on_click=BillingState.checkout_custom, loading=BillingState.buying,
+                          data_testid="custom-checkout"),
+                rx.cond(BillingState.cards.length() > 0,
+                        rx.button("Pay now", variant="soft", color_scheme="green", loading=BillingState.buying,
+                                  on_click=BillingState.quick_purchase(""), data_testid="custom-quick")),
+                width="100%",
+            ),
+            rx.cond(BillingState.purchase_error != "",
+                    rx.callout(BillingState.purchase_error, icon="circle-alert", color_scheme="red", size="1",
+                               margin_top="2", data_testid="purchase-error")),
+            rx.divider(margin_y="3"),
+            rx.hstack(rx.text("Saved cards", size="2", weight="medium"), rx.spacer(),
+                      rx.button(rx.icon("credit-card", size=14), "Save a card", size="1", variant="soft",
+                                on_click=BillingState.save_card, data_testid="save-card-button"), width="100%"),
+            rx.foreach(BillingState.cards, lambda c: rx.hstack(
+                rx.icon("credit-card", size=16), rx.text(c["label"], size="2"),
+                rx.text(c["expiry"], size="1", color_scheme="gray"),
+                rx.cond(c["default"] == "1", rx.badge("default", size="1")), rx.spacer(),
+                rx.icon_button(rx.icon("trash-2", size=14), size="1", variant="ghost", color_scheme="red",
+                               on_click=BillingState.remove_card(c["id"]), data_testid="remove-card"),
+                width="100%", align="center", padding_top="2", data_testid="saved-card")),
+            rx.text("Payments are processed by Stripe; card numbers never reach OrcaPulse.", size="1",
+                    color_scheme="gray", margin_top="3"),
             rx.flex(rx.dialog.close(rx.button("Close", variant="soft", color_scheme="gray")), justify="end",
                     margin_top="3"),
+            max_width="620px",
             data_testid="add-credits-dialog",
         ),
         open=BillingState.add_credits_open,
         on_open_change=BillingState.set_add_credits_open,
+    )
+
+
+def waiting_banner() -> rx.Component:
+    return rx.cond(
+        BillingState.waiting,
+        rx.callout.root(
+            rx.callout.icon(rx.spinner(size="2")),
+            rx.flex(
+                rx.vstack(
+                    rx.text("Waiting for payment confirmation…", weight="bold"),
+                    rx.cond(BillingState.popup_blocked,
+                            rx.text("Your browser blocked the checkout window. ",
+                                    rx.link("Open the checkout", href=BillingState.checkout_url, is_external=True,
+                                            data_testid="checkout-link"), size="2"),
+                            rx.text("Complete the payment in the checkout window; credits appear as soon as Stripe "
+                                    "confirms it.", size="2")),
+                    spacing="1",
+                ),
+                rx.spacer(),
+                rx.button("Stop waiting", variant="ghost", size="1", on_click=BillingState.cancel_waiting),
+                width="100%", align="center", gap="3",
+            ),
+            color_scheme="purple",
+            width="100%",
+            data_testid="waiting-banner",
+        ),
     )
 
 
@@ -663,7 +913,8 @@ def billing() -> rx.Component:
             rx.cond(
                 BillingState.load_failed,
                 error_state(),
-                rx.vstack(low_balance_banner(), stats(), usage_chart(), history_table(), width="100%", spacing="5"),
+                rx.vstack(waiting_banner(), low_balance_banner(), stats(), usage_chart(), history_table(), width="100%",
+                          spacing="5"),
             ),
             skeleton(),
         ),

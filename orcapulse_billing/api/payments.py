@@ -1,0 +1,170 @@
+"""Stripe payments: checkout, setup checkout, one-click purchase, saved cards (owners only) and
+the signed webhook (public, verified on the raw body)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..auth import Principal
+from ..config import get_settings
+from ..money import fmt4
+from ..payments.purchases import PurchaseError, choose, return_urls
+from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
+from ..services import get_stripe_purchases
+from .credits import _as_item, entry_json
+from .deps import DecimalRoute, client_ip, owner_principal, rate_limit
+from .errors import ApiError, responses
+from . import schemas as s
+
+router = APIRouter(prefix="/api/credits", tags=["payments"], route_class=DecimalRoute)
+IdemHeader = Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=150)]
+PAYMENT_STATUS = {"card_declined": 402, "authentication_required": 402, "payment_failed": 402,
+                  "payment_provider_unreachable": 503, "payments_unavailable": 503}
+
+
+class PurchaseRequest(s.Strict):
+    package_id: Optional[Annotated[str, Field(max_length=32)]] = None
+    amount: Optional[Annotated[Decimal, Field(max_digits=12)]] = None
+    payment_method_id: Optional[Annotated[str, Field(max_length=100)]] = None
+
+
+class CheckoutCreated(BaseModel):
+    session_id: str
+    url: str
+
+
+class SavedCard(BaseModel):
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    is_default: bool
+
+
+class QuickPurchaseResult(BaseModel):
+    entries: list[s.HistoryEntry]
+    balance: s.Money
+    replayed: bool
+
+
+def _purchases():
+    try:
+        return get_stripe_purchases()
+    except PaymentError as exc:
+        raise ApiError(503, exc.code, exc.message) from None
+
+
+def _choice(body: PurchaseRequest):
+    try:
+        return choose(get_settings(), body.package_id, body.amount)
+    except PurchaseError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+
+
+def _payment_error(exc: PaymentError) -> ApiError:
+    return ApiError(PAYMENT_STATUS.get(exc.code, 402), exc.code, exc.message)
+
+
+@router.post("/create-checkout", response_model=CheckoutCreated, responses=responses(400, 401, 403, 429, 503),
+             summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)")
+def create_checkout(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
+                    principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+    rate_limit("purchase", str(principal.organization_id), limit=20)
+    choice = _choice(body)
+    success, cancel = return_urls(str(request.base_url))
+    try:
+        created = _purchases().start_checkout(principal, choice, ip=client_ip(request), success_url=success,
+                                              cancel_url=cancel, request_key=idempotency_key or uuid.uuid4().hex)
+    except PaymentError as exc:
+        raise _payment_error(exc) from None
+    return CheckoutCreated(**created)
+
+
+@router.post("/create-setup-checkout", response_model=CheckoutCreated, responses=responses(400, 401, 403, 429, 503),
+             summary="Save a card without charging (Stripe Checkout in setup mode)")
+def create_setup_checkout(request: Request, idempotency_key: IdemHeader = None,
+                          principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+    rate_limit("purchase", str(principal.organization_id), limit=20)
+    success, cancel = return_urls(str(request.base_url))
+    try:
+        created = _purchases().start_checkout(principal, None, ip=client_ip(request), success_url=success,
+                                              cancel_url=cancel, request_key=idempotency_key or uuid.uuid4().hex)
+    except PaymentError as exc:
+        raise _payment_error(exc) from None
+    return CheckoutCreated(**created)
+
+
+@router.post("/quick-purchase", response_model=QuickPurchaseResult,
+             responses=responses(400, 401, 402, 403, 404, 409, 429, 503),
+             summary="Charge the saved card now (off-session) and add the credits")
+def quick_purchase(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
+                   principal: Principal = Depends(owner_principal)) -> QuickPurchaseResult:
+    rate_limit("purchase", str(principal.organization_id), limit=20)
+    choice = _choice(body)
+    try:
+        entries = _purchases().quick_purchase(principal, choice, payment_method_id=body.payment_method_id,
+                                              request_key=idempotency_key or uuid.uuid4().hex, ip=client_ip(request))
+    except PurchaseError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    except PaymentError as exc:
+        raise _payment_error(exc) from None
+    return QuickPurchaseResult(entries=[entry_json(_as_item(e)) for e in entries],
+                               balance=fmt4(entries[-1].balance_after_units), replayed=entries[0].replayed)
+
+
+@router.get("/payment-methods", response_model=list[SavedCard], responses=responses(400, 401, 403, 503),
+            summary="Saved cards (brand, last four, expiry)")
+def list_payment_methods(principal: Principal = Depends(owner_principal)) -> list[SavedCard]:
+    return [SavedCard(id=c["provider_id"], brand=c["brand"], last4=c["last4"], exp_month=c["exp_month"],
+                      exp_year=c["exp_year"], is_default=c["is_default"])
+            for c in _purchases().cards(principal.organization_id)]
+
+
+@router.delete("/payment-methods", status_code=204, responses=responses(400, 401, 403, 404, 503),
+               summary="Remove a saved card (detached at Stripe, deleted here)")
+def delete_payment_method(payment_method_id: str = Query(..., max_length=100),
+                          principal: Principal = Depends(owner_principal)):
+    try:
+        _purchases().remove_card(principal.organization_id, payment_method_id)
+    except PurchaseError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    except PaymentError as exc:
+        raise _payment_error(exc) from None
+
+
+class WebhookAck(BaseModel):
+    received: bool
+    outcome: str
+
+
+@router.post("/webhook", response_model=WebhookAck, responses=responses(400, 503),
+             summary="Stripe webhook (Stripe-Signature verified on the raw body)")
+async def stripe_webhook(request: Request) -> WebhookAck:
+    payload = await request.body()
+    purchases = _purchases()
+    try:
+        event = purchases.gateway.verify_event(payload, request.headers.get("stripe-signature"))
+    except WebhookSignatureError as exc:
+        raise ApiError(400, "invalid_signature", str(exc)) from None
+    try:
+        outcome = await run_in_threadpool(purchases.handle_event, event)
+    except PaymentError as exc:  # Stripe itself unreachable while reading card details: let it retry
+        raise ApiError(503, exc.code, exc.message) from None
+    return WebhookAck(received=True, outcome=outcome)
+
+
+@router.get("/checkout-return", response_class=HTMLResponse, include_in_schema=False)
+def checkout_return(status: str = "success") -> HTMLResponse:
+    """Where the checkout popup lands: it closes itself; the billing page waits for the webhook."""
+    text = "Payment received. You can close this window." if status == "success" else "Checkout cancelled."
+    return HTMLResponse(
+        f"<!doctype html><title>OrcaPulse checkout</title><body style='font-family:system-ui;padding:40px'>"
+        f"<p data-testid='checkout-return'>{text}</p><script>setTimeout(function(){{window.close()}}, 300)</script>")

@@ -1,0 +1,155 @@
+"""Stripe, through the official SDK (v16 StripeClient). The base URL, key and webhook secrets come
+from configuration: real Stripe, or the offline sandbox (localstripe plus our Checkout stand-in).
+
+Only what the product needs, with Stripe's own errors mapped to a few `PaymentError` codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from stripe import APIConnectionError, CardError, StripeError
+
+from ..config import Settings
+
+
+class PaymentError(Exception):
+    """A payment that did not go through. `code` is what the API answers; `retryable` says whether
+    the same request (same idempotency key) may simply be sent again."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.code, self.message, self.retryable = code, message, retryable
+
+
+class WebhookSignatureError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class Charge:
+    payment_intent_id: str
+    status: str
+    amount_cents: int
+
+
+def _card(pm: Any) -> Card:
+    card = pm["card"]
+    return Card(pm["id"], str(card["brand"]), str(card["last4"]), int(card["exp_month"]), int(card["exp_year"]))
+
+
+class StripeGateway:
+    provider = "stripe"
+
+    def __init__(self, settings: Settings):
+        if not settings.stripe_secret_key:
+            raise PaymentError("payments_unavailable", "card payments are not configured")
+        bases = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self.client = stripe.StripeClient(settings.stripe_secret_key, base_addresses=bases, max_network_retries=0)
+        self.webhook_secrets = settings.stripe_webhook_secrets
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CardError as exc:
+            code = getattr(exc, "code", None) or "card_declined"
+            if code == "authentication_required":
+                raise PaymentError("authentication_required",
+                                   "your bank asks to confirm this payment: use checkout instead") from None
+            raise PaymentError("card_declined", exc.user_message or "the card was declined") from None
+        except APIConnectionError:
+            raise PaymentError("payment_provider_unreachable",
+                               "could not reach the payment provider; nothing was charged, try again",
+                               retryable=True) from None
+        except StripeError as exc:
+            raise PaymentError("payment_failed", exc.user_message or "the payment provider refused the request") from None
+
+    # -- customers and cards ------------------------------------------------------------------
+
+    def create_customer(self, organization_id: int, name: str, idempotency_key: str) -> str:
+        customer = self._call(self.client.v1.customers.create,
+                              params={"name": name, "metadata": {"organization_id": str(organization_id)}},
+                              options={"idempotency_key": idempotency_key})
+        return customer["id"]
+
+    def card(self, payment_method_id: str) -> Card:
+        return _card(self._call(self.client.v1.payment_methods.retrieve, payment_method_id))
+
+    def card_from_setup_intent(self, setup_intent_id: str) -> Card:
+        intent = self._call(self.client.v1.setup_intents.retrieve, setup_intent_id)
+        return self.card(intent["payment_method"])
+
+    def card_from_payment_intent(self, payment_intent_id: str) -> Card | None:
+        intent = self._call(self.client.v1.payment_intents.retrieve, payment_intent_id)
+        return self.card(intent["payment_method"]) if intent["payment_method"] else None
+
+    def detach(self, payment_method_id: str) -> None:
+        try:
+            self._call(self.client.v1.payment_methods.detach, payment_method_id)
+        except PaymentError as exc:
+            if exc.code != "payment_failed":  # already detached or gone at Stripe: removing locally is right
+                raise
+
+    # -- checkout and charges ---------------------------------------------------------------
+
+    def create_checkout(self, *, mode: str, customer_id: str, amount_cents: int | None, product_name: str,
+                        metadata: dict[str, str], client_reference_id: str, success_url: str, cancel_url: str,
+                        idempotency_key: str) -> tuple[str, str]:
+        params: dict[str, Any] = {
+            "mode": mode, "customer": customer_id, "client_reference_id": client_reference_id,
+            "metadata": metadata, "success_url": success_url, "cancel_url": cancel_url,
+        }
+        if mode == "payment":
+            params["line_items"] = [{"quantity": 1, "price_data": {
+                "currency": "usd", "unit_amount": amount_cents, "product_data": {"name": product_name}}}]
+            params["payment_intent_data"] = {"setup_future_usage": "off_session", "metadata": metadata}
+        else:
+            params["currency"] = "usd"
+            params["setup_intent_data"] = {"metadata": metadata}
+        session = self._call(self.client.v1.checkout.sessions.create, params=params,
+                             options={"idempotency_key": idempotency_key})
+        return session["id"], session["url"]
+
+    def charge_saved_card(self, *, customer_id: str, payment_method_id: str, amount_cents: int,
+                          metadata: dict[str, str], idempotency_key: str) -> Charge:
+        intent = self._call(
+            self.client.v1.payment_intents.create,
+            params={"amount": amount_cents, "currency": "usd", "customer": customer_id,
+                    "payment_method": payment_method_id, "confirm": True, "off_session": True, "metadata": metadata},
+            options={"idempotency_key": idempotency_key},
+        )
+        if intent["status"] == "requires_action":  # treated like Stripe's authentication_required error
+            raise PaymentError("authentication_required", "your bank asks to confirm this payment: use checkout instead")
+        if intent["status"] != "succeeded":
+            raise PaymentError("card_declined", f"the payment did not succeed ({intent['status']})")
+        return Charge(intent["id"], intent["status"], int(intent["amount"]))
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    def verify_event(self, payload: bytes, signature: str | None) -> dict:
+        """Checks the Stripe-Signature header on the raw body against every configured secret
+        (several during rotation); returns the event as a plain dict."""
+        if not signature:
+            raise WebhookSignatureError("missing Stripe-Signature header")
+        if not self.webhook_secrets:
+            raise WebhookSignatureError("no webhook secret is configured")
+        for secret in self.webhook_secrets:
+            try:
+                event = stripe.Webhook.construct_event(payload, signature, secret)
+            except stripe.SignatureVerificationError:
+                continue
+            except ValueError:
+                raise WebhookSignatureError("the body is not a JSON event") from None
+            return event.to_dict()
+        raise WebhookSignatureError("no configured secret matches the signature (or it is too old)")
