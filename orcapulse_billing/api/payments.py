@@ -77,8 +77,11 @@ def _payment_error(exc: PaymentError) -> ApiError:
              summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)")
 def create_checkout(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
                     principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+    return _start_checkout(principal, _choice(body), request, idempotency_key)
+
+
+def _start_checkout(principal: Principal, choice, request: Request, idempotency_key: str | None) -> CheckoutCreated:
     rate_limit("purchase", str(principal.organization_id), limit=20)
-    choice = _choice(body)
     success, cancel = return_urls(str(request.base_url))
     try:
         created = _purchases().start_checkout(principal, choice, ip=client_ip(request), success_url=success,
@@ -92,14 +95,7 @@ def create_checkout(body: PurchaseRequest, request: Request, idempotency_key: Id
              summary="Save a card without charging (Stripe Checkout in setup mode)")
 def create_setup_checkout(request: Request, idempotency_key: IdemHeader = None,
                           principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
-    rate_limit("purchase", str(principal.organization_id), limit=20)
-    success, cancel = return_urls(str(request.base_url))
-    try:
-        created = _purchases().start_checkout(principal, None, ip=client_ip(request), success_url=success,
-                                              cancel_url=cancel, request_key=idempotency_key or uuid.uuid4().hex)
-    except PaymentError as exc:
-        raise _payment_error(exc) from None
-    return CheckoutCreated(**created)
+    return _start_checkout(principal, None, request, idempotency_key)
 
 
 @router.post("/quick-purchase", response_model=QuickPurchaseResult,
