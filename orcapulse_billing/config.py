@@ -52,6 +52,13 @@ def _flag(name: str, default: bool) -> bool:
     return (_env(name, "true" if default else "false") or "").lower() in ("1", "true", "yes", "on")
 
 
+def _providers(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = set(names) - {"stripe", "lemonsqueezy"}
+    if unknown:
+        raise ConfigError(f"PAYMENT_PROVIDERS: unknown provider(s) {', '.join(sorted(unknown))}")
+    return names
+
+
 def _bonuses(raw: str) -> dict[str, Decimal]:
     """'pkg_200:2,pkg_500:5' -> {'pkg_200': Decimal('2'), ...} (percent of the package's credits)."""
     result = {}
@@ -90,6 +97,8 @@ class Settings:
     lemonsqueezy_variant_id: str | None
     lemonsqueezy_webhook_secret: str | None
     lemonsqueezy_js_url: str
+    lemonsqueezy_test_mode: bool
+    payment_providers: tuple[str, ...]
     smtp_host: str | None
     smtp_port: int
     smtp_user: str | None
@@ -122,6 +131,8 @@ def load_settings() -> Settings:
         lemonsqueezy_variant_id=_env("LEMONSQUEEZY_VARIANT_ID"),
         lemonsqueezy_webhook_secret=_env("LEMONSQUEEZY_WEBHOOK_SECRET"),
         lemonsqueezy_js_url=_env("LEMONSQUEEZY_JS_URL", "https://app.lemonsqueezy.com/js/lemon.js"),
+        lemonsqueezy_test_mode=_flag("LEMONSQUEEZY_TEST_MODE", True),
+        payment_providers=_providers(_list("PAYMENT_PROVIDERS") or ("stripe", "lemonsqueezy")),
         smtp_host=_env("SMTP_HOST"),
         smtp_port=smtp_port,
         smtp_user=_env("SMTP_USER"),

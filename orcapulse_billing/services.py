@@ -29,3 +29,13 @@ def get_stripe_purchases(engine: Engine | None = None):
     engine = engine or get_engine()
     settings = get_settings()
     return StripePurchases(engine, get_ledger(engine), StripeGateway(settings), settings)
+
+
+def get_lemon_purchases(engine: Engine | None = None):
+    """The Lemon Squeezy purchase flow, or PaymentError('payments_unavailable') when not configured."""
+    from .payments.lemon_purchases import LemonPurchases
+    from .payments.lemonsqueezy_gateway import LemonSqueezyGateway
+
+    engine = engine or get_engine()
+    settings = get_settings()
+    return LemonPurchases(engine, get_ledger(engine), LemonSqueezyGateway(settings), settings)

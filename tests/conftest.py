@@ -110,7 +110,17 @@ def stripe_sandbox():
 
 
 @pytest.fixture(scope="session")
-def app_database(tmp_path_factory, stripe_sandbox) -> str:
+def lemon_sandbox():
+    """The offline Lemon Squeezy stand-in as a separate process."""
+    from .sandboxes import start_lemon_sandbox
+
+    sandbox = start_lemon_sandbox()
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def app_database(tmp_path_factory, stripe_sandbox, lemon_sandbox) -> str:
     """The app's own database (migrated, with the demo organisation) and configuration."""
     from orcapulse_billing.config import get_settings
     from orcapulse_billing.seed import seed_demo
@@ -121,6 +131,10 @@ def app_database(tmp_path_factory, stripe_sandbox) -> str:
     os.environ["STRIPE_API_BASE"] = stripe_sandbox.api_base
     # two secrets, as during a rotation: events signed with either are accepted
     os.environ["STRIPE_WEBHOOK_SECRETS"] = f"whsec_previous_rotated,{stripe_sandbox.webhook_secret}"
+    os.environ.update(LEMONSQUEEZY_API_KEY="test_sandbox_key", LEMONSQUEEZY_API_BASE=lemon_sandbox.api_base,
+                      LEMONSQUEEZY_STORE_ID="1", LEMONSQUEEZY_VARIANT_ID="1",
+                      LEMONSQUEEZY_WEBHOOK_SECRET=lemon_sandbox.webhook_secret,
+                      LEMONSQUEEZY_JS_URL=lemon_sandbox.url + "/js/lemon.js")
     get_settings.cache_clear()
     upgrade(url)
     engine = make_engine(url)
@@ -130,7 +144,7 @@ def app_database(tmp_path_factory, stripe_sandbox) -> str:
 
 
 @pytest.fixture(scope="session")
-def app(app_database, stripe_sandbox):
+def app(app_database, stripe_sandbox, lemon_sandbox):
     """The Reflex app started once per session on loopback."""
     from .browser import ROOT, reflex_environment
 
@@ -144,6 +158,8 @@ def app(app_database, stripe_sandbox):
         host, port = harness.backend.servers[0].sockets[0].getsockname()[:2]
         harness.backend_url = f"http://{host}:{port}"
         stripe_sandbox.configure_webhook(harness.backend_url + "/api/credits/webhook")
+        lemon_sandbox.configure(webhook_url=harness.backend_url + "/api/credits/lemonsqueezy/webhook",
+                                webhook_secret=lemon_sandbox.webhook_secret)
         yield harness
 
 

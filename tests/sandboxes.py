@@ -73,3 +73,34 @@ def start_stripe_sandbox() -> StripeSandbox:
                           stdout=subprocess.DEVNULL, stderr=_log("stripe-sandbox"), cwd=ROOT)
     _wait(sb_url + "/v1/customers", sb, "the Stripe Checkout stand-in")
     return StripeSandbox(sb_url, ls_url, "whsec_test_sandbox", [ls, sb])
+
+
+@dataclass
+class LemonSandbox:
+    url: str
+    webhook_secret: str
+    proc: subprocess.Popen
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/v1"
+
+    def configure(self, **settings) -> None:
+        httpx.post(self.url + "/_config", json=settings).raise_for_status()
+
+    def requests(self) -> list[dict]:
+        return httpx.get(self.url + "/_config/requests").json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_lemon_sandbox() -> LemonSandbox:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "orcapulse_billing.sandbox.lemonsqueezy", "--port", str(port),
+                             "--public-url", url, "--api-key", "test_sandbox_key"],
+                            stdout=subprocess.DEVNULL, stderr=_log("lemonsqueezy-sandbox"), cwd=ROOT)
+    _wait(url + "/js/lemon.js", proc, "the Lemon Squeezy stand-in")
+    return LemonSandbox(url, "ls_signing_secret_test", proc)

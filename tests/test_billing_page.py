@@ -340,3 +340,24 @@ def test_phone_width_has_no_horizontal_scroll(app, browser, app_engine, app_ledg
         page.screenshot(path=str(screenshot_name("test_phone_width")), full_page=True)
     finally:
         context.close()
+
+
+def test_owner_buys_through_the_lemon_squeezy_overlay(app, page, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "owner")
+    page.get_by_test_id("add-credits-button").click()
+    page.get_by_role("radio", name="Lemon Squeezy").click()
+    expect(page.get_by_test_id("quick-pkg_50")).to_have_count(0)  # saved cards are Stripe's
+    page.get_by_test_id("checkout-pkg_50").click()
+    overlay = page.get_by_test_id("lemonsqueezy-overlay")
+    expect(overlay).to_be_visible(timeout=10_000)
+    expect(page.get_by_test_id("waiting-banner")).to_contain_text("Waiting for payment confirmation")
+    frame = page.frame_locator("[data-testid=lemonsqueezy-overlay] iframe")
+    expect(frame.get_by_test_id("ls-amount")).to_have_text("$50.00")
+    assert org.account().balance == Decimal("5.0000")  # nothing before the webhook
+    frame.get_by_test_id("ls-card").fill("4242 4242 4242 4242")
+    frame.get_by_test_id("ls-pay").click()
+    expect(page.get_by_text("Credits added successfully!")).to_be_visible(timeout=20_000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$55.00")
+    expect(overlay).to_have_count(0)
+    expect(page.get_by_test_id("history-row").first).to_contain_text("Credit top-up via Lemon Squeezy - $50.00")

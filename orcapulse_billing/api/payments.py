@@ -3,9 +3,10 @@ the signed webhook (public, verified on the raw body)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
@@ -17,7 +18,7 @@ from ..config import get_settings
 from ..money import fmt4
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
-from ..services import get_stripe_purchases
+from ..services import get_lemon_purchases, get_stripe_purchases
 from .credits import _as_item, entry_json
 from .deps import DecimalRoute, client_ip, owner_principal, rate_limit
 from .errors import ApiError, responses
@@ -30,6 +31,7 @@ PAYMENT_STATUS = {"card_declined": 402, "authentication_required": 402, "payment
 
 
 class PurchaseRequest(s.Strict):
+    provider: Literal["stripe", "lemonsqueezy"] = "stripe"
     package_id: Optional[Annotated[str, Field(max_length=32)]] = None
     amount: Optional[Annotated[Decimal, Field(max_digits=12)]] = None
     payment_method_id: Optional[Annotated[str, Field(max_length=100)]] = None
@@ -62,6 +64,13 @@ def _purchases():
         raise ApiError(503, exc.code, exc.message) from None
 
 
+def _lemon():
+    try:
+        return get_lemon_purchases()
+    except PaymentError as exc:
+        raise ApiError(503, exc.code, exc.message) from None
+
+
 def _choice(body: PurchaseRequest):
     try:
         return choose(get_settings(), body.package_id, body.amount)
@@ -77,6 +86,16 @@ def _payment_error(exc: PaymentError) -> ApiError:
              summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)")
 def create_checkout(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
                     principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+    if body.provider not in get_settings().payment_providers:
+        raise ApiError(400, "provider_unavailable", f"{body.provider} is not offered here")
+    if body.provider == "lemonsqueezy":
+        rate_limit("purchase", str(principal.organization_id), limit=20)
+        try:
+            created = _lemon().start_checkout(principal, _choice(body), ip=client_ip(request),
+                                              redirect_url=get_settings().app_url.rstrip("/") + "/billing")
+        except PaymentError as exc:
+            raise _payment_error(exc) from None
+        return CheckoutCreated(**created)
     return _start_checkout(principal, _choice(body), request, idempotency_key)
 
 
@@ -154,6 +173,25 @@ async def stripe_webhook(request: Request) -> WebhookAck:
         outcome = await run_in_threadpool(purchases.handle_event, event)
     except PaymentError as exc:  # Stripe itself unreachable while reading card details: let it retry
         raise ApiError(503, exc.code, exc.message) from None
+    return WebhookAck(received=True, outcome=outcome)
+
+
+@router.post("/lemonsqueezy/webhook", response_model=WebhookAck, responses=responses(400, 503),
+             summary="Lemon Squeezy order webhook (X-Signature verified on the raw body)")
+async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
+    payload = await request.body()
+    purchases = _lemon()
+    try:
+        purchases.gateway.verify(payload, request.headers.get("x-signature"))
+    except WebhookSignatureError as exc:
+        raise ApiError(400, "invalid_signature", str(exc)) from None
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body is not a JSON object")
+    outcome = await run_in_threadpool(purchases.handle_webhook, body)
     return WebhookAck(received=True, outcome=outcome)
 
 

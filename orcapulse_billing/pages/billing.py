@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import reflex as rx
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from ..auth import Principal
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
-from ..services import get_stripe_purchases
+from ..services import get_lemon_purchases, get_stripe_purchases
 from ..state import SessionState
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class BillingState(SessionState):
     popup_blocked: bool = False
     _checkout_session: str = ""
     _checkout_mode: str = ""
+    _checkout_provider: str = ""
+    providers: list[str] = []
+    provider: str = "stripe"
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -284,6 +288,9 @@ class BillingState(SessionState):
         if principal is None:
             return rx.toast.error("Only owners can add credits.")
         self.purchase_error, self.custom_amount = "", ""
+        self.providers = list(get_settings().payment_providers)
+        if self.provider not in self.providers:
+            self.provider = self.providers[0] if self.providers else ""
         self.packages = _package_rows()
         self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
         self.add_credits_open = True
@@ -291,6 +298,11 @@ class BillingState(SessionState):
     @rx.event
     def set_add_credits_open(self, value: bool):
         self.add_credits_open = value and self.is_owner
+
+    @rx.event
+    def set_provider(self, value: str | list[str]):
+        if isinstance(value, str) and value in self.providers:
+            self.provider = value
 
     @rx.event
     def set_custom_amount(self, value: str):
@@ -306,7 +318,12 @@ class BillingState(SessionState):
             choice = None if setup else choose(get_settings(), package_id or None, amount if not package_id else None)
             self.buying = True
             yield
-            created = await asyncio.to_thread(_start_checkout, principal, choice)
+            provider = "stripe" if setup else self.provider
+            if provider not in get_settings().payment_providers:
+                raise PurchaseError("provider_unavailable", "This payment method is not offered.")
+            page = urlsplit(str(self.router.url))
+            page_origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else ""
+            created = await asyncio.to_thread(_start_checkout, principal, choice, provider, page_origin)
         except (PurchaseError, PaymentError) as exc:
             self.buying = False
             self.purchase_error = exc.message
@@ -315,7 +332,9 @@ class BillingState(SessionState):
         self.waiting, self.popup_blocked = True, False
         self.checkout_url, self._checkout_session = created["url"], created["session_id"]
         self._checkout_mode = "setup" if setup else "payment"
-        yield rx.call_script(_OPEN_POPUP.replace("URL", json.dumps(created["url"])), callback=BillingState.popup_opened)
+        self._checkout_provider = provider
+        opener = _OPEN_OVERLAY if provider == "lemonsqueezy" else _OPEN_POPUP
+        yield rx.call_script(opener.replace("URL", json.dumps(created["url"])), callback=BillingState.popup_opened)
         yield BillingState.watch_checkout
 
     @rx.event
@@ -349,12 +368,12 @@ class BillingState(SessionState):
         """Waits for the signed webhook to settle the checkout (the popup's own return proves nothing)."""
         async with self:
             principal = self.current_principal()
-            session_id = self._checkout_session
+            session_id, provider = self._checkout_session, self._checkout_provider
         if principal is None or not session_id:
             return
         for _ in range(1800):
             await asyncio.sleep(1)
-            status = await asyncio.to_thread(_checkout_status, principal.organization_id, session_id)
+            status = await asyncio.to_thread(_checkout_status, principal.organization_id, provider, session_id)
             async with self:
                 if self._checkout_session != session_id:
                     return  # another checkout replaced this one, or the owner stopped waiting
@@ -408,6 +427,15 @@ class BillingState(SessionState):
 
 
 _OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
+# lemon.js is loaded by the page; createLemonSqueezy() (re)initialises it for the single-page app.
+# Checkout.Success is only a UI signal: credits come from the signed webhook.
+_OPEN_OVERLAY = """(() => {
+  if (typeof window.createLemonSqueezy !== 'function') return false;
+  window.createLemonSqueezy();
+  window.LemonSqueezy.Setup({eventHandler: (e) => { if (e.event === 'Checkout.Success') window.__opbLemonPaid = true; }});
+  window.LemonSqueezy.Url.Open(URL);
+  return true;
+})()"""
 
 
 def _package_rows() -> list[dict[str, str]]:
@@ -430,15 +458,19 @@ def _card_rows(organization_id: int) -> list[dict[str, str]]:
             for c in purchases.cards(organization_id)]
 
 
-def _start_checkout(principal: Principal, choice) -> dict:
+def _start_checkout(principal: Principal, choice, provider: str, page_origin: str) -> dict:
+    if provider == "lemonsqueezy":
+        redirect = (page_origin or get_settings().app_url).rstrip("/") + "/billing"
+        return get_lemon_purchases().start_checkout(principal, choice, ip=None, redirect_url=redirect)
     # the popup lands on the backend's own return page, which closes the window
     success, cancel = return_urls(rx.config.get_config().api_url)
     return get_stripe_purchases().start_checkout(principal, choice, ip=None, success_url=success, cancel_url=cancel,
                                                  request_key=uuid.uuid4().hex)
 
 
-def _checkout_status(organization_id: int, session_id: str) -> str | None:
-    return get_stripe_purchases().checkout_status(organization_id, session_id)
+def _checkout_status(organization_id: int, provider: str, session_id: str) -> str | None:
+    purchases = get_lemon_purchases() if provider == "lemonsqueezy" else get_stripe_purchases()
+    return purchases.checkout_status(organization_id, session_id)
 
 
 def _quick_purchase(principal: Principal, choice) -> None:
@@ -817,7 +849,7 @@ def package_card(p) -> rx.Component:
             rx.cond(p["bonus"] != "", rx.badge(p["bonus"], color_scheme="green", variant="soft"), rx.box(height="20px")),
             rx.button("Checkout", width="100%", color_scheme="purple", on_click=BillingState.checkout_package(p["id"]),
                       loading=BillingState.buying, data_testid="checkout-" + p["id"].to(str)),
-            rx.cond(BillingState.cards.length() > 0,
+            rx.cond((BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
                     rx.button("Pay now with ", BillingState.cards[0]["label"], width="100%", variant="soft",
                               color_scheme="green", on_click=BillingState.quick_purchase(p["id"]),
                               loading=BillingState.buying, data_testid="quick-" + p["id"].to(str))),
@@ -832,6 +864,13 @@ def add_credits_dialog() -> rx.Component:
         rx.dialog.content(
             rx.dialog.title("Add Credits"),
             rx.dialog.description("1 credit = $1.00. Larger packages come with bonus credits.", size="2"),
+            rx.cond(BillingState.providers.length() > 1, rx.hstack(
+                rx.text("Pay with", size="2", color_scheme="gray"),
+                rx.segmented_control.root(
+                    rx.segmented_control.item("Card (Stripe)", value="stripe"),
+                    rx.segmented_control.item("Lemon Squeezy", value="lemonsqueezy"),
+                    value=BillingState.provider, on_change=BillingState.set_provider, data_testid="provider-choice"),
+                align="center", padding_top="3")),
             rx.grid(rx.foreach(BillingState.packages, package_card),
                     columns=rx.breakpoints(initial="1", sm="2"), spacing="3", padding_y="3"),
             rx.text(f"Custom amount (${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f})", size="2", weight="medium"),
@@ -840,7 +879,7 @@ def add_credits_dialog() -> rx.Component:
                          type="text", input_mode="decimal", width="100%", data_testid="custom-amount"),
                 rx.button("Checkout", on_click=BillingState.checkout_custom, loading=BillingState.buying,
                           data_testid="custom-checkout"),
-                rx.cond(BillingState.cards.length() > 0,
+                rx.cond((BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
                         rx.button("Pay now", variant="soft", color_scheme="green", loading=BillingState.buying,
                                   on_click=BillingState.quick_purchase(""), data_testid="custom-quick")),
                 width="100%",
@@ -859,7 +898,7 @@ def add_credits_dialog() -> rx.Component:
                 rx.icon_button(rx.icon("trash-2", size=14), size="1", variant="ghost", color_scheme="red",
                                on_click=BillingState.remove_card(c["id"]), data_testid="remove-card"),
                 width="100%", align="center", padding_top="2", data_testid="saved-card")),
-            rx.text("Payments are processed by Stripe; card numbers never reach OrcaPulse.", size="1",
+            rx.text("Payments are processed by Stripe or Lemon Squeezy; card numbers never reach OrcaPulse.", size="1",
                     color_scheme="gray", margin_top="3"),
             rx.flex(rx.dialog.close(rx.button("Close", variant="soft", color_scheme="gray")), justify="end",
                     margin_top="3"),
@@ -883,8 +922,8 @@ def waiting_banner() -> rx.Component:
                             rx.text("Your browser blocked the checkout window. ",
                                     rx.link("Open the checkout", href=BillingState.checkout_url, is_external=True,
                                             data_testid="checkout-link"), size="2"),
-                            rx.text("Complete the payment in the checkout window; credits appear as soon as Stripe "
-                                    "confirms it.", size="2")),
+                            rx.text("Complete the payment in the checkout window; credits appear as soon as the "
+                                    "payment provider confirms it.", size="2")),
                     spacing="1",
                 ),
                 rx.spacer(),
@@ -907,6 +946,7 @@ def billing() -> rx.Component:
             ".pulse-ring{box-shadow:0 0 0 0 rgba(22,163,74,.6);animation:ring 1.8s infinite}"
             "@keyframes ring{70%{box-shadow:0 0 0 10px rgba(22,163,74,0)}100%{box-shadow:0 0 0 0 rgba(22,163,74,0)}}"
         ),
+        *([rx.script(src=get_settings().lemonsqueezy_js_url)] if "lemonsqueezy" in get_settings().payment_providers else []),
         header(),
         rx.cond(
             BillingState.loaded,

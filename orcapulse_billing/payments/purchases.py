@@ -88,7 +88,7 @@ def _now() -> datetime:
 def _credit_postings(account_id: int, choice_credits: int, bonus: int, *, provider: str, key: str, label: str,
                      metadata: dict, actor_user_id: int | None, actor_ip: str | None, package_id: str | None,
                      auto_recharge: bool = False) -> list[Posting]:
-    provider_name = {"stripe": "Stripe", "lemonsqueezy": "Lemon Squeezy"}.get(provider, provider)
+    provider_name = PROVIDER_NAMES.get(provider, provider)
     meta = {**metadata, "provider": provider, "package": package_id}
     if auto_recharge:
         meta["autoRecharge"] = True
@@ -100,6 +100,69 @@ def _credit_postings(account_id: int, choice_credits: int, bonus: int, *, provid
                                 f"Volume bonus - {label} package", source=CreditSource.bonus, metadata=meta,
                                 actor_user_id=actor_user_id, actor_ip=actor_ip, idempotency_key=f"{key}:bonus"))
     return postings
+
+
+PROVIDER_NAMES = {"stripe": "Stripe", "lemonsqueezy": "Lemon Squeezy"}
+
+
+def event_seen(engine: Engine, provider: str, event_id: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(WebhookEvent.id).where(
+            WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)).first() is not None
+
+
+def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply) -> str:
+    """Records the event once and applies it in the same transaction: a replay, or a concurrent
+    duplicate delivery (which meets the unique index), changes nothing."""
+    with ledger.transaction() as conn:
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(WebhookEvent).values(provider=provider, event_id=event_id, type=kind,
+                                                            outcome="received", received_at=_now()))
+        except IntegrityError:
+            return "replay"
+        outcome, detail, org_id = apply(conn)
+        conn.execute(sa.update(WebhookEvent).where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+                     .values(outcome=outcome, detail=detail, organization_id=org_id))
+    log.info("%s event %s %s: %s %s", provider, event_id, kind, outcome, detail or "")
+    return outcome
+
+
+def credit_checkout(ledger: Ledger, conn, row, *, provider_reference: str | None, metadata: dict) -> bool:
+    """Marks our checkout completed and posts its purchase (and bonus), once: False if it already was."""
+    t = CheckoutSession.__table__
+    claimed = conn.execute(sa.update(t).where(t.c.id == row.id, t.c.status.in_(("open", "failed")))
+                           .values(status="completed", completed_at=_now(), payment_intent_id=provider_reference)).rowcount
+    if not claimed:
+        return False
+    account_id = get_account(conn, organization_id=row.organization_id).id
+    for posting in _credit_postings(
+            account_id, row.amount, row.bonus, provider=row.provider, key=f"{row.provider}:{row.provider_id}",
+            label=f"${Decimal(row.amount) / 10_000:,.2f}", metadata=metadata, actor_user_id=row.user_id,
+            actor_ip=row.actor_ip, package_id=row.package_id):
+        ledger.post_in(conn, posting)
+    return True
+
+
+def refund_checkout(ledger: Ledger, conn, row, refunded_cents: int, *, key: str, metadata: dict):
+    """Posts what was refunded since the last refund event (the provider reports the running total),
+    never more than was bought."""
+    refunded_total = min(refunded_cents * UNITS_PER_CENT, row.amount)
+    delta = refunded_total - row.refunded
+    if delta <= 0:
+        return "duplicate", "refund already recorded", row.organization_id
+    conn.execute(sa.update(CheckoutSession).where(CheckoutSession.id == row.id).values(refunded=refunded_total))
+    account_id = get_account(conn, organization_id=row.organization_id).id
+    name = PROVIDER_NAMES.get(row.provider, row.provider)
+    ledger.post_in(conn, Posting(
+        account_id, EntryType.refund, -Decimal(delta) / 10_000,
+        f"Refund of credit top-up via {name} - ${Decimal(delta) / 10_000:,.2f}",
+        metadata={"provider": row.provider, "feature": "refund", **metadata},
+        idempotency_key=f"{key}:{refunded_total}",
+        # the money went back to the card: the credits go, even if that takes the balance below zero
+        floor=Decimal(-10**9),
+    ))
+    return "processed", "refunded", row.organization_id
 
 
 class StripePurchases:
@@ -238,25 +301,10 @@ class StripePurchases:
         obj = (event.get("data") or {}).get("object") or {}
         if not event_id:
             return "ignored"
-        with self.engine.connect() as conn:
-            seen = conn.execute(sa.select(WebhookEvent.outcome).where(
-                WebhookEvent.provider == "stripe", WebhookEvent.event_id == event_id)).scalar()
-        if seen is not None:
+        if event_seen(self.engine, "stripe", event_id):
             return "replay"
         card = self._card_for(kind, obj)  # provider calls before the write transaction
-        with self.ledger.transaction() as conn:
-            try:
-                with conn.begin_nested():
-                    conn.execute(sa.insert(WebhookEvent).values(provider="stripe", event_id=event_id, type=kind,
-                                                                outcome="received", received_at=_now()))
-            except IntegrityError:
-                return "replay"  # a concurrent delivery of the same event got here first
-            outcome, detail, org_id = self._apply(conn, kind, obj, card)
-            conn.execute(sa.update(WebhookEvent).where(WebhookEvent.provider == "stripe",
-                                                       WebhookEvent.event_id == event_id)
-                         .values(outcome=outcome, detail=detail, organization_id=org_id))
-        log.info("stripe event %s %s: %s %s", event_id, kind, outcome, detail or "")
-        return outcome
+        return process_event(self.ledger, "stripe", event_id, kind, lambda conn: self._apply(conn, kind, obj, card))
 
     def _card_for(self, kind: str, obj: dict) -> Card | None:
         """The card a completed checkout used, to save for later. Best effort for payments (the credit
@@ -291,19 +339,10 @@ class StripePurchases:
                     return "pending", "payment not confirmed yet", row.organization_id
                 if int(obj.get("amount_total") or -1) * UNITS_PER_CENT != row.amount:
                     return "rejected", "amount does not match our session", row.organization_id
-                claimed = conn.execute(sa.update(t).where(t.c.id == row.id, t.c.status.in_(("open", "failed")))
-                                       .values(status="completed", completed_at=_now(),
-                                               payment_intent_id=obj.get("payment_intent"))).rowcount
-                if not claimed:
+                if not credit_checkout(self.ledger, conn, row, provider_reference=obj.get("payment_intent"),
+                                       metadata={"feature": "checkout", "stripeCheckoutSessionId": row.provider_id,
+                                                 "stripePaymentIntentId": obj.get("payment_intent")}):
                     return "duplicate", "already credited", row.organization_id
-                account_id = get_account(conn, organization_id=row.organization_id).id
-                label = f"${Decimal(row.amount) / 10_000:,.2f}"
-                for posting in _credit_postings(
-                        account_id, row.amount, row.bonus, provider="stripe", key=f"stripe:{row.provider_id}",
-                        label=label, metadata={"feature": "checkout", "stripeCheckoutSessionId": row.provider_id,
-                                               "stripePaymentIntentId": obj.get("payment_intent")},
-                        actor_user_id=row.user_id, actor_ip=row.actor_ip, package_id=row.package_id):
-                    self.ledger.post_in(conn, posting)
                 if card is not None:
                     self._save_card_in(conn, row.organization_id, card, make_default=False)
                 return "processed", "credited", row.organization_id
@@ -324,22 +363,10 @@ class StripePurchases:
                                               t.c.status == "completed")).first()
         if row is None:
             return "rejected", "no purchase of ours matches this charge", None
-        refunded_total = min(int(charge.get("amount_refunded") or 0) * UNITS_PER_CENT, row.amount)  # never more than bought
-        delta = refunded_total - row.refunded
-        if delta <= 0:
-            return "duplicate", "refund already recorded", row.organization_id
-        conn.execute(sa.update(t).where(t.c.id == row.id).values(refunded=refunded_total))
-        account_id = get_account(conn, organization_id=row.organization_id).id
-        self.ledger.post_in(conn, Posting(
-            account_id, EntryType.refund, -Decimal(delta) / 10_000,
-            f"Refund of credit top-up via Stripe - ${Decimal(delta) / 10_000:,.2f}",
-            metadata={"provider": "stripe", "feature": "refund", "stripeChargeId": charge.get("id"),
-                      "stripePaymentIntentId": charge.get("payment_intent")},
-            idempotency_key=f"stripe-refund:{charge.get('id')}:{refunded_total}",
-            # the money went back to the card: the credits go, even if that takes the balance below zero
-            floor=Decimal(-10**9),
-        ))
-        return "processed", "refunded", row.organization_id
+        return refund_checkout(self.ledger, conn, row, int(charge.get("amount_refunded") or 0),
+                               key=f"stripe-refund:{charge.get('id')}",
+                               metadata={"stripeChargeId": charge.get("id"),
+                                         "stripePaymentIntentId": charge.get("payment_intent")})
 
     @staticmethod
     def _save_card_in(conn, organization_id: int, card: Card, make_default: bool = True) -> None:
