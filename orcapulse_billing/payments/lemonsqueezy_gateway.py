@@ -69,7 +69,8 @@ class LemonSqueezyGateway:
             if r.status_code == 429 or r.status_code >= 500:
                 if attempt < self.retries:
                     retry_after = r.headers.get("retry-after", "")
-                    time.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.backoff * 2**attempt)
+                    wait_seconds = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.backoff * 2**attempt
+                    time.sleep(min(wait_seconds, 30))
                     continue
                 raise PaymentError("payment_provider_unreachable",
                                    f"Lemon Squeezy is unavailable (HTTP {r.status_code}); try again", retryable=True)
