@@ -21,12 +21,13 @@ Plain Python and SQLAlchemy Core: nothing here imports Reflex.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -36,6 +37,7 @@ from .db import as_utc, is_sqlite
 from .models import ENTRY_KINDS, CreditSource, EntryType, JsonType
 from .money import MoneyError, from_units, parse_amount, to_units
 
+log = logging.getLogger(__name__)
 MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
 NO_FLOOR_UNITS = -(2**62)
 
@@ -282,6 +284,19 @@ class Ledger:
         self._sqlite = is_sqlite(engine)
         # SQLite has one writer per file; queueing in-process beats spinning on the busy timeout.
         self._write_lock = threading.Lock() if self._sqlite else None
+        self._listeners: list[Callable[[list[PostedEntry]], None]] = []
+
+    def add_listener(self, listener: Callable[[list[PostedEntry]], None]) -> None:
+        """Called with the new entries after each commit that wrote some (never for replays)."""
+        self._listeners.append(listener)
+
+    def _notify(self, entries: list[PostedEntry]) -> None:
+        fresh = [e for e in entries if not e.replayed]
+        for listener in self._listeners if fresh else ():
+            try:
+                listener(fresh)
+            except Exception:  # a listener must never undo or fail a committed posting
+                log.exception("ledger listener failed")
 
     # -- public API -------------------------------------------------------------------------
 
@@ -295,7 +310,9 @@ class Ledger:
         for attempt in (1, 2):
             try:
                 with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    return self._apply(conn, prepared)
+                    entry = self._apply(conn, prepared)
+                self._notify([entry])
+                return entry
             except IntegrityError:
                 # a concurrent writer committed this idempotency key first: the retry is a replay
                 if attempt == 2 or prepared.idempotency_key is None:
@@ -307,12 +324,14 @@ class Ledger:
         prepared = [self._prepare(p) for p in postings]
         try:
             with self.transaction() as conn:
-                return [self._apply(conn, p) for p in prepared]
+                entries = [self._apply(conn, p) for p in prepared]
         except IntegrityError:
             # A concurrent writer committed one of our idempotency keys first; our transaction
             # rolled back as a whole. Retry once: the keyed postings now resolve as replays.
             with self.transaction() as conn:
-                return [self._apply(conn, p) for p in prepared]
+                entries = [self._apply(conn, p) for p in prepared]
+        self._notify(entries)
+        return entries
 
     def post_in(self, conn: Connection, posting: Posting) -> PostedEntry:
         """Post inside the caller's transaction (which must hold the write lock on SQLite: use
@@ -320,7 +339,9 @@ class Ledger:
         prepared = self._prepare(posting)
         try:
             with conn.begin_nested():
-                return self._apply(conn, prepared)
+                entry = self._apply(conn, prepared)
+            conn.info.setdefault("ledger_posted", []).append(entry)  # announced after the commit
+            return entry
         except IntegrityError:
             if prepared.idempotency_key is None:
                 raise
@@ -336,8 +357,12 @@ class Ledger:
         """A write transaction: `BEGIN IMMEDIATE` under the writer lock on SQLite."""
         with self._write_lock or nullcontext():
             opts = {"sqlite_immediate": True} if self._sqlite else {}
-            with self.engine.connect().execution_options(**opts) as conn, conn.begin():
-                yield conn
+            with self.engine.connect().execution_options(**opts) as conn:
+                conn.info.pop("ledger_posted", None)
+                with conn.begin():
+                    yield conn
+                posted = conn.info.pop("ledger_posted", [])
+        self._notify(posted)
 
     # -- internals --------------------------------------------------------------------------
 

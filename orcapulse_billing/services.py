@@ -9,12 +9,38 @@ from sqlalchemy.engine import Engine
 
 from .config import get_settings
 from .db import get_engine
-from .ledger import Ledger
+from .events import EventBus
+from .ledger import Ledger, get_account
+from .money import fmt4
+
+
+@lru_cache(maxsize=1)
+def get_event_bus() -> EventBus:
+    return EventBus(get_settings().redis_url)
 
 
 @lru_cache(maxsize=8)
 def _ledger_for(engine: Engine) -> Ledger:
-    return Ledger(engine, grace_limit=get_settings().grace_limit)
+    ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
+    ledger.add_listener(_publisher(engine))
+    return ledger
+
+
+def _publisher(engine: Engine):
+    """Announces committed postings on the event bus, by organization."""
+    organizations: dict[int, int] = {}  # account -> organization never changes
+
+    def publish(entries) -> None:
+        bus = get_event_bus()
+        for entry in entries:
+            if entry.account_id not in organizations:
+                with engine.connect() as conn:
+                    organizations[entry.account_id] = get_account(conn, account_id=entry.account_id).organization_id
+            bus.publish({"organization_id": organizations[entry.account_id], "entry_id": entry.id,
+                         "type": entry.type, "amount": fmt4(entry.amount_units),
+                         "balance": fmt4(entry.balance_after_units)})
+
+    return publish
 
 
 def get_ledger(engine: Engine | None = None) -> Ledger:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import sqlalchemy as sa
@@ -89,6 +90,7 @@ from decimal import Decimal  # noqa: E402
 from orcapulse_billing.money import fmt_money4, fmt_signed_amount  # noqa: E402
 
 from .apiutil import PASSWORD, Org  # noqa: E402
+from .browser import ARTIFACTS  # noqa: E402
 
 
 def open_billing(page, app, org: Org, role: str = "owner"):
@@ -361,3 +363,49 @@ def test_owner_buys_through_the_lemon_squeezy_overlay(app, page, app_engine, app
     expect(page.get_by_test_id("balance-value")).to_have_text("$55.00")
     expect(overlay).to_have_count(0)
     expect(page.get_by_test_id("history-row").first).to_contain_text("Credit top-up via Lemon Squeezy - $50.00")
+
+
+def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, browser, client, app_engine, app_ledger):
+    from .apiutil import Org as _Org
+
+    org = _Org(app_engine, app_ledger, welcome=Decimal(10))
+    other = _Org(app_engine, app_ledger, roles=("owner",), welcome=Decimal(10))
+    owner_context = browser.new_context(viewport={"width": 1280, "height": 800})
+    member_context = browser.new_context(viewport={"width": 1280, "height": 800})
+    other_context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        owner_tab = owner_context.new_page()
+        open_billing(owner_tab, app, org, "owner")
+        second_owner_tab = owner_context.new_page()
+        second_owner_tab.goto(app.base_url + "/billing")  # same sign-in, second tab
+        member_tab = member_context.new_page()
+        open_billing(member_tab, app, org, "member")
+        other_tab = other_context.new_page()
+        open_billing(other_tab, app, other, "owner")
+        tabs = (owner_tab, second_owner_tab, member_tab)
+        for tab in tabs + (other_tab,):
+            expect(tab.get_by_test_id("balance-value")).to_have_text("$10.00", timeout=30_000)
+        member_tab.evaluate("window.__billing = []; window.addEventListener('billingUpdated', e => window.__billing.push(e.detail))")
+        time.sleep(1)  # let every tab's listener subscribe
+
+        r = client.post("/api/credits/usage", headers={**org.auth("member"), "Idempotency-Key": "live-1"},
+                        json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"})
+        assert r.status_code == 200, r.text
+        for tab in tabs:  # no reload, no refresh click
+            expect(tab.get_by_test_id("balance-value")).to_have_text("$9.27", timeout=10_000)
+            expect(tab.get_by_test_id("transaction-count-value")).to_have_text("2")
+            expect(tab.get_by_test_id("history-row").first).to_contain_text("Voice call session")
+        expect(other_tab.get_by_test_id("balance-value")).to_have_text("$10.00")
+        details = member_tab.evaluate("window.__billing")
+        assert details[-1]["type"] == "credit_consumed" and details[-1]["balance"] == "9.2700"
+
+        org.post("purchase", "50")  # e.g. a webhook or a CLI grant: any posting reaches the tabs
+        for tab in tabs:
+            expect(tab.get_by_test_id("balance-value")).to_have_text("$59.27", timeout=10_000)
+        expect(member_tab.get_by_text("Credits added: +$50.00")).to_be_visible()
+        assert member_tab.evaluate("window.__billing")[-1]["type"] == "credit_added"
+        expect(other_tab.get_by_test_id("balance-value")).to_have_text("$10.00")
+        owner_tab.screenshot(path=str(ARTIFACTS / "test_live_updates_owner_tab.png"))
+    finally:
+        for context in (owner_context, member_context, other_context):
+            context.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
+from decimal import Decimal
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -31,7 +33,7 @@ from ..auth import Principal
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
-from ..services import get_lemon_purchases, get_stripe_purchases
+from ..services import get_event_bus, get_lemon_purchases, get_stripe_purchases
 from ..state import SessionState
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,7 @@ class BillingState(SessionState):
     _checkout_provider: str = ""
     providers: list[str] = []
     provider: str = "stripe"
+    _live_beat: float = 0.0  # when the live listener last showed it is alive (monotonic seconds)
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -214,6 +217,48 @@ class BillingState(SessionState):
         if not await self._reload():
             return rx.redirect("/login")
         self.loaded = True
+        return BillingState.live
+
+    # -- live updates ---------------------------------------------------------------------------
+
+    @rx.event(background=True)
+    async def live(self):
+        """Listens for this organization's committed postings (any worker, with Redis) and pushes
+        the new figures to this tab over its socket: no polling while the socket is up."""
+        async with self:
+            principal = self.current_principal()
+            if principal is None or time.monotonic() - self._live_beat < LIVE_BEAT * 2:
+                return  # signed out, or a listener is already running for this tab
+            self._live_beat = time.monotonic()
+        with get_event_bus().listen(principal.organization_id) as queue:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), LIVE_BEAT)
+                except asyncio.TimeoutError:
+                    async with self:
+                        self._live_beat = time.monotonic()
+                    continue
+                events = [event]
+                while not queue.empty():  # a burst becomes one refresh
+                    events.append(queue.get_nowait())
+                async with self:
+                    self._live_beat = time.monotonic()
+                    if self.current_principal() is None:
+                        return
+                    await self._reload()
+                for toast in _live_toasts(events):
+                    yield toast
+                yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(events))))
+
+    @rx.event
+    async def heartbeat(self, _value=None):
+        """Every 30 s from the page: if the live listener is gone (socket dropped, worker restarted)
+        catch up and listen again. While it runs, this does nothing."""
+        if not self.loaded or time.monotonic() - self._live_beat < LIVE_BEAT * 2:
+            return
+        if not await self._reload():
+            return rx.redirect("/login")
+        return BillingState.live
 
     @rx.event
     async def refresh(self):
@@ -424,6 +469,28 @@ class BillingState(SessionState):
             return
         self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
         yield rx.toast.success("Card removed")
+
+
+LIVE_BEAT = 20  # seconds between the listener's signs of life
+_BILLING_UPDATED = "window.dispatchEvent(new CustomEvent('billingUpdated', {detail: DETAIL}))"
+
+
+def _billing_detail(events: list[dict]) -> dict:
+    last = events[-1]
+    amount = Decimal(last["amount"])
+    kind = "credit_added" if amount > 0 else "credit_consumed" if last["type"] == "usage" else "balance_updated"
+    return {"type": kind, "balance": last["balance"], "amount": last["amount"], "entryType": last["type"]}
+
+
+def _live_toasts(events: list[dict]) -> list:
+    toasts = []
+    added = sum((Decimal(e["amount"]) for e in events if e["type"] in ("purchase", "bonus")), Decimal(0))
+    if added:
+        toasts.append(rx.toast.success(f"Credits added: +${added:,.2f}"))
+    refunded = sum((Decimal(e["amount"]) for e in events if e["type"] == "refund"), Decimal(0))
+    if refunded:
+        toasts.append(rx.toast.info(f"Refund posted: {'+' if refunded > 0 else '-'}${abs(refunded):,.2f}"))
+    return toasts
 
 
 _OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
@@ -960,6 +1027,7 @@ def billing() -> rx.Component:
         ),
         session_panel(),
         add_credits_dialog(),
+        rx.moment(interval=30_000, on_change=BillingState.heartbeat, display="none"),
     )
 
 
