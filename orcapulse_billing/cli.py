@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +18,7 @@ from .config import ConfigError, get_settings
 from .db import get_engine, upgrade
 from .ledger import LedgerError, Posting, get_account
 from .models import CreditSource, EntryType
-from .money import MoneyError, fmt4, fmt_balance, parse_amount
+from .money import MoneyError, fmt4, fmt_balance, parse_amount, to_units
 from .seed import DEMO_MEMBER, DEMO_ORG, DEMO_OWNER, seed_demo
 from .services import get_ledger
 
@@ -114,6 +115,44 @@ def cmd_balance(args) -> None:
     )
 
 
+def cmd_add_phone(args) -> None:
+    from .jobs import add_phone_number
+
+    engine = get_engine()
+    org = accounts.find_organization(engine, args.org)
+    try:
+        add_phone_number(engine, org.id, args.number, args.monthly_cost, args.acquired)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{args.number} rented by {org.name!r} at {fmt4(to_units(args.monthly_cost))} credits a month")
+
+
+def cmd_bill_phones(args) -> None:
+    from .jobs import bill_phone_numbers, run_once
+
+    engine = get_engine()
+    with run_once(engine, "phone-billing", get_settings().redis_url) as mine:
+        if not mine:
+            raise UsageError("phone billing is running elsewhere right now; try again shortly")
+        run = bill_phone_numbers(engine, get_ledger(engine), args.date)
+    for line in run.billed:
+        print(f"billed: {line}")
+    for line in run.refused:
+        print(f"not enough credit: {line}")
+    print(f"{len(run.billed)} billed, {run.already_billed} already billed, {len(run.refused)} refused")
+
+
+def _date(text: str):
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _when(text: str) -> datetime:
+    return datetime.combine(_date(text), datetime.min.time(), tzinfo=timezone.utc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="orcapulse-billing", description="OrcaPulse Billing operator commands")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -143,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", required=True)
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser("add-phone", help="record a rented phone number (billed monthly)")
+    p.add_argument("org", help="organization id or name")
+    p.add_argument("number", help="E.164, like +14155550100")
+    p.add_argument("--monthly-cost", type=_amount, required=True)
+    p.add_argument("--acquired", type=_when, help="YYYY-MM-DD (default: now)")
+    p.set_defaults(func=cmd_add_phone)
+
+    p = sub.add_parser("bill-phones", help="run the phone-number billing job now (catches up missed periods)")
+    p.add_argument("--date", type=_date, default=datetime.now(timezone.utc).date(), help="as of YYYY-MM-DD (UTC)")
+    p.set_defaults(func=cmd_bill_phones)
 
     p = sub.add_parser("balance", help="show an organization's balance")
     p.add_argument("org", help="organization id or name")

@@ -300,3 +300,19 @@ class WebhookEvent(SQLModel, table=True):
     detail: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
     organization_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     received_at: datetime = _ts(nullable=False)
+
+
+class PhoneNumber(SQLModel, table=True):
+    """A rented number, billed monthly on its acquisition anniversary by the daily job."""
+
+    __tablename__ = "phone_number"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    organization_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
+    )
+    number: str = Field(sa_column=sa.Column(sa.String(32), nullable=False, unique=True))
+    monthly_cost: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units
+    acquired_at: datetime = _ts(nullable=False)
+    last_billed_at: Optional[datetime] = _ts(nullable=True)  # start of the last period billed
+    released_at: Optional[datetime] = _ts(nullable=True)

@@ -123,3 +123,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(acme_cli, args, message
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert _snapshot(cli.engine) == before
+
+
+def test_phone_numbers_from_the_cli(cli):
+    cli("create-org", "Acme")
+    cli("add-phone", "Acme", "+14155550100", "--monthly-cost", "1.15", "--acquired", "2026-10-05")
+    out = cli("bill-phones", "--date", "2026-11-23").stdout
+    assert "billed: Phone number rental - +1 415 555 0100 - Oct 2026" in out
+    assert "billed: Phone number rental - +1 415 555 0100 - Nov 2026" in out
+    assert cli("bill-phones", "--date", "2026-11-23").stdout.startswith("0 billed")  # a rerun bills nothing
+    assert "balance $2.70" in _balance(cli)  # 5.00 welcome - 2 x 1.15
+    bad = cli("add-phone", "Acme", "+14155550100", "--monthly-cost", "1", ok=False)
+    assert bad.returncode == 2 and "already rented" in bad.stderr

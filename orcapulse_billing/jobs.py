@@ -1,0 +1,173 @@
+"""Background work that must run once per deployment: the daily phone-number billing (02:15 UTC).
+
+`run_once(name)` takes a lock for the run: Redis (SET NX with expiry) when REDIS_URL is set, else a
+PostgreSQL advisory lock, else an in-process lock (the embedded default has one process). The
+postings themselves are idempotent per number and period as well, so a lost lock, a rerun, two
+runners or a restart never bill twice, and days missed while down are caught up on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import hashlib
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .db import as_utc
+from .ledger import InsufficientCredits, Ledger, Posting, get_account
+from .models import EntryType, PhoneNumber
+from .money import from_units
+
+log = logging.getLogger(__name__)
+PHONE_BILLING_AT = time(2, 15, tzinfo=timezone.utc)
+_local_locks: dict[str, threading.Lock] = {}
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Same day-of-month `months` later, clamped to the month's last day (Jan 31 -> Feb 28)."""
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
+
+
+def format_number(number: str) -> str:
+    """'+14155550100' -> '+1 415 555 0100' (North American numbers); others as given."""
+    digits = "".join(ch for ch in number if ch.isdigit())
+    if number.startswith("+1") and len(digits) == 11:
+        return f"+1 {digits[1:4]} {digits[4:7]} {digits[7:]}"
+    return number
+
+
+@dataclass
+class PhoneBillingRun:
+    billed: list[str] = field(default_factory=list)  # descriptions of new entries
+    already_billed: int = 0
+    refused: list[str] = field(default_factory=list)  # not enough credit: retried on the next run
+
+
+def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBillingRun:
+    """Bills every period that started on or before `today` and is not billed yet."""
+    run = PhoneBillingRun()
+    end_of_day = datetime.combine(today, time.max, tzinfo=timezone.utc)
+    with engine.connect() as conn:
+        numbers = conn.execute(sa.select(PhoneNumber).where(PhoneNumber.released_at.is_(None))).all()
+    for number in numbers:
+        acquired = as_utc(number.acquired_at)
+        period = 0
+        if number.last_billed_at is not None:  # periods up to the last one billed need no attempt
+            last = as_utc(number.last_billed_at)
+            while add_months(acquired, period) <= last:
+                period += 1
+        while (start := add_months(acquired, period)) <= end_of_day:
+            period += 1
+            with engine.connect() as conn:
+                account_id = get_account(conn, organization_id=number.organization_id).id
+            description = f"Phone number rental - {format_number(number.number)} - {start:%b %Y}"
+            try:
+                entry = ledger.post(Posting(
+                    account_id, EntryType.usage, -from_units(number.monthly_cost), description, category="phone_rental",
+                    metadata={"provider": "orcapulse", "feature": "phone_rental", "phone_number": number.number,
+                              "period_start": start.date().isoformat()},
+                    idempotency_key=f"phone:{number.id}:{start.date().isoformat()}",
+                ))
+            except InsufficientCredits:
+                run.refused.append(description)
+                break  # later periods wait for this one
+            if entry.replayed:
+                run.already_billed += 1
+            else:
+                run.billed.append(description)
+            with engine.begin() as conn:
+                conn.execute(sa.update(PhoneNumber).where(
+                    PhoneNumber.id == number.id,
+                    sa.or_(PhoneNumber.last_billed_at.is_(None), PhoneNumber.last_billed_at < start),
+                ).values(last_billed_at=start))
+    return run
+
+
+@contextmanager
+def run_once(engine: Engine, name: str, redis_url: str | None = None, ttl_seconds: int = 3600) -> Iterator[bool]:
+    """Yields True to the one runner that holds `name` now, False to the others."""
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        key = f"orcapulse:job:{name}"
+        got = bool(client.set(key, "1", nx=True, ex=ttl_seconds))
+        try:
+            yield got
+        finally:
+            if got:
+                client.delete(key)
+        return
+    if engine.dialect.name == "postgresql":
+        lock_id = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:
+            got = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                    conn.commit()
+        return
+    lock = _local_locks.setdefault(name, threading.Lock())
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
+
+
+def seconds_until(at: time, now: datetime) -> float:
+    target = datetime.combine(now.date(), at)
+    if target <= now:
+        target += timedelta(days=1)
+    return (target - now).total_seconds()
+
+
+async def phone_billing_loop() -> None:
+    """Lifespan task: catch up at start, then every day at 02:15 UTC, once per deployment."""
+    from .config import get_settings
+    from .db import get_engine
+    from .services import get_ledger
+
+    while True:
+        try:
+            engine = get_engine()
+            with run_once(engine, "phone-billing", get_settings().redis_url) as mine:
+                if mine:
+                    run = await asyncio.to_thread(bill_phone_numbers, engine, get_ledger(engine),
+                                                  datetime.now(timezone.utc).date())
+                    log.info("phone billing: %d billed, %d already billed, %d refused",
+                             len(run.billed), run.already_billed, len(run.refused))
+        except Exception:  # keep the schedule; the next run catches up
+            log.exception("phone billing failed")
+        await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(timezone.utc)))
+
+
+def add_phone_number(engine: Engine, organization_id: int, number: str, monthly_cost: Decimal,
+                     acquired_at: datetime | None = None) -> int:
+    from .money import to_units
+
+    digits = "".join(ch for ch in number if ch.isdigit())
+    if not number.startswith("+") or not 8 <= len(digits) <= 15:
+        raise ValueError(f"not an E.164 phone number: {number!r} (like +14155550100)")
+    if monthly_cost <= 0:
+        raise ValueError("the monthly cost must be positive")
+    with engine.begin() as conn:
+        if conn.execute(sa.select(PhoneNumber.id).where(PhoneNumber.number == "+" + digits)).first():
+            raise ValueError(f"{number} is already rented")
+        return conn.execute(sa.insert(PhoneNumber).values(
+            organization_id=organization_id, number="+" + digits, monthly_cost=to_units(monthly_cost),
+            acquired_at=acquired_at or datetime.now(timezone.utc)).returning(PhoneNumber.id)).scalar()

@@ -1,0 +1,130 @@
+"""The daily phone-number billing job, on SQLite and PostgreSQL, and the run-once locks
+(in-process, PostgreSQL advisory, Redis)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from orcapulse_billing.jobs import add_months, add_phone_number, bill_phone_numbers, run_once
+from orcapulse_billing.ledger import Ledger, Posting, check_invariants
+
+from .conftest import GRACE
+
+
+def _number() -> str:
+    return "+1415" + str(uuid.uuid4().int % 10**7).zfill(7)
+
+
+def _phone_entries(engine, account_id):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT description, amount, category FROM ledger_entry WHERE account_id = :a AND category = 'phone_rental' "
+            "ORDER BY seq"), {"a": account_id})]
+
+
+def _org_of(engine, account_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT organization_id FROM credit_account WHERE id = :a"), {"a": account_id}).scalar()
+
+
+def test_month_arithmetic_clamps_to_month_end():
+    start = datetime(2026, 1, 31, 10, 0, tzinfo=timezone.utc)
+    assert [add_months(start, k).date() for k in range(4)] == [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)]
+
+
+def test_catches_up_missed_periods_and_reruns_bill_nothing(engine, ledger, new_account):
+    account_id = new_account(welcome=Decimal(20))
+    number = _number()
+    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("1.15"), datetime(2026, 8, 31, 9, tzinfo=timezone.utc))
+    first = bill_phone_numbers(engine, ledger, date(2026, 11, 23))  # down since August: three periods due
+    pretty = f"+1 {number[2:5]} {number[5:8]} {number[8:]}"
+    assert [e for e in _phone_entries(engine, account_id)] == [
+        (f"Phone number rental - {pretty} - {m} 2026", -11_500, "phone_rental") for m in ("Aug", "Sep", "Oct")]
+    assert len([d for d in first.billed if pretty in d]) == 3
+    again = bill_phone_numbers(engine, ledger, date(2026, 11, 23))
+    assert [d for d in again.billed if pretty in d] == [] and len(_phone_entries(engine, account_id)) == 3
+    bill_phone_numbers(engine, ledger, date(2026, 11, 30))  # the next anniversary (Nov 30)
+    assert len(_phone_entries(engine, account_id)) == 4
+    with engine.connect() as conn:
+        assert check_invariants(conn, account_id) == []
+        last = conn.execute(sa.text("SELECT last_billed_at FROM phone_number WHERE number = :n"), {"n": number}).scalar()
+    assert str(last).startswith("2026-11-30")
+
+
+def test_two_concurrent_runners_bill_each_period_once(engine, new_account):
+    account_id = new_account(welcome=Decimal(100))
+    org_id = _org_of(engine, account_id)
+    for _ in range(5):
+        add_phone_number(engine, org_id, _number(), Decimal("2"), datetime(2026, 6, 15, tzinfo=timezone.utc))
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def runner():
+        try:
+            barrier.wait()
+            bill_phone_numbers(engine, Ledger(engine, grace_limit=GRACE), date(2026, 11, 23))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_phone_entries(engine, account_id)) == 5 * 6  # Jun..Nov, each once
+    with engine.connect() as conn:
+        assert check_invariants(conn, account_id) == []
+
+
+def test_without_credit_a_period_waits_for_the_next_run(engine, ledger, new_account):
+    account_id = new_account()
+    number = _number()
+    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("4"), datetime(2026, 9, 1, tzinfo=timezone.utc))
+    run = bill_phone_numbers(engine, ledger, date(2026, 11, 2))
+    mine = number[-4:]
+    assert [d[-8:] for d in run.billed if mine in d] == ["Sep 2026"]  # into the grace period
+    assert [d[-8:] for d in run.refused if mine in d] == ["Oct 2026"]  # past it: waits
+    ledger.post(Posting(account_id, "purchase", "50", "top-up"))
+    run = bill_phone_numbers(engine, ledger, date(2026, 11, 2))
+    assert [d[-8:] for d in run.billed if mine in d] == ["Oct 2026", "Nov 2026"]
+    assert len(_phone_entries(engine, account_id)) == 3
+
+
+def test_bad_numbers_are_refused(engine, new_account):
+    org_id = _org_of(engine, new_account())
+    for number, cost in (("555", Decimal(1)), ("+1415555", Decimal(1)), (_number(), Decimal(0))):
+        with pytest.raises(ValueError):
+            add_phone_number(engine, org_id, number, cost)
+
+
+def test_run_once_admits_one_runner(engine):
+    name = f"job-{uuid.uuid4().hex[:6]}"
+    with run_once(engine, name) as first:
+        with run_once(engine, name) as second:
+            assert (first, second) == (True, False)
+    with run_once(engine, name) as again:
+        assert again
+
+
+def test_run_once_with_redis():
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is needed at {url}: {exc}")
+    name = f"job-{uuid.uuid4().hex[:6]}"
+    with run_once(None, name, url) as first:
+        with run_once(None, name, url) as second:
+            assert (first, second) == (True, False)
+    with run_once(None, name, url) as again:
+        assert again
