@@ -142,6 +142,23 @@ def cmd_bill_phones(args) -> None:
     print(f"{len(run.billed)} billed, {run.already_billed} already billed, {len(run.refused)} refused")
 
 
+def cmd_outbox(args) -> None:
+    import sqlalchemy as sa
+
+    from .models import EmailOutbox
+
+    with get_engine().connect() as conn:
+        rows = conn.execute(sa.select(EmailOutbox).order_by(EmailOutbox.id.desc()).limit(args.limit)).all()
+    if not rows:
+        print("the outbox is empty")
+    for mail in rows:
+        state = "sent" if mail.sent_at else (f"failed: {mail.error}" if mail.error else "queued")
+        print(f"#{mail.id} {mail.created_at:%Y-%m-%d %H:%M} UTC  {mail.kind}  to {mail.to_address}  [{state}]")
+        print(f"    {mail.subject}")
+        if args.full:
+            print("    " + mail.body.replace("\n", "\n    "))
+
+
 def _date(text: str):
     try:
         return datetime.strptime(text, "%Y-%m-%d").date()
@@ -193,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bill-phones", help="run the phone-number billing job now (catches up missed periods)")
     p.add_argument("--date", type=_date, default=datetime.now(timezone.utc).date(), help="as of YYYY-MM-DD (UTC)")
     p.set_defaults(func=cmd_bill_phones)
+
+    p = sub.add_parser("outbox", help="show the notification emails (queued, sent or failed)")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--full", action="store_true", help="with the message bodies")
+    p.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("balance", help="show an organization's balance")
     p.add_argument("org", help="organization id or name")

@@ -316,3 +316,21 @@ class PhoneNumber(SQLModel, table=True):
     acquired_at: datetime = _ts(nullable=False)
     last_billed_at: Optional[datetime] = _ts(nullable=True)  # start of the last period billed
     released_at: Optional[datetime] = _ts(nullable=True)
+
+
+class EmailOutbox(SQLModel, table=True):
+    """Every notification email: sent through SMTP when configured, kept here either way (the
+    operators' view without SMTP). `dedupe_key` makes each notification happen once."""
+
+    __tablename__ = "email_outbox"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    organization_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True, index=True))
+    kind: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    to_address: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    subject: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+    sent_at: Optional[datetime] = _ts(nullable=True)
+    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from .config import get_settings
 from .db import get_engine
 from .events import EventBus
+from .notifications import Notifier
 from .ledger import Ledger, get_account
 from .money import fmt4
 
@@ -23,7 +24,13 @@ def get_event_bus() -> EventBus:
 def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
+    ledger.add_listener(get_notifier(engine).on_postings)
     return ledger
+
+
+@lru_cache(maxsize=8)
+def get_notifier(engine: Engine) -> Notifier:
+    return Notifier(engine, get_settings())
 
 
 def _publisher(engine: Engine):

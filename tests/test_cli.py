@@ -135,3 +135,12 @@ def test_phone_numbers_from_the_cli(cli):
     assert "balance $2.70" in _balance(cli)  # 5.00 welcome - 2 x 1.15
     bad = cli("add-phone", "Acme", "+14155550100", "--monthly-cost", "1", ok=False)
     assert bad.returncode == 2 and "already rented" in bad.stderr
+
+
+def test_low_balance_email_lands_in_the_outbox_without_smtp(cli):
+    cli("create-org", "Acme")
+    cli("add-user", "Acme", "boss@acme.test", "--role", "owner", "--password", "long-enough")
+    assert "the outbox is empty" in cli("outbox").stdout
+    cli("grant", "Acme", "-1", "--type", "adjustment", "--description", "correction")  # 5.00 -> 4.00
+    out = cli("outbox", "--full").stdout
+    assert "low_balance  to boss@acme.test  [queued]" in out and "Low balance: $4.00 left for Acme" in out

@@ -1,0 +1,111 @@
+"""Emails to owners: low balance (once per crossing of the threshold), and what later features
+announce. Each notification is written to the outbox once (a dedupe key), then sent through SMTP
+(STARTTLS when configured) off the posting's thread; without SMTP it stays in the outbox, which
+operators read with `orcapulse-billing outbox`.
+
+A crossing is a single ledger entry whose balance_before is at or above the threshold and whose
+balance_after is below it, so "once per crossing" needs no extra state: staying below sends
+nothing, and rising above re-arms it.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import threading
+from datetime import datetime, timezone
+from email.message import EmailMessage
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from .config import Settings
+from .ledger import PostedEntry, get_account
+from .models import EmailOutbox, Membership, Organization, User
+from .money import fmt_balance, to_units
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    def __init__(self, engine: Engine, settings: Settings):
+        self.engine, self.settings = engine, settings
+        self._sending = threading.Lock()
+
+    # -- ledger listener ----------------------------------------------------------------------
+
+    def on_postings(self, entries: list[PostedEntry]) -> None:
+        threshold = to_units(self.settings.low_balance_threshold)
+        for entry in entries:
+            if entry.balance_before_units >= threshold > entry.balance_after_units:
+                self.low_balance(entry, threshold)
+
+    def low_balance(self, entry: PostedEntry, threshold: int) -> None:
+        with self.engine.connect() as conn:
+            organization_id = get_account(conn, account_id=entry.account_id).organization_id
+            name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
+        balance = fmt_balance(entry.balance_after_units)
+        url = self.settings.app_url.rstrip("/") + "/billing"
+        self.notify_owners(
+            organization_id, "low_balance", f"low-balance:{entry.account_id}:{entry.id}",
+            f"Low balance: {balance} left for {name}",
+            f"The credit balance of {name} is {balance}, below your {fmt_balance(threshold)} warning threshold.\n\n"
+            f"New calls stop when it reaches $0.00 (calls already running finish, down to "
+            f"-{fmt_balance(to_units(self.settings.grace_limit))}). Add credits: {url}\n",
+        )
+
+    # -- outbox and delivery -------------------------------------------------------------------
+
+    def notify_owners(self, organization_id: int, kind: str, dedupe_key: str, subject: str, body: str) -> list[int]:
+        with self.engine.connect() as conn:
+            owners = [r[0] for r in conn.execute(
+                sa.select(User.email).join(Membership, Membership.user_id == User.id)
+                .where(Membership.organization_id == organization_id, Membership.role == "owner").order_by(User.email))]
+        queued = []
+        for address in owners:
+            try:
+                with self.engine.begin() as conn:
+                    queued.append(conn.execute(sa.insert(EmailOutbox).values(
+                        dedupe_key=f"{dedupe_key}:{address}", organization_id=organization_id, kind=kind,
+                        to_address=address, subject=subject, body=body, created_at=datetime.now(timezone.utc),
+                    ).returning(EmailOutbox.id)).scalar())
+            except IntegrityError:
+                continue  # this notification was already written
+        if queued and self.settings.smtp_host:
+            threading.Thread(target=self.send_pending, name="mailer", daemon=True).start()
+        return queued
+
+    def send_pending(self) -> int:
+        """Sends what the outbox holds unsent, one sender at a time; returns how many went out."""
+        if not self.settings.smtp_host:
+            return 0
+        sent = 0
+        with self._sending:
+            with self.engine.connect() as conn:
+                pending = conn.execute(sa.select(EmailOutbox).where(EmailOutbox.sent_at.is_(None))
+                                       .order_by(EmailOutbox.id).limit(100)).all()
+            for mail in pending:
+                error = None
+                try:
+                    self._send(mail.to_address, mail.subject, mail.body)
+                    sent += 1
+                except (OSError, smtplib.SMTPException) as exc:
+                    error = str(exc)[:500]
+                    log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
+                with self.engine.begin() as conn:
+                    conn.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail.id).values(
+                        sent_at=None if error else datetime.now(timezone.utc), error=error))
+        return sent
+
+    def _send(self, to: str, subject: str, body: str) -> None:
+        s = self.settings
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = s.smtp_from, to, subject
+        message.set_content(body)
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=15) as smtp:
+            if s.smtp_starttls:
+                smtp.starttls()
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_password or "")
+            smtp.send_message(message)

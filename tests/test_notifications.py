@@ -1,0 +1,98 @@
+"""Low-balance emails: one per crossing of the threshold, to the owners, over real SMTP on loopback
+(aiosmtpd), or kept in the outbox when no SMTP server is configured."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+
+from orcapulse_billing.accounts import account_id_for, add_user, create_organization
+from orcapulse_billing.config import load_settings
+from orcapulse_billing.ledger import Ledger, Posting
+from orcapulse_billing.notifications import Notifier
+
+from .conftest import GRACE
+from .sandboxes import free_port
+
+
+class Inbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, envelope.content.decode()))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+def _org(engine, ledger):
+    tag = uuid.uuid4().hex[:8]
+    org = create_organization(engine, ledger, f"Notify {tag}", welcome_credit=Decimal(0))
+    add_user(engine, org, f"owner-{tag}@example.test", "owner", "a-long-password")
+    add_user(engine, org, f"member-{tag}@example.test", "member", "a-long-password")
+    return org, account_id_for(engine, org.id), f"owner-{tag}@example.test"
+
+
+def _wait_for(predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
+    controller, inbox = smtp_server
+    settings = dataclasses.replace(load_settings(), smtp_host="127.0.0.1", smtp_port=controller.port,
+                                   smtp_starttls=False, app_url="http://billing.example")
+    notifier = Notifier(engine, settings)
+    ledger = Ledger(engine, grace_limit=GRACE)
+    ledger.add_listener(notifier.on_postings)
+    org, account_id, owner = _org(engine, ledger)
+    ledger.post(Posting(account_id, "purchase", "20", "top-up"))
+    for amount in ("-10", "-6", "-0.5", "-1"):  # crosses below 5.00 on the second debit, then stays below
+        ledger.post(Posting(account_id, "usage", amount, "usage", category="ai_call"))
+    assert _wait_for(lambda: len(inbox.messages) == 1)
+    time.sleep(0.3)
+    assert len(inbox.messages) == 1
+    recipients, content = inbox.messages[0]
+    assert recipients == [owner]  # owners only
+    assert f"Subject: Low balance: $4.00 left for {org.name}" in content.replace("\r\n", "\n").replace("=\n", "")
+    assert "http://billing.example/billing" in content
+    ledger.post(Posting(account_id, "purchase", "10", "top-up"))  # 12.50: re-armed
+    ledger.post(Posting(account_id, "usage", "-9", "usage", category="ai_call"))  # 3.50: a second crossing
+    assert _wait_for(lambda: len(inbox.messages) == 2)
+    with engine.connect() as conn:
+        sent = conn.execute(sa.text("SELECT COUNT(*) FROM email_outbox WHERE organization_id = :o AND sent_at IS NOT NULL"),
+                            {"o": org.id}).scalar()
+    assert sent == 2
+
+
+def test_without_smtp_the_email_waits_in_the_outbox(engine):
+    settings = dataclasses.replace(load_settings(), smtp_host=None)
+    notifier = Notifier(engine, settings)
+    ledger = Ledger(engine, grace_limit=GRACE)
+    ledger.add_listener(notifier.on_postings)
+    org, account_id, owner = _org(engine, ledger)
+    ledger.post(Posting(account_id, "bonus", "6", "grant"))
+    entry = ledger.post(Posting(account_id, "usage", "-2", "usage", category="sms"))
+    notifier.on_postings([entry])  # a second delivery of the same posting writes nothing new
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT to_address, kind, sent_at FROM email_outbox WHERE organization_id = :o"),
+                            {"o": org.id}).all()
+    assert [tuple(r) for r in rows] == [(owner, "low_balance", None)]
