@@ -156,6 +156,24 @@ async def phone_billing_loop() -> None:
         await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(timezone.utc)))
 
 
+async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
+    """Lifespan task: the safety net for auto-recharge triggers that were missed (a worker died
+    mid-way, a card came back): every 5 minutes, once per deployment."""
+    from .config import get_settings
+    from .db import get_engine
+    from .services import get_auto_recharger
+
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            engine = get_engine()
+            with run_once(engine, "auto-recharge-sweep", get_settings().redis_url, ttl_seconds=every_seconds) as mine:
+                if mine:
+                    await asyncio.to_thread(get_auto_recharger(engine).sweep)
+        except Exception:
+            log.exception("auto-recharge sweep failed")
+
+
 def add_phone_number(engine: Engine, organization_id: int, number: str, monthly_cost: Decimal,
                      acquired_at: datetime | None = None) -> int:
     from .money import to_units

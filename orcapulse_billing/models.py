@@ -334,3 +334,22 @@ class EmailOutbox(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     sent_at: Optional[datetime] = _ts(nullable=True)
     error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
+
+
+class AutoRechargePolicy(SQLModel, table=True):
+    """Buy credits with the saved card when the balance drops below a threshold. `claimed_until`
+    makes a recharge single-flight: only the trigger whose conditional UPDATE claims it charges."""
+
+    __tablename__ = "auto_recharge_policy"
+
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), primary_key=True))
+    enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    threshold: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    monthly_cap: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    owner_user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
+    attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    consecutive_failures: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    disabled_reason: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    claimed_until: Optional[datetime] = _ts(nullable=True)
+    updated_at: datetime = _ts(nullable=False)

@@ -3,6 +3,7 @@ jobs) take their collaborators from here instead of constructing them."""
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 from sqlalchemy.engine import Engine
@@ -25,7 +26,21 @@ def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
     ledger.add_listener(get_notifier(engine).on_postings)
+    # a recharge calls the card network: never on the thread of the posting that triggered it
+    ledger.add_listener(lambda entries: run_in_background(get_auto_recharger(engine).on_postings, entries)
+                        if any(e.amount_units < 0 for e in entries) else None)
     return ledger
+
+
+def run_in_background(fn, *args) -> None:
+    threading.Thread(target=fn, args=args, name="auto-recharge", daemon=True).start()
+
+
+@lru_cache(maxsize=8)
+def get_auto_recharger(engine: Engine):
+    from .payments.auto_recharge import AutoRecharger
+
+    return AutoRecharger(engine, lambda: get_stripe_purchases(engine), get_notifier(engine))
 
 
 @lru_cache(maxsize=8)

@@ -409,3 +409,30 @@ def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, brow
     finally:
         for context in (owner_context, member_context, other_context):
             context.close()
+
+
+def test_auto_recharge_panel_for_owners_and_members(app, page, app_engine, app_ledger):
+    from .test_auto_recharge import _card
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "owner")
+    panel = page.get_by_test_id("auto-recharge-panel")
+    page.get_by_test_id("auto-enabled").click()
+    page.get_by_test_id("auto-save").click()
+    expect(page.get_by_test_id("auto-error")).to_contain_text("saved card")
+    _card(app_engine, org.id, "4242424242424242")
+    page.get_by_test_id("auto-threshold").fill("4")
+    page.get_by_test_id("auto-save").click()
+    expect(page.get_by_test_id("auto-error")).to_contain_text("threshold must be 5")
+    page.get_by_test_id("auto-threshold").fill("15")
+    page.get_by_test_id("auto-amount").fill("20")
+    page.get_by_test_id("auto-save").click()
+    expect(page.get_by_text("Auto-recharge saved")).to_be_visible()
+    # the balance (5.00) is already below 15: the next debit triggers one recharge, and it shows live
+    org.post("usage", "-1", category="sms")
+    expect(page.get_by_test_id("balance-value")).to_have_text("$24.00", timeout=20_000)
+    expect(panel).to_be_visible()
+    page.context.clear_cookies()
+    open_billing(page, app, org, "member")
+    expect(page.get_by_test_id("auto-enabled")).to_be_disabled()
+    expect(page.get_by_test_id("auto-save")).to_have_count(0)

@@ -24,7 +24,7 @@ from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
 from ..payments.purchases import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
-from ..services import get_ledger
+from ..services import run_in_background, get_auto_recharger, get_ledger
 from . import schemas as s
 from .deps import DecimalRoute, client_ip, current_principal
 from .errors import ApiError, responses
@@ -83,9 +83,13 @@ def balance_json(organization_id: int) -> s.Balance:
     )
 
 
-@router.get("/balance", response_model=s.Balance, responses=AUTH, summary="Current credit balance")
+@router.get("/balance", response_model=s.Balance, responses=AUTH,
+            summary="Current credit balance (triggers auto-recharge if low)")
 def balance(principal: Principal = Depends(current_principal)) -> s.Balance:
-    return balance_json(principal.organization_id)
+    answer = balance_json(principal.organization_id)
+    if answer.low_balance:  # the spec's trigger; the charge runs off the request's thread
+        run_in_background(get_auto_recharger(get_engine()).maybe_recharge, principal.organization_id)
+    return answer
 
 
 @router.get("/history", response_model=s.History, responses=AUTH, summary="Paginated transaction history")

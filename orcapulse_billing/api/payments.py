@@ -18,9 +18,10 @@ from ..config import get_settings
 from ..money import fmt4
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
-from ..services import get_lemon_purchases, get_stripe_purchases
+from ..db import get_engine
+from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
 from .credits import _as_item, entry_json
-from .deps import DecimalRoute, client_ip, owner_principal, rate_limit
+from .deps import DecimalRoute, client_ip, current_principal, owner_principal, rate_limit
 from .errors import ApiError, responses
 from . import schemas as s
 
@@ -153,6 +154,48 @@ def delete_payment_method(payment_method_id: str = Query(..., max_length=100),
         raise ApiError(exc.status, exc.code, exc.message) from None
     except PaymentError as exc:
         raise _payment_error(exc) from None
+
+
+class AutoRechargeSettings(BaseModel):
+    enabled: bool
+    threshold: s.Money
+    amount: s.Money
+    monthly_cap: Optional[s.Money]
+    consecutive_failures: int
+    disabled_reason: Optional[str]
+
+
+class AutoRechargeUpdate(s.Strict):
+    enabled: bool
+    threshold: Annotated[Decimal, Field(max_digits=12, decimal_places=4)]
+    amount: Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
+    monthly_cap: Optional[Annotated[Decimal, Field(max_digits=12, decimal_places=2)]] = None
+
+
+def _policy_json(policy) -> AutoRechargeSettings:
+    return AutoRechargeSettings(
+        enabled=policy.enabled, threshold=f"{policy.threshold:.4f}", amount=f"{policy.amount:.4f}",
+        monthly_cap=f"{policy.monthly_cap:.4f}" if policy.monthly_cap is not None else None,
+        consecutive_failures=policy.consecutive_failures, disabled_reason=policy.disabled_reason)
+
+
+@router.get("/auto-recharge", response_model=AutoRechargeSettings, responses=responses(400, 401),
+            summary="Auto-recharge settings")
+def get_auto_recharge(principal: Principal = Depends(current_principal)) -> AutoRechargeSettings:
+    return _policy_json(get_auto_recharger(get_engine()).get(principal.organization_id))
+
+
+@router.put("/auto-recharge", response_model=AutoRechargeSettings, responses=responses(400, 401, 403),
+            summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap)")
+def put_auto_recharge(body: AutoRechargeUpdate, request: Request,
+                      principal: Principal = Depends(owner_principal)) -> AutoRechargeSettings:
+    try:
+        policy = get_auto_recharger(get_engine()).update(
+            principal, enabled=body.enabled, threshold=body.threshold, amount=body.amount,
+            monthly_cap=body.monthly_cap, ip=client_ip(request))
+    except PurchaseError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    return _policy_json(policy)
 
 
 class WebhookAck(BaseModel):

@@ -28,12 +28,12 @@ from ..db import get_engine
 from ..history import DEFAULT_PAGE_SIZE, PAGE_SIZES, TYPE_LABELS, HistoryQuery, billing_session, history_page, usage_summary
 from ..ledger import get_account
 from ..models import Organization
-from ..money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
+from ..money import MoneyError, fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, parse_amount, to_units
 from ..auth import Principal
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
-from ..services import get_event_bus, get_lemon_purchases, get_stripe_purchases
+from ..services import get_auto_recharger, get_event_bus, get_lemon_purchases, get_stripe_purchases
 from ..state import SessionState
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
             for r in spend
         ],
         "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
+        "auto": get_auto_recharger(get_engine()).get(organization_id),
     }
 
 
@@ -163,6 +164,12 @@ class BillingState(SessionState):
     _checkout_provider: str = ""
     providers: list[str] = []
     provider: str = "stripe"
+    auto_enabled: bool = False
+    auto_threshold: str = ""
+    auto_amount: str = ""
+    auto_cap: str = ""
+    auto_note: str = ""
+    auto_error: str = ""
     _live_beat: float = 0.0  # when the live listener last showed it is alive (monotonic seconds)
 
     @rx.var
@@ -209,6 +216,11 @@ class BillingState(SessionState):
         self.transactions = data["transactions"]
         self.rows, self.page, self.total, self.total_pages = data["rows"], data["page"], data["total"], data["total_pages"]
         self.spend, self.spend_total = data["spend"], data["spend_total"]
+        policy = data["auto"]
+        self.auto_enabled = policy.enabled
+        self.auto_threshold, self.auto_amount = f"{policy.threshold:.2f}", f"{policy.amount:.2f}"
+        self.auto_cap = f"{policy.monthly_cap:.2f}" if policy.monthly_cap is not None else ""
+        self.auto_note = policy.disabled_reason or ""
         return True
 
     @rx.event
@@ -455,6 +467,38 @@ class BillingState(SessionState):
         self.buying, self.add_credits_open = False, False
         await self._reload()
         yield rx.toast.success("Credits added successfully!")
+
+    @rx.event
+    def set_auto_field(self, field: str, value: str):
+        if field in ("auto_threshold", "auto_amount", "auto_cap"):
+            setattr(self, field, value.strip().lstrip("$"))
+            self.auto_error = ""
+
+    @rx.event
+    def set_auto_enabled(self, value: bool):
+        self.auto_enabled = bool(value)
+        self.auto_error = ""
+
+    @rx.event
+    async def save_auto_recharge(self):
+        principal = self._owner()
+        if principal is None:
+            yield rx.toast.error("Only owners can change auto-recharge.")
+            return
+        try:
+            values = [parse_amount(v) if v else None for v in (self.auto_threshold, self.auto_amount, self.auto_cap)]
+            if values[0] is None or values[1] is None:
+                raise PurchaseError("invalid_request", "Enter a threshold and an amount.")
+            await asyncio.to_thread(get_auto_recharger(get_engine()).update, principal, enabled=self.auto_enabled,
+                                    threshold=values[0], amount=values[1], monthly_cap=values[2], ip=None)
+        except MoneyError as exc:
+            self.auto_error = f"Amounts: {exc}"
+            return
+        except PurchaseError as exc:
+            self.auto_error = exc.message
+            return
+        await self._reload()
+        yield rx.toast.success("Auto-recharge saved")
 
     @rx.event
     async def remove_card(self, card_id: str):
@@ -977,6 +1021,52 @@ def add_credits_dialog() -> rx.Component:
     )
 
 
+def auto_recharge_panel() -> rx.Component:
+    def field(label: str, name: str, value, placeholder: str) -> rx.Component:
+        return rx.vstack(
+            rx.text(label, size="1", color_scheme="gray"),
+            rx.input(value=value, on_change=lambda v: BillingState.set_auto_field(name, v), placeholder=placeholder,
+                     input_mode="decimal", disabled=~BillingState.is_owner, width="120px",
+                     data_testid=f"auto-{name.split('_')[1]}"),
+            spacing="1",
+        )
+
+    return rx.card(
+        rx.flex(
+            rx.vstack(
+                rx.hstack(rx.icon("refresh-ccw-dot", size=18), rx.heading("Auto-recharge", size="4"), align="center"),
+                rx.text("Buy credits with your saved card when the balance drops below a threshold.", size="2",
+                        color_scheme="gray"),
+                rx.cond(BillingState.auto_note != "", rx.callout(BillingState.auto_note, icon="circle-alert",
+                                                                  color_scheme="red", size="1",
+                                                                  data_testid="auto-disabled-note")),
+                spacing="1",
+            ),
+            rx.spacer(),
+            rx.hstack(
+                rx.vstack(rx.text("On", size="1", color_scheme="gray"),
+                          rx.switch(checked=BillingState.auto_enabled, on_change=BillingState.set_auto_enabled,
+                                    disabled=~BillingState.is_owner, data_testid="auto-enabled"), spacing="2"),
+                field("Below (credits)", "auto_threshold", BillingState.auto_threshold, "10.00"),
+                field("Add ($)", "auto_amount", BillingState.auto_amount, "50.00"),
+                field("Monthly cap ($)", "auto_cap", BillingState.auto_cap, "none"),
+                rx.cond(BillingState.is_owner, rx.button("Save", on_click=BillingState.save_auto_recharge,
+                                                         data_testid="auto-save")),
+                align="end",
+                spacing="3",
+                wrap="wrap",
+            ),
+            gap="4",
+            width="100%",
+            direction=rx.breakpoints(initial="column", md="row"),
+        ),
+        rx.cond(BillingState.auto_error != "", rx.text(BillingState.auto_error, color_scheme="red", size="2",
+                                                       data_testid="auto-error", padding_top="2")),
+        width="100%",
+        data_testid="auto-recharge-panel",
+    )
+
+
 def waiting_banner() -> rx.Component:
     return rx.cond(
         BillingState.waiting,
@@ -1020,8 +1110,8 @@ def billing() -> rx.Component:
             rx.cond(
                 BillingState.load_failed,
                 error_state(),
-                rx.vstack(waiting_banner(), low_balance_banner(), stats(), usage_chart(), history_table(), width="100%",
-                          spacing="5"),
+                rx.vstack(waiting_banner(), low_balance_banner(), stats(), usage_chart(), history_table(),
+                          auto_recharge_panel(), width="100%", spacing="5"),
             ),
             skeleton(),
         ),

@@ -1,0 +1,125 @@
+"""Auto-recharge: settings through the API, exactly one charge for a burst of concurrent debits
+(SQLite and PostgreSQL), and the failure path (emails, off after 3 failures). Charges go to the
+offline Stripe sandbox (localstripe) over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from orcapulse_billing.accounts import account_id_for, add_user, create_organization
+from orcapulse_billing.auth import Principal
+from orcapulse_billing.ledger import Ledger, Posting, check_invariants
+from orcapulse_billing.notifications import Notifier
+from orcapulse_billing.payments.auto_recharge import AutoRecharger
+from orcapulse_billing.services import get_stripe_purchases
+
+from .conftest import GRACE
+
+
+def _card(engine, organization_id: int, number: str) -> None:
+    purchases = get_stripe_purchases(engine)
+    sdk = purchases.gateway.client
+    pm = sdk.v1.payment_methods.create(params={"type": "card", "card": {"number": number, "exp_month": 12,
+                                                                         "exp_year": 2030, "cvc": "123"}})
+    sdk.v1.payment_methods.attach(pm["id"], params={"customer": purchases.customer_for(organization_id)})
+    purchases.save_card(organization_id, purchases.gateway.card(pm["id"]))
+
+
+def _setup(engine, card: str, funds: str):
+    from orcapulse_billing.config import get_settings
+
+    ledger = Ledger(engine, grace_limit=GRACE)
+    tag = uuid.uuid4().hex[:8]
+    org = create_organization(engine, ledger, f"Auto {tag}", welcome_credit=Decimal(0))
+    owner, _ = add_user(engine, org, f"owner-{tag}@example.test", "owner", "a-long-password")
+    account_id = account_id_for(engine, org.id)
+    ledger.post(Posting(account_id, "purchase", funds, "funds"))
+    _card(engine, org.id, card)
+    recharger = AutoRecharger(engine, lambda: get_stripe_purchases(engine), Notifier(engine, get_settings()))
+    principal = Principal(owner.id, owner.email, org.id, "owner", "session")
+    recharger.update(principal, enabled=True, threshold=Decimal(10), amount=Decimal(20), monthly_cap=None, ip="127.0.0.1")
+    ledger.add_listener(recharger.on_postings)  # synchronous here, so the burst really races
+    return ledger, recharger, org, account_id
+
+
+def _auto_purchases(engine, account_id):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT amount, metadata FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
+                            {"a": account_id}).all()
+    import json
+
+    return [r.amount for r in rows if (json.loads(r.metadata) if isinstance(r.metadata, str) else r.metadata).get("autoRecharge")]
+
+
+def test_a_burst_of_50_concurrent_debits_causes_exactly_one_charge(engine, app_database):
+    ledger, recharger, org, account_id = _setup(engine, "4242424242424242", "30")
+    barrier = threading.Barrier(50)
+    errors = []
+
+    def debit():
+        try:
+            barrier.wait()
+            ledger.post(Posting(account_id, "usage", "-0.5", "call", category="ai_call"))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=debit) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _auto_purchases(engine, account_id) == [200_000]  # one recharge of $20.00
+    with engine.connect() as conn:
+        assert check_invariants(conn, account_id) == []
+        balance = conn.execute(sa.text("SELECT balance FROM credit_account WHERE id = :a"), {"a": account_id}).scalar()
+        emails = conn.execute(sa.text("SELECT kind FROM email_outbox WHERE organization_id = :o AND kind LIKE 'auto%'"),
+                              {"o": org.id}).all()
+        charges = conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"),
+                               {"o": org.id}).scalar()
+    assert balance == 250_000 and charges == 1  # 30 - 50 x 0.50 + 20
+    assert [e[0] for e in emails] == ["auto_recharge_succeeded"]
+    assert recharger.maybe_recharge(org.id) == "not_needed"
+
+
+def test_failures_email_the_owner_and_turn_it_off_after_three(engine, app_database):
+    ledger, recharger, org, account_id = _setup(engine, "4000000000000341", "30")  # this card declines
+    for _ in range(3):  # 30 -> 6: the third debit crosses the threshold and triggers a charge, which fails
+        ledger.post(Posting(account_id, "usage", "-8", "call", category="ai_call"))
+    assert recharger.get(org.id).consecutive_failures == 1
+    outcomes = [recharger.maybe_recharge(org.id) for _ in range(3)]  # e.g. GET /balance, the sweep
+    policy = recharger.get(org.id)
+    assert outcomes == ["failed", "disabled", "off"]
+    assert not policy.enabled and policy.consecutive_failures == 3
+    assert "turned off after 3 failed charges" in policy.disabled_reason
+    assert _auto_purchases(engine, account_id) == []
+    with engine.connect() as conn:
+        subjects = [r[0] for r in conn.execute(sa.text(
+            "SELECT subject FROM email_outbox WHERE organization_id = :o ORDER BY id"), {"o": org.id})]
+    failures = [s for s in subjects if "Auto-recharge" in s]
+    assert len(failures) == 3 and failures[-1] == "Auto-recharge is now off after 3 failed charges"
+
+
+def test_auto_recharge_api(client, org):
+    assert client.get("/api/credits/auto-recharge", headers=org.auth("member")).json()["enabled"] is False
+    body = {"enabled": True, "threshold": "10", "amount": "25"}
+    r = client.put("/api/credits/auto-recharge", json=body, headers=org.auth("owner"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_saved_card"
+    assert client.put("/api/credits/auto-recharge", json=body, headers=org.auth("member")).status_code == 403
+    for bad in ({**body, "threshold": "4.99"}, {**body, "amount": "19.99"}, {**body, "amount": "25.001"},
+                {**body, "monthly_cap": "10"}, {"enabled": True}):
+        r = client.put("/api/credits/auto-recharge", json={**bad, "enabled": False}, headers=org.auth("owner"))
+        assert r.status_code == 400, bad
+    _card(org.engine, org.id, "4242424242424242")
+    r = client.put("/api/credits/auto-recharge", json={**body, "monthly_cap": "100"}, headers=org.auth("owner"))
+    assert r.status_code == 200 and r.json() == {"enabled": True, "threshold": "10.0000", "amount": "25.0000",
+                                                  "monthly_cap": "100.0000", "consecutive_failures": 0,
+                                                  "disabled_reason": None}
+    with org.engine.connect() as conn:
+        action = conn.execute(sa.text("SELECT action FROM audit_log WHERE organization_id = :o ORDER BY id DESC"),
+                              {"o": org.id}).scalar()
+    assert action == "auto_recharge_updated"
