@@ -28,7 +28,7 @@ def _ledger_for(engine: Engine) -> Ledger:
     ledger.add_listener(get_notifier(engine).on_postings)
     # a recharge calls the card network: never on the thread of the posting that triggered it
     ledger.add_listener(lambda entries: run_in_background(get_auto_recharger(engine).on_postings, entries)
-                        if any(e.amount_units < 0 for e in entries) else None)
+                        if get_auto_recharger(engine).wants(entries) else None)
     return ledger
 
 

@@ -11,6 +11,7 @@ email on success and on failure; after 3 failures in a row it turns itself off a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from ..auth import Principal
 from ..ledger import get_account
-from ..models import AutoRechargePolicy, CheckoutSession, PaymentMethod, User
+from ..models import AutoRechargePolicy, CheckoutSession, CreditAccount, PaymentMethod, User
 from ..money import fmt_balance, from_units, to_units
 from .purchases import Choice, PurchaseError
 from .stripe_gateway import PaymentError
@@ -31,6 +32,7 @@ MIN_AMOUNT = Decimal(20)
 MAX_AMOUNT = Decimal(1000)
 MAX_THRESHOLD = Decimal(10_000)
 CLAIM_FOR = timedelta(minutes=2)
+THRESHOLD_CACHE_SECONDS = 30  # a change made on another worker is seen this late (the sweep covers it)
 MAX_FAILURES = 3
 
 
@@ -51,6 +53,26 @@ def _now() -> datetime:
 class AutoRecharger:
     def __init__(self, engine: Engine, purchases_factory, notifier):
         self.engine, self.purchases_factory, self.notifier = engine, purchases_factory, notifier
+        # account -> (threshold units of an enabled policy, or None; when to look again): keeps the
+        # posting path free of lookups for the many accounts without auto-recharge
+        self._thresholds: dict[int, tuple[int | None, float]] = {}
+
+    def wants(self, entries) -> bool:
+        """Cheap check on the posting's thread: might one of these debits need a recharge?"""
+        return any(e.amount_units < 0 and self._threshold(e.account_id) is not None
+                   and e.balance_after_units < self._threshold(e.account_id) for e in entries)
+
+    def _threshold(self, account_id: int) -> int | None:
+        cached = self._thresholds.get(account_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(AutoRechargePolicy.threshold).join(
+                CreditAccount, CreditAccount.organization_id == AutoRechargePolicy.organization_id).where(
+                CreditAccount.id == account_id, AutoRechargePolicy.enabled.is_(True))).first()
+        threshold = row[0] if row else None
+        self._thresholds[account_id] = (threshold, time.monotonic() + THRESHOLD_CACHE_SECONDS)
+        return threshold
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -87,6 +109,7 @@ class AutoRecharger:
             t = AutoRechargePolicy.__table__
             if conn.execute(sa.update(t).where(t.c.organization_id == principal.organization_id).values(**values)).rowcount == 0:
                 conn.execute(sa.insert(t).values(organization_id=principal.organization_id, **values))
+            self._thresholds.clear()
             audit(conn, "auto_recharge_updated", organization_id=principal.organization_id, user_id=principal.user_id,
                   ip=ip, enabled=enabled, threshold=str(threshold), amount=str(amount),
                   monthly_cap=str(monthly_cap) if monthly_cap is not None else None)
