@@ -31,9 +31,17 @@ async def _receive(listening: EventBus, publishing: EventBus, organization_id: i
         return event, theirs.qsize(), listening.listener_count(organization_id)
 
 
+def _run(coroutine):
+    """asyncio.run in a thread of its own: the browser tests' Playwright keeps a loop on this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=30)
+
+
 def test_in_process_delivery_is_per_organization():
     bus = EventBus()
-    event, others, listeners = asyncio.run(_receive(bus, bus, 41, 42))
+    event, others, listeners = _run(_receive(bus, bus, 41, 42))
     assert event == {"organization_id": 41, "balance": "9.2700"} and others == 0 and listeners == 1
     assert bus.listener_count(41) == 0  # listeners leave with their tab
 
@@ -41,5 +49,5 @@ def test_in_process_delivery_is_per_organization():
 def test_redis_carries_events_between_workers():
     url = _redis_url()
     worker_a, worker_b = EventBus(url), EventBus(url)  # e.g. the webhook lands on A, the tab is on B
-    event, others, _ = asyncio.run(_receive(worker_b, worker_a, 51, 52))
+    event, others, _ = _run(_receive(worker_b, worker_a, 51, 52))
     assert event["balance"] == "9.2700" and others == 0
