@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import lru_cache
 import uuid
 from decimal import Decimal
 from datetime import datetime, timedelta, timezone
@@ -106,6 +107,12 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
     }
 
 
+@lru_cache(maxsize=256)
+def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
+    """_load, read once per committed entry and page for all the tabs a live update refreshes."""
+    return _load(organization_id, type_filter, page, page_size)
+
+
 def _load_session(organization_id: int, session_id: str) -> dict | None:
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
@@ -193,13 +200,16 @@ class BillingState(SessionState):
     def export_query(self) -> str:
         return f"?type={self.type_filter}"
 
-    async def _reload(self) -> bool:
+    async def _reload(self, after_entry: int | None = None) -> bool:
+        """`after_entry`: a live update for this committed entry; tabs showing the same page share
+        one read of it instead of each querying the database."""
         principal = self.current_principal()
         if principal is None:
             return False
         try:
-            data = await asyncio.to_thread(_load, principal.organization_id, self.type_filter, self.page,
-                                           int(self.page_size))
+            args = (principal.organization_id, self.type_filter, self.page, int(self.page_size))
+            data = await asyncio.to_thread(_load_after, *args, after_entry) if after_entry else \
+                await asyncio.to_thread(_load, *args)
         except Exception:  # the page shows its error state; the cause goes to the log
             log.exception("loading billing data failed")
             self.load_failed = True
@@ -255,9 +265,8 @@ class BillingState(SessionState):
                     events.append(queue.get_nowait())
                 async with self:
                     self._live_beat = time.monotonic()
-                    if self.current_principal() is None:
+                    if not await self._reload(after_entry=max(e.get("entry_id", 0) for e in events)):
                         return
-                    await self._reload()
                 for toast in _live_toasts(events):
                     yield toast
                 yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(events))))
