@@ -21,7 +21,7 @@ import reflex as rx
 import sqlalchemy as sa
 
 from ..components.layout import PURPLE, page_frame
-from ..components.native_form import backend_url
+from ..components.native_form import backend_url, resolve_on_use
 from ..components.pagination import page_window, pagination
 from ..components.stat_card import stat_card
 from ..config import get_settings
@@ -717,6 +717,7 @@ def history_row(row) -> rx.Component:
 
 
 def controls() -> rx.Component:
+    export_url = backend_url("/api/credits/history.csv") + BillingState.export_query
     return rx.flex(
         rx.heading("Transaction History", size="5"),
         rx.spacer(),
@@ -735,7 +736,10 @@ def controls() -> rx.Component:
             ),
             rx.el.a(
                 rx.button(rx.icon("download", size=14), "Export CSV", variant="soft", color_scheme="gray"),
-                href=backend_url("/api/credits/history.csv") + BillingState.export_query,
+                href=export_url,
+                # Reflex renders anchors as React Router links; with the page and the backend on
+                # one origin (production) the router would take the click as a page change.
+                custom_attrs={"onClick": resolve_on_use("href", export_url), "reloadDocument": True},
                 download="orcapulse-credits.csv",
                 data_testid="export-csv",
             ),
