@@ -92,9 +92,13 @@ def _wait_until_up(worker: Worker, timeout: float, log: Path) -> None:
     raise DeploymentError(f"a worker did not answer on {worker.url}{path} within {timeout:.0f} s; see {log}")
 
 
-def start_deployment(database_url: str, redis_url: str, *, shape: str = "ports", workers: int = 3,
+def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "ports", workers: int = 3,
                      extra_env: dict | None = None, timeout: float = 600) -> Deployment:
-    """Starts the workers and returns once every one answers (the first build takes a minute or two)."""
+    """Starts the workers and returns once every one answers (the first build takes a minute or two).
+
+    Without `redis_url`: the embedded default (one worker; in-process events, Reflex's own state)."""
+    if redis_url is None and workers != 1:
+        raise ValueError("several workers share their state and events through Redis")
     from .browser import reflex_environment
 
     reflex_environment()
@@ -104,13 +108,15 @@ def start_deployment(database_url: str, redis_url: str, *, shape: str = "ports",
         **os.environ,
         **(extra_env or {}),
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REFLEX_REDIS_URL": redis_url,
+        **({"REDIS_URL": redis_url, "REFLEX_REDIS_URL": redis_url} if redis_url else {}),
         "REFLEX_WEB_WORKDIR": str(WEB_DIR),
         # Reflex clears its states folder on start; keep that away from the dev server's.
         "REFLEX_STATES_WORKDIR": tempfile.mkdtemp(prefix="opb-states-"),
         "PYTHONUNBUFFERED": "1",
     }
+    if not redis_url:
+        env.pop("REDIS_URL", None)
+        env.pop("REFLEX_REDIS_URL", None)
     reflex = [sys.executable, "-m", "reflex", "run", "--env", "prod", "--backend-host", "127.0.0.1"]
 
     def launch(index: int, args: list[str], granian_workers: int, serves_page: bool) -> tuple[Worker, Path]:

@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import time
-from functools import lru_cache
 import uuid
+from collections import OrderedDict
 from decimal import Decimal
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -107,10 +107,21 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
     }
 
 
-@lru_cache(maxsize=256)
-def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
-    """_load, read once per committed entry and page for all the tabs a live update refreshes."""
-    return _load(organization_id, type_filter, page, page_size)
+_live_reads: OrderedDict[tuple, asyncio.Future] = OrderedDict()
+
+
+async def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
+    """_load for a live update: all the tabs of this worker showing the same page after the same
+    committed entry share one read, the first tab's, even while it is still under way."""
+    key = (organization_id, type_filter, page, page_size, entry_id)
+    read = _live_reads.get(key)
+    if read is None:
+        read = _live_reads[key] = asyncio.ensure_future(
+            asyncio.to_thread(_load, organization_id, type_filter, page, page_size))
+        read.add_done_callback(lambda done: done.exception() and _live_reads.pop(key, None))
+        while len(_live_reads) > 256:
+            _live_reads.popitem(last=False)
+    return await asyncio.shield(read)
 
 
 def _load_session(organization_id: int, session_id: str) -> dict | None:
@@ -178,6 +189,8 @@ class BillingState(SessionState):
     auto_note: str = ""
     auto_error: str = ""
     _live_beat: float = 0.0  # when the live listener last showed it is alive (monotonic seconds)
+    _live_entry: int = 0  # the newest entry whose balance a live update showed
+    _threshold_units: int = 0
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -208,17 +221,15 @@ class BillingState(SessionState):
             return False
         try:
             args = (principal.organization_id, self.type_filter, self.page, int(self.page_size))
-            data = await asyncio.to_thread(_load_after, *args, after_entry) if after_entry else \
-                await asyncio.to_thread(_load, *args)
+            data = await _load_after(*args, after_entry) if after_entry else await asyncio.to_thread(_load, *args)
         except Exception:  # the page shows its error state; the cause goes to the log
             log.exception("loading billing data failed")
             self.load_failed = True
             return True
         self.load_failed = False
         self.org_name = data["org_name"]
-        self.balance = fmt_balance(data["balance_units"])
-        self.negative = data["balance_units"] < 0
-        self.low_balance = data["balance_units"] < data["threshold_units"]
+        self._threshold_units = data["threshold_units"]
+        self._show_balance(data["balance_units"])
         self.threshold = fmt_balance(data["threshold_units"])
         self.grace_limit = fmt_balance(data["grace_units"])
         self.added = ("+" if data["added_units"] else "") + fmt_balance(data["added_units"])
@@ -232,6 +243,11 @@ class BillingState(SessionState):
         self.auto_cap = f"{policy.monthly_cap:.2f}" if policy.monthly_cap is not None else ""
         self.auto_note = policy.disabled_reason or ""
         return True
+
+    def _show_balance(self, units: int) -> None:
+        self.balance = fmt_balance(units)
+        self.negative = units < 0
+        self.low_balance = units < self._threshold_units
 
     @rx.event
     async def load(self):
@@ -263,9 +279,16 @@ class BillingState(SessionState):
                 events = [event]
                 while not queue.empty():  # a burst becomes one refresh
                     events.append(queue.get_nowait())
+                latest = max(events, key=lambda e: e.get("entry_id", 0))
                 async with self:
+                    # The new balance first, as the posting left it: a small update that shows
+                    # at once; the cards and the history page follow from the database.
                     self._live_beat = time.monotonic()
-                    if not await self._reload(after_entry=max(e.get("entry_id", 0) for e in events)):
+                    if latest.get("entry_id", 0) > self._live_entry and "balance" in latest:
+                        self._live_entry = latest["entry_id"]
+                        self._show_balance(to_units(latest["balance"]))
+                async with self:
+                    if not await self._reload(after_entry=latest.get("entry_id", 0)):
                         return
                 for toast in _live_toasts(events):
                     yield toast
@@ -857,7 +880,10 @@ def usage_chart() -> rx.Component:
                 rx.flex(
                     rx.box(
                         rx.recharts.bar_chart(
-                            rx.recharts.bar(data_key="value", fill="#8b5cf6", radius=[6, 6, 0, 0], name="Spend ($)"),
+                            rx.recharts.bar(data_key="value", fill="#8b5cf6", radius=[6, 6, 0, 0], name="Spend ($)",
+                                            # a live update redraws at once: no replayed animation
+                                            # in every open tab on every posting
+                                            is_animation_active=False),
                             rx.recharts.x_axis(data_key="category", tick_line=False, font_size=12),
                             rx.recharts.y_axis(width=48, font_size=12),
                             rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
