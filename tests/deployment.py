@@ -93,7 +93,7 @@ def _wait_until_up(worker: Worker, timeout: float, log: Path) -> None:
 
 
 def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "ports", workers: int = 3,
-                     extra_env: dict | None = None, timeout: float = 600) -> Deployment:
+                     timeout: float = 600) -> Deployment:
     """Starts the workers and returns once every one answers (the first build takes a minute or two).
 
     Without `redis_url`: the embedded default (one worker; in-process events, Reflex's own state)."""
@@ -106,17 +106,17 @@ def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "
     WEB_DIR.parent.mkdir(exist_ok=True)
     env = {
         **os.environ,
-        **(extra_env or {}),
         "DATABASE_URL": database_url,
-        **({"REDIS_URL": redis_url, "REFLEX_REDIS_URL": redis_url} if redis_url else {}),
         "REFLEX_WEB_WORKDIR": str(WEB_DIR),
         # Reflex clears its states folder on start; keep that away from the dev server's.
         "REFLEX_STATES_WORKDIR": tempfile.mkdtemp(prefix="opb-states-"),
         "PYTHONUNBUFFERED": "1",
     }
-    if not redis_url:
-        env.pop("REDIS_URL", None)
-        env.pop("REFLEX_REDIS_URL", None)
+    for name in ("REDIS_URL", "REFLEX_REDIS_URL"):  # events and Reflex's state manager
+        if redis_url:
+            env[name] = redis_url
+        else:
+            env.pop(name, None)
     reflex = [sys.executable, "-m", "reflex", "run", "--env", "prod", "--backend-host", "127.0.0.1"]
 
     def launch(index: int, args: list[str], granian_workers: int, serves_page: bool) -> tuple[Worker, Path]:

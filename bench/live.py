@@ -1,0 +1,230 @@
+"""Live-update latency: from the POST that records usage to the new balance in every open tab.
+
+For each deployment (both by default), started as real processes in production mode (see
+tests/deployment.py):
+- embedded: one worker, SQLite, in-process events, Reflex's own state (no Redis);
+- scale-out: the README's command, GRANIAN_WORKERS=3 behind one port, on PostgreSQL + Redis.
+
+It opens --tabs Chromium tabs (Debian's chromium) signed in to one organization and, for each N in
+--clients, N lightweight clients as well: Socket.IO clients that speak to Reflex as a tab does (the
+tab's cookie, and the connect payload captured from a real tab), each with its own session state
+and live listener on the server. It then posts usage over HTTP --posts times, one at a time.
+A Chromium tab's latency is when a MutationObserver saw the balance change to the new value; a
+lightweight client's is when the state update carrying the new balance arrived; both measured from
+just before the POST. Prints p50, p95 and max. Run by hand; it asserts nothing:
+
+    .venv/bin/python bench/live.py [--deployment embedded|scale-out|both] [--tabs 10] [--posts 20]
+                                   [--clients 0,100,1000]
+
+Needs the test extras (scripts/test installs them), PostgreSQL and Redis for the scale-out run
+(TEST_POSTGRES_URL, and --redis-url).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OBSERVE = """() => {
+  window.__changes = [];
+  const el = document.querySelector('[data-testid=balance-value]');
+  new MutationObserver(() => window.__changes.push([Date.now(), el.textContent]))
+    .observe(el, {childList: true, characterData: true, subtree: true});
+}"""
+BALANCE_FIELD = "balance_rx_state_"  # BillingState.balance as Reflex sends it
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
+class LightClients:
+    """N Socket.IO clients on an event loop of their own (Playwright holds the main thread's)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.clients: list[tuple[object, list]] = []
+
+    def _run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _connect_one(self, url: str, cookie: str, auth: dict):
+        import socketio
+
+        records: list[tuple[float, str]] = []
+
+        async def on_event(update):
+            for name, fields in (update.get("delta") or {}).items():
+                if name.endswith("billing_state") and isinstance(fields, dict) and BALANCE_FIELD in fields:
+                    records.append((now_ms(), fields[BALANCE_FIELD]))
+
+        client = socketio.AsyncClient(reconnection=False)
+        client.on("event", on_event, namespace="/_event")
+        await client.connect(f"{url}?token={uuid.uuid4()}", headers={"Cookie": cookie}, auth=auth,
+                             transports=["websocket"], namespaces=["/_event"], socketio_path="_event",
+                             wait_timeout=120)
+        return client, records
+
+    def connect(self, n: int, url: str, cookie: str, auth: dict, batch: int = 25) -> None:
+        async def go():
+            for start in range(0, n, batch):
+                self.clients += await asyncio.gather(
+                    *(self._connect_one(url, cookie, auth) for _ in range(min(batch, n - start))))
+
+        self._run(go())
+
+    def arrivals(self, expected: str, since: float) -> list[float | None]:
+        return [next((t - since for t, value in list(records) if t >= since and value == expected), None)
+                for _, records in self.clients]
+
+    def close(self) -> None:
+        async def go():
+            await asyncio.gather(*(client.disconnect() for client, _ in self.clients), return_exceptions=True)
+
+        self._run(go(), timeout=120)
+        self.clients.clear()
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no updates seen"
+    values = sorted(values)
+    p95 = values[min(len(values) - 1, max(0, int(len(values) * 0.95 + 0.5) - 1))]
+    return f"p50 {statistics.median(values):.0f} ms, p95 {p95:.0f} ms, max {values[-1]:.0f} ms"
+
+
+def run_deployment(kind: str, args, pw) -> None:
+    import httpx
+    import sqlalchemy as sa
+
+    from orcapulse_billing.db import make_engine, upgrade
+    from orcapulse_billing.ledger import Ledger
+    from orcapulse_billing.money import fmt_balance, to_units
+    from tests.apiutil import PASSWORD, Org
+    from tests.browser import CHROMIUM_ARGS, chromium_path
+    from tests.deployment import start_deployment
+
+    admin = dropped = None
+    if kind == "embedded":
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db"
+        redis_url, workers = None, 1
+    else:
+        admin_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        dropped = f"opb_bench_live_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{dropped}"'))
+        url = sa.engine.make_url(admin_url).set(database=dropped).render_as_string(hide_password=False)
+        redis_url, workers = args.redis_url, 3
+    upgrade(url)
+    engine = make_engine(url)
+    org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("member",), welcome=Decimal(10_000))
+    deployment = start_deployment(url, redis_url, shape="shared", workers=workers)
+    label = ("1 worker, embedded default (SQLite, in-process events)" if kind == "embedded"
+             else "3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis")
+    try:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        first = context.new_page()
+        connect_frames: list[str] = []  # the connect payload a real tab sends, for the lightweight clients
+        first.on("websocket", lambda ws: ws.on("framesent", lambda payload: connect_frames.append(payload)))
+        first.goto(deployment.page_url + "/login")
+        first.get_by_test_id("login-email").fill(org.emails["member"])
+        first.get_by_test_id("login-password").fill(PASSWORD)
+        first.get_by_test_id("login-submit").click()
+        first.get_by_test_id("balance-value").wait_for()
+        tabs = [first]
+        for _ in range(1, args.tabs):
+            tab = context.new_page()
+            tab.goto(deployment.page_url + "/billing")
+            tab.get_by_test_id("balance-value").wait_for()
+            tabs.append(tab)
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
+        auth = next(json.loads(f.split(",", 1)[1]) for f in connect_frames
+                    if f.startswith("40/_event,") and '"pathname":"/billing' in f)
+        api = httpx.Client(base_url=deployment.page_url, headers=org.auth("member"), timeout=60)
+        light = LightClients()
+        print(f"\nlive updates, {label}: {args.tabs} Chromium tabs, {args.posts} posts each run")
+        for n_clients in args.clients:
+            started = time.monotonic()
+            light.connect(n_clients, deployment.page_url, cookie, auth)
+            connected = time.monotonic() - started
+            time.sleep(3)  # every listener subscribes
+            tab_latencies, light_latencies, missed_tabs, missed_light = [], [], 0, 0
+            for i in range(args.posts):
+                for tab in tabs:
+                    tab.evaluate(OBSERVE)
+                posted = now_ms()
+                r = api.post("/api/credits/usage", headers={"Idempotency-Key": f"live-{n_clients}-{i}"},
+                             json={"operation": "voice_pipeline", "quantity": "1", "status": "completed"})
+                r.raise_for_status()
+                expected = fmt_balance(to_units(r.json()["balance"]))
+                deadline = time.monotonic() + 30
+                for tab in tabs:
+                    seen = None
+                    while seen is None and time.monotonic() < deadline:
+                        seen = next((t for t, text in tab.evaluate("window.__changes") if text == expected), None)
+                        if seen is None:
+                            tab.wait_for_timeout(10)
+                    if seen is None:
+                        missed_tabs += 1
+                    else:
+                        tab_latencies.append(seen - posted)
+                arrivals = light.arrivals(expected, posted)
+                while None in arrivals and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    arrivals = light.arrivals(expected, posted)
+                light_latencies += [a for a in arrivals if a is not None]
+                missed_light += arrivals.count(None)
+            print(f"  with {n_clients} lightweight clients (connected in {connected:.1f} s):")
+            print(f"    Chromium tabs:       {percentiles(tab_latencies)}; {missed_tabs} updates missed")
+            if n_clients:
+                print(f"    lightweight clients: {percentiles(light_latencies)}; {missed_light} updates missed")
+            light.close()
+        browser.close()
+    finally:
+        deployment.stop()
+        engine.dispose()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deployment", choices=["embedded", "scale-out", "both"], default="both")
+    parser.add_argument("--tabs", type=int, default=10)
+    parser.add_argument("--posts", type=int, default=20)
+    parser.add_argument("--clients", default="0,100,1000",
+                        type=lambda v: [int(n) for n in v.split(",")], help="comma-separated client counts")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import reflex_environment
+
+    reflex_environment()
+    with sync_playwright() as pw:
+        for kind in (["embedded", "scale-out"] if args.deployment == "both" else [args.deployment]):
+            run_deployment(kind, args, pw)
+    print("\ntarget (information only): p95 under 250 ms for 10 tabs")
+
+
+if __name__ == "__main__":
+    main()
