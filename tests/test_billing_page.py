@@ -411,6 +411,39 @@ def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, brow
             context.close()
 
 
+def test_a_signed_out_session_stops_receiving_live_updates(app, browser, client, app_engine, app_ledger,
+                                                           monkeypatch):
+    import orcapulse_billing.state as session_state
+    from orcapulse_billing.auth import SESSION_COOKIE, logout
+
+    # live updates re-check the session at most every LIVE_RECHECK seconds (5 in production)
+    monkeypatch.setattr(session_state, "LIVE_RECHECK", 0.2)
+    org = Org(app_engine, app_ledger, welcome=Decimal(10))
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        tab = context.new_page()
+        open_billing(tab, app, org, "member")
+        expect(tab.get_by_test_id("balance-value")).to_have_text("$10.00")
+        time.sleep(1)  # the tab's listener subscribes
+
+        def report(key: str):
+            r = client.post("/api/credits/usage", headers={**org.auth("owner"), "Idempotency-Key": key},
+                            json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"})
+            assert r.status_code == 200, r.text
+
+        report("revoke-1")
+        expect(tab.get_by_test_id("balance-value")).to_have_text("$9.27", timeout=10_000)
+        # signed out elsewhere (another tab, or an administrator revoking the session)
+        logout(app_engine, next(c["value"] for c in context.cookies() if c["name"] == SESSION_COOKIE))
+        time.sleep(0.5)
+        report("revoke-2")
+        tab.wait_for_timeout(3000)
+        expect(tab.get_by_test_id("balance-value")).to_have_text("$9.27")
+        assert org.account().balance_units == 92_700 - 7_300
+    finally:
+        context.close()
+
+
 def test_auto_recharge_panel_for_owners_and_members(app, page, app_engine, app_ledger):
     from .test_auto_recharge import _card
 

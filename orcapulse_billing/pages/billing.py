@@ -118,7 +118,7 @@ async def _load_after(organization_id: int, type_filter: str, page: int, page_si
     if read is None:
         read = _live_reads[key] = asyncio.ensure_future(
             asyncio.to_thread(_load, organization_id, type_filter, page, page_size))
-        read.add_done_callback(lambda done: done.exception() and _live_reads.pop(key, None))
+        read.add_done_callback(lambda done: (done.cancelled() or done.exception()) and _live_reads.pop(key, None))
         while len(_live_reads) > 256:
             _live_reads.popitem(last=False)
     return await asyncio.shield(read)
@@ -216,7 +216,7 @@ class BillingState(SessionState):
     async def _reload(self, after_entry: int | None = None) -> bool:
         """`after_entry`: a live update for this committed entry; tabs showing the same page share
         one read of it instead of each querying the database."""
-        principal = self.current_principal()
+        principal = await self.live_principal() if after_entry else self.current_principal()
         if principal is None:
             return False
         try:
@@ -284,15 +284,17 @@ class BillingState(SessionState):
                     # The new balance first, as the posting left it: a small update that shows
                     # at once; the cards and the history page follow from the database.
                     self._live_beat = time.monotonic()
+                    if await self.live_principal() is None:
+                        return
                     if latest.get("entry_id", 0) > self._live_entry and "balance" in latest:
                         self._live_entry = latest["entry_id"]
                         self._show_balance(to_units(latest["balance"]))
+                for toast in _live_toasts(events):
+                    yield toast
+                yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(latest))))
                 async with self:
                     if not await self._reload(after_entry=latest.get("entry_id", 0)):
                         return
-                for toast in _live_toasts(events):
-                    yield toast
-                yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(events))))
 
     @rx.event
     async def heartbeat(self, _value=None):
@@ -551,8 +553,8 @@ LIVE_BEAT = 20  # seconds between the listener's signs of life
 _BILLING_UPDATED = "window.dispatchEvent(new CustomEvent('billingUpdated', {detail: DETAIL}))"
 
 
-def _billing_detail(events: list[dict]) -> dict:
-    last = events[-1]
+def _billing_detail(last: dict) -> dict:
+    """The spec's billingUpdated detail for the newest posting of a live update."""
     amount = Decimal(last["amount"])
     kind = "credit_added" if amount > 0 else "credit_consumed" if last["type"] == "usage" else "balance_updated"
     return {"type": kind, "balance": last["balance"], "amount": last["amount"], "entryType": last["type"]}
