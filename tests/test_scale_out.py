@@ -124,3 +124,47 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         for context in contexts:
             context.close()
 
+
+
+def test_a_burst_of_debits_across_the_workers_makes_exactly_one_auto_recharge(scale_out, browser):
+    """50 concurrent usage reports spread over the three workers cross the threshold together: the
+    workers' triggers race, one charge is made, and the recharged balance reaches the tab live."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sqlalchemy as sa
+
+    from .test_auto_recharge import _card
+
+    deployment, engine = scale_out
+    org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("owner",), welcome=Decimal(30))
+    _card(engine, org.id, "4242424242424242")
+    first = deployment.workers[0]
+    r = httpx.put(first.url + "/api/credits/auto-recharge", headers=org.auth("owner"), timeout=30,
+                  json={"enabled": True, "threshold": "10", "amount": "20"})
+    assert r.status_code == 200, r.text
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        tab = context.new_page()
+        _sign_in(tab, first.url, org.emails["owner"])
+        expect(tab.get_by_test_id("balance-value")).to_have_text("$30.00")
+        tab.wait_for_timeout(1000)
+
+        def debit(n: int) -> int:  # 8 minutes of voice: $0.584 each, $29.20 in all
+            worker = deployment.workers[n % len(deployment.workers)]
+            return httpx.post(worker.url + "/api/credits/usage", timeout=60,
+                              headers={**org.auth("owner"), "Idempotency-Key": f"burst-{n}"},
+                              json={"operation": "voice_pipeline", "quantity": "8", "status": "completed"}).status_code
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            assert set(pool.map(debit, range(50))) == {200}
+        # 30 - 29.20 + 20: whenever the one recharge lands, the balance ends here, live in the tab
+        expect(tab.get_by_test_id("balance-value")).to_have_text("$20.80", timeout=30_000)
+    finally:
+        context.close()
+    with engine.connect() as conn:
+        autos = conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"),
+                             {"o": org.id}).scalar()
+        purchases = conn.execute(sa.text("SELECT amount FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
+                                 {"a": org.account_id}).scalars().all()
+        assert check_invariants(conn, org.account_id) == []
+    assert autos == 1 and purchases == [200_000]
