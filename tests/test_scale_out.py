@@ -12,10 +12,10 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 
 import httpx
 import pytest
-from decimal import Decimal
 from playwright.sync_api import expect
 
 from orcapulse_billing.db import make_engine, upgrade
