@@ -48,3 +48,11 @@ def chromium_path() -> str:
 def screenshot_name(nodeid: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("::", 1)[-1]) + ".png")
+
+
+def sign_in(page, base_url: str, email: str, password: str) -> None:
+    """Through the /login form, as a user would."""
+    page.goto(base_url + "/login")
+    page.get_by_test_id("login-email").fill(email)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()

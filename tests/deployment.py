@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from .sandboxes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / ".tools/web-prod"
 LOGS = ROOT / "test-artifacts"
@@ -67,14 +69,6 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(worker.proc.pid, signal.SIGKILL)
                 worker.proc.wait(timeout=10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_up(worker: Worker, timeout: float, log: Path) -> None:
@@ -120,7 +114,7 @@ def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "
     reflex = [sys.executable, "-m", "reflex", "run", "--env", "prod", "--backend-host", "127.0.0.1"]
 
     def launch(index: int, args: list[str], granian_workers: int, serves_page: bool) -> tuple[Worker, Path]:
-        port = _free_port()
+        port = free_port()
         log = LOGS / f"scale-out-worker-{index}.log"
         proc = subprocess.Popen([*reflex, *args, "--backend-port", str(port)], cwd=ROOT,
                                 env={**env, "GRANIAN_WORKERS": str(granian_workers)},

@@ -14,12 +14,7 @@ from orcapulse_billing.ledger import get_account
 from orcapulse_billing.money import fmt_balance
 from orcapulse_billing.seed import DEMO_MEMBER, DEMO_OWNER
 
-
-def sign_in(page, app, email, password):
-    page.goto(app.base_url + "/login")
-    page.get_by_test_id("login-email").fill(email)
-    page.get_by_test_id("login-password").fill(password)
-    page.get_by_test_id("login-submit").click()
+from .browser import sign_in
 
 
 def _demo_account(app_database):
@@ -33,7 +28,7 @@ def _demo_account(app_database):
 
 def test_owner_signs_in_and_sees_the_demo_balance_from_the_ledger(app, app_database, page):
     acct = _demo_account(app_database)
-    sign_in(page, app, *DEMO_OWNER)
+    sign_in(page, app.base_url, *DEMO_OWNER)
     expect(page).to_have_url(re.compile(r"/billing$"), timeout=30_000)
     expect(page.get_by_test_id("balance-value")).to_have_text(fmt_balance(acct.balance_units), timeout=30_000)
     expect(page.get_by_test_id("credits-added-value")).to_have_text("+" + fmt_balance(acct.lifetime_added_units))
@@ -46,7 +41,7 @@ def test_owner_signs_in_and_sees_the_demo_balance_from_the_ledger(app, app_datab
 
 
 def test_member_signs_in_then_out(app, page):
-    sign_in(page, app, *DEMO_MEMBER)
+    sign_in(page, app.base_url, *DEMO_MEMBER)
     expect(page.get_by_test_id("signed-in-role")).to_have_text("member", timeout=30_000)
     page.get_by_test_id("logout-button").click()
     expect(page).to_have_url(re.compile(r"/login$"), timeout=30_000)
@@ -55,7 +50,7 @@ def test_member_signs_in_then_out(app, page):
 
 
 def test_wrong_password_shows_an_error_and_no_session(app, page):
-    sign_in(page, app, DEMO_OWNER[0], "not the password")
+    sign_in(page, app.base_url, DEMO_OWNER[0], "not the password")
     expect(page.get_by_test_id("login-error")).to_have_text("Wrong email or password.", timeout=30_000)
     assert not [c for c in page.context.cookies() if c["name"] == "opb_session"]
 
@@ -94,7 +89,7 @@ from .browser import ARTIFACTS  # noqa: E402
 
 
 def open_billing(page, app, org: Org, role: str = "owner"):
-    sign_in(page, app, org.emails[role], PASSWORD)
+    sign_in(page, app.base_url, org.emails[role], PASSWORD)
     expect(page).to_have_url(re.compile(r"/billing$"), timeout=30_000)
     expect(page.get_by_test_id("balance-value")).not_to_have_text("", timeout=30_000)
 
@@ -239,7 +234,7 @@ def test_error_state_when_the_data_source_fails(app, page, app_engine, app_ledge
 
     org = Org(app_engine, app_ledger, welcome=Decimal(5))
     monkeypatch.setattr(billing, "history_page", broken)  # the app runs in this process
-    sign_in(page, app, org.emails["member"], PASSWORD)
+    sign_in(page, app.base_url, org.emails["member"], PASSWORD)
     alert = page.get_by_test_id("error-alert")
     expect(alert).to_contain_text("Failed to load transaction history", timeout=30_000)
     expect(alert).to_contain_text("Please try again later")
@@ -262,7 +257,7 @@ def test_skeleton_then_data(app, page, app_engine, app_ledger, monkeypatch):
 
     org = Org(app_engine, app_ledger, welcome=Decimal(5))
     monkeypatch.setattr(billing, "_load", slow)
-    sign_in(page, app, org.emails["member"], PASSWORD)
+    sign_in(page, app.base_url, org.emails["member"], PASSWORD)
     expect(page.get_by_test_id("skeleton-cards")).to_be_visible(timeout=30_000)
     expect(page.get_by_test_id("skeleton-row")).to_have_count(5)
     expect(page.get_by_test_id("balance-value")).to_have_text("$5.00", timeout=30_000)

@@ -23,7 +23,7 @@ from orcapulse_billing.ledger import Ledger, check_invariants
 from orcapulse_billing.sandbox.stripe_checkout import sign
 
 from .apiutil import PASSWORD, Org
-from .browser import screenshot_name
+from .browser import screenshot_name, sign_in
 from .deployment import start_deployment
 from .test_payments import SECRET, _event, _session_object
 
@@ -45,10 +45,7 @@ def scale_out(pg_database_factory, app_database, stripe_sandbox, lemon_sandbox):
 
 
 def _sign_in(tab, base: str, email: str) -> None:
-    tab.goto(base + "/login")
-    tab.get_by_test_id("login-email").fill(email)
-    tab.get_by_test_id("login-password").fill(PASSWORD)
-    tab.get_by_test_id("login-submit").click()
+    sign_in(tab, base, email, PASSWORD)
     expect(tab.get_by_test_id("balance-value")).not_to_have_text("", timeout=30_000)
 
 
