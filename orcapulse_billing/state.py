@@ -11,33 +11,49 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
+from typing import Callable, Hashable, TypeVar
 
 import reflex as rx
 
 from .auth import Principal, principal_for_session, session_token_from_cookie_header
 from .db import get_engine
 
+T = TypeVar("T")
 
-# A live update reaches every tab of an organization at once; each re-reading its session on the
-# event loop made a thousand tabs a thousand queries in a row. Live updates use a check at most this
-# old, shared by the tabs of one session, so a revoked session or membership stops them within it.
+
+class SharedReads:
+    """Reads that many tabs ask for at the same moment (a live update reaches all of them at once),
+    made once per worker: the first caller's read, in a thread, is shared by the others even while
+    it is still under way. A failed read is not kept. At most `max_entries` are kept, the oldest
+    dropped first; with `max_age`, an entry older than that is read again."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._reads: OrderedDict[Hashable, tuple[float, asyncio.Future]] = OrderedDict()
+
+    async def get(self, key: Hashable, read: Callable[..., T], *args, max_age: float | None = None) -> T:
+        now = time.monotonic()
+        hit = self._reads.get(key)
+        if hit is None or (max_age is not None and now - hit[0] >= max_age):
+            future = asyncio.ensure_future(asyncio.to_thread(read, *args))
+            future.add_done_callback(lambda done: self._forget_failed(key, done))
+            self._reads.pop(key, None)
+            hit = self._reads[key] = (now, future)
+            while len(self._reads) > self.max_entries:
+                self._reads.popitem(last=False)
+        return await asyncio.shield(hit[1])
+
+    def _forget_failed(self, key: Hashable, done: asyncio.Future) -> None:
+        if (done.cancelled() or done.exception()) and self._reads.get(key, (0, None))[1] is done:
+            del self._reads[key]
+
+
+# Live updates re-check the session at most this often, one check shared by the tabs of a session:
+# a thousand tabs each re-reading it on the event loop made every update a thousand queries in a
+# row. A revoked session or membership stops the updates within this time.
 LIVE_RECHECK = 5.0
-_live_checks: dict[str, tuple[float, asyncio.Future]] = {}
-
-
-async def _checked_session(token: str | None) -> Principal | None:
-    """One check per session per LIVE_RECHECK seconds, shared even while it is under way (the
-    tabs all ask at the same moment)."""
-    key, now = token or "", time.monotonic()
-    hit = _live_checks.get(key)
-    if hit is None or now - hit[0] >= LIVE_RECHECK:
-        check = asyncio.ensure_future(asyncio.to_thread(principal_for_session, get_engine(), token))
-        check.add_done_callback(lambda done: (done.cancelled() or done.exception()) and _live_checks.pop(key, None))
-        if len(_live_checks) > 10_000:
-            for stale in [k for k, (at, _) in _live_checks.items() if now - at >= LIVE_RECHECK]:
-                del _live_checks[stale]
-        hit = _live_checks[key] = (now, check)
-    return await asyncio.shield(hit[1])
+_session_checks = SharedReads(max_entries=10_000)
 
 
 class SessionState(rx.State):
@@ -57,7 +73,8 @@ class SessionState(rx.State):
         """current_principal for live updates: a check at most LIVE_RECHECK seconds old, made off
         the event loop."""
         token = session_token_from_cookie_header(self.router.headers.cookie)
-        return self._apply_principal(await _checked_session(token))
+        return self._apply_principal(await _session_checks.get(token, principal_for_session, get_engine(), token,
+                                                                max_age=LIVE_RECHECK))
 
     def _apply_principal(self, principal: Principal | None) -> Principal | None:
         email, role = (principal.email, principal.role) if principal else ("", "")

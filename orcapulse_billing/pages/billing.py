@@ -12,7 +12,6 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from decimal import Decimal
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..services import get_auto_recharger, get_event_bus, get_lemon_purchases, get_stripe_purchases
-from ..state import SessionState
+from ..state import SessionState, SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +106,14 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
     }
 
 
-_live_reads: OrderedDict[tuple, asyncio.Future] = OrderedDict()
+_live_reads = SharedReads(max_entries=256)
 
 
 async def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
     """_load for a live update: all the tabs of this worker showing the same page after the same
-    committed entry share one read, the first tab's, even while it is still under way."""
+    committed entry share one read."""
     key = (organization_id, type_filter, page, page_size, entry_id)
-    read = _live_reads.get(key)
-    if read is None:
-        read = _live_reads[key] = asyncio.ensure_future(
-            asyncio.to_thread(_load, organization_id, type_filter, page, page_size))
-        read.add_done_callback(lambda done: (done.cancelled() or done.exception()) and _live_reads.pop(key, None))
-        while len(_live_reads) > 256:
-            _live_reads.popitem(last=False)
-    return await asyncio.shield(read)
+    return await _live_reads.get(key, _load, organization_id, type_filter, page, page_size)
 
 
 def _load_session(organization_id: int, session_id: str) -> dict | None:
