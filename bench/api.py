@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import time
-import uuid
 import warnings
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -40,7 +39,8 @@ from orcapulse_billing.history import HistoryQuery, history_page, usage_summary
 from orcapulse_billing.ledger import Ledger, check_invariants, get_account
 from orcapulse_billing.models import LedgerEntry
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from _support import print_table, temporary_postgres  # bench/, next to this script
+
 WARMUP = 5
 TARGET_MS = 20.0
 
@@ -243,24 +243,17 @@ def measure(url: str, account_id: int, key: str, repeat: int) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_results(rows: list[dict]) -> None:
     header = ["case", "p50 ms", "p95 ms (API)", "p50 ms (service only)", "p95 ms (service only)", "API p95 < 20 ms"]
 
     def cells(pair, error):
         return [error or "-", error or "-"] if pair is None else [f"{pair[0]:.2f}", f"{pair[1]:.2f}"]
 
-    body = [[r["case"], *cells(r["api"], r["api_error"]), *cells(r["svc"], r["svc_error"]),
-             "n/a" if r["api_error"] == "n/a" else "MISS" if r["api"] is None or r["api"][1] >= TARGET_MS else "yes"]
-            for r in rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def fmt(line: list[str]) -> str:
-        return " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    print("\n" + fmt(header))
-    print("-+-".join("-" * w for w in widths))
-    for line in body:
-        print(fmt(line))
+    print_table(header, [
+        [r["case"], *cells(r["api"], r["api_error"]), *cells(r["svc"], r["svc_error"]),
+         "n/a" if r["api_error"] == "n/a" else "MISS" if r["api"] is None or r["api"][1] >= TARGET_MS else "yes"]
+        for r in rows
+    ])
     print(f"target (information only): every case < {TARGET_MS:g} ms p95 through the API; "
           "'ref' rows are service-only reference queries, not endpoints")
 
@@ -270,22 +263,15 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000, help="ledger entries in the account (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=200, help="timed calls per case (default 200)")
     args = parser.parse_args()
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"opb_bench_api_{uuid.uuid4().hex[:12]}"
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    print(f"API benchmark: {args.entries:,} entries, {args.repeat} timed calls per case, {os.cpu_count()} CPUs ({name})",
-          flush=True)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        upgrade(url)
-        account_id, key = load(url, args.entries)
-        print_table(measure(url, account_id, key, args.repeat))
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres("opb_bench_api") as url:
+        print(f"API benchmark: {args.entries:,} entries, {args.repeat} timed calls per case, {os.cpu_count()} CPUs "
+              f"({sa.engine.make_url(url).database})", flush=True)
+        try:
+            upgrade(url)
+            account_id, key = load(url, args.entries)
+            print_results(measure(url, account_id, key, args.repeat))
+        finally:
+            get_engine(url).dispose()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ from orcapulse_billing.db import make_engine, upgrade
 from orcapulse_billing.ledger import Ledger, LedgerError, Posting, check_invariants
 from orcapulse_billing.money import to_units
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from _support import print_table, temporary_postgres  # bench/, next to this script
+
 GRACE = Decimal("5")
 FUNDING = Decimal("100000000")  # per account: debits never reach the floor
 PG_WRITERS, SPREAD_ACCOUNTS = 8, 1000
@@ -171,43 +172,25 @@ def create_accounts(url: str, count: int, analyze: bool) -> list[int]:
 
 
 def run_postgres(seconds: float, analyze: bool) -> list[dict]:
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"opb_bench_{uuid.uuid4().hex[:12]}"
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    with temporary_postgres("opb_bench") as url:
         upgrade(url)
         t0 = time.perf_counter()
         ids = create_accounts(url, 1 + SPREAD_ACCOUNTS, analyze)
-        print(f"  set-up: {len(ids)} funded accounts in {time.perf_counter() - t0:.1f} s ({name}, "
-              f"{'analyzed' if analyze else 'no planner statistics'})", flush=True)
+        print(f"  set-up: {len(ids)} funded accounts in {time.perf_counter() - t0:.1f} s "
+              f"({sa.engine.make_url(url).database}, {'analyzed' if analyze else 'no planner statistics'})", flush=True)
         return [
             run_scenario("postgres, hot account", url, ids[:1], PG_WRITERS, seconds),
             run_scenario("postgres, spread", url, ids[1:], PG_WRITERS, seconds),
         ]
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
-def print_table(rows: list[dict]) -> None:
+def print_results(rows: list[dict]) -> None:
     header = ["scenario", "writers", "accounts", "postings", "postings/s", "p50 ms", "p99 ms", "invariants"]
-    body = [
+    print_table(header, [
         [r["scenario"], str(r["writers"]), f"{r['accounts']:,}", f"{r['postings']:,}", f"{r['rate']:,.0f}",
          f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["invariants"]]
         for r in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def fmt(line: list[str]) -> str:
-        return " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    print("\n" + fmt(header))
-    print("-+-".join("-" * w for w in widths))
-    for line in body:
-        print(fmt(line))
+    ])
     print(TARGETS)
 
 
@@ -226,7 +209,7 @@ def main() -> None:
         rows += run_postgres(args.seconds, args.analyze)
     except Exception as exc:  # still print what was measured
         print(f"  PostgreSQL scenarios failed: {exc!r}", flush=True)
-    print_table(rows)
+    print_results(rows)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _support import temporary_postgres  # noqa: E402  (bench/, next to this script)
+
 OBSERVE = """() => {
   window.__changes = [];
   const el = document.querySelector('[data-testid=balance-value]');
@@ -107,45 +109,27 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {statistics.median(values):.0f} ms, p95 {p95:.0f} ms, max {values[-1]:.0f} ms"
 
 
-def run_deployment(kind: str, args, pw) -> None:
+def run_deployment(label: str, url: str, redis_url: str | None, workers: int, args, pw) -> None:
     import httpx
-    import sqlalchemy as sa
 
     from orcapulse_billing.db import make_engine, upgrade
     from orcapulse_billing.ledger import Ledger
     from orcapulse_billing.money import fmt_balance, to_units
     from tests.apiutil import PASSWORD, Org
-    from tests.browser import CHROMIUM_ARGS, chromium_path
+    from tests.browser import CHROMIUM_ARGS, chromium_path, sign_in
     from tests.deployment import start_deployment
 
-    admin = dropped = None
-    if kind == "embedded":
-        url = f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db"
-        redis_url, workers = None, 1
-    else:
-        admin_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        dropped = f"opb_bench_live_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{dropped}"'))
-        url = sa.engine.make_url(admin_url).set(database=dropped).render_as_string(hide_password=False)
-        redis_url, workers = args.redis_url, 3
     upgrade(url)
     engine = make_engine(url)
     org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("member",), welcome=Decimal(10_000))
     deployment = start_deployment(url, redis_url, shape="shared", workers=workers)
-    label = ("1 worker, embedded default (SQLite, in-process events)" if kind == "embedded"
-             else "3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis")
     try:
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context()
         first = context.new_page()
         connect_frames: list[str] = []  # the connect payload a real tab sends, for the lightweight clients
         first.on("websocket", lambda ws: ws.on("framesent", lambda payload: connect_frames.append(payload)))
-        first.goto(deployment.page_url + "/login")
-        first.get_by_test_id("login-email").fill(org.emails["member"])
-        first.get_by_test_id("login-password").fill(PASSWORD)
-        first.get_by_test_id("login-submit").click()
+        sign_in(first, deployment.page_url, org.emails["member"], PASSWORD)
         first.get_by_test_id("balance-value").wait_for()
         tabs = [first]
         for _ in range(1, args.tabs):
@@ -199,10 +183,6 @@ def run_deployment(kind: str, args, pw) -> None:
     finally:
         deployment.stop()
         engine.dispose()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)'))
-            admin.dispose()
 
 
 def main() -> None:
@@ -221,8 +201,12 @@ def main() -> None:
 
     reflex_environment()
     with sync_playwright() as pw:
-        for kind in (["embedded", "scale-out"] if args.deployment == "both" else [args.deployment]):
-            run_deployment(kind, args, pw)
+        if args.deployment in ("embedded", "both"):
+            run_deployment("1 worker, embedded default (SQLite, in-process events)",
+                           f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db", None, 1, args, pw)
+        if args.deployment in ("scale-out", "both"):
+            with temporary_postgres("opb_bench_live") as url:
+                run_deployment("3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis", url, args.redis_url, 3, args, pw)
     print("\ntarget (information only): p95 under 250 ms for 10 tabs")
 
 
