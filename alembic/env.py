@@ -1,11 +1,11 @@
 """Alembic environment: the models' metadata, and the URL from DATABASE_URL unless one was set."""
 
-from alembic import context
 from sqlmodel import SQLModel
 
+from alembic import context
 from orcapulse_billing import models  # noqa: F401  (registers the tables)
-from orcapulse_billing.db import make_engine, normalize_url
 from orcapulse_billing.config import get_settings
+from orcapulse_billing.db import make_engine, normalize_url
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -25,10 +25,11 @@ import logging
 import os
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
+from _support import print_table, temporary_postgres  # bench/, next to this script
 from sqlalchemy import event
 
 from orcapulse_billing import config
@@ -38,8 +39,6 @@ from orcapulse_billing.db import get_engine, upgrade
 from orcapulse_billing.history import HistoryQuery, history_page, usage_summary
 from orcapulse_billing.ledger import Ledger, check_invariants, get_account
 from orcapulse_billing.models import LedgerEntry
-
-from _support import print_table, temporary_postgres  # bench/, next to this script
 
 WARMUP = 5
 TARGET_MS = 20.0
@@ -119,7 +118,7 @@ def load(url: str, entries: int) -> tuple[int, str]:
     key = create_api_key(engine, "member@bench.test").key
     account_id = account_id_for(engine, org.id)
     t0 = time.perf_counter()
-    start = datetime.now(timezone.utc) - timedelta(days=365)
+    start = datetime.now(UTC) - timedelta(days=365)
     with engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
@@ -211,7 +210,7 @@ def measure(url: str, account_id: int, key: str, repeat: int) -> list[dict]:
 
     engine = get_engine(url)
     rows = []
-    since = datetime.now(timezone.utc) - timedelta(days=30)
+    since = datetime.now(UTC) - timedelta(days=30)
     with TestClient(api_app, raise_server_exceptions=False) as client, engine.connect() as conn:
         headers = {"Authorization": f"Bearer {key}"}
         for name, path, params, call in cases(since, key):
@@ -219,12 +218,12 @@ def measure(url: str, account_id: int, key: str, repeat: int) -> list[dict]:
             if path:
                 response = client.get(path, params=params, headers=headers)
                 if response.status_code == 200:
-                    row["api"] = _timed(lambda: client.get(path, params=params, headers=headers), repeat)
+                    row["api"] = _timed(lambda path=path, params=params: client.get(path, params=params, headers=headers), repeat)
                 else:
                     row["api_error"] = f"HTTP {response.status_code}"
                     print(f"  {row['case']}: HTTP {response.status_code} {response.text[:120]}", flush=True)
 
-            def service():
+            def service(call=call):
                 try:
                     call(conn, account_id)
                 finally:
@@ -237,7 +236,7 @@ def measure(url: str, account_id: int, key: str, repeat: int) -> list[dict]:
                 print(f"  {row['case']}: service call failed: {str(exc.orig).splitlines()[0]}", flush=True)
             rows.append(row)
     print("\nEXPLAIN (ANALYZE, BUFFERS): top plan line, scan nodes, execution time")
-    for name, path, _params, call in cases(since, key):
+    for name, _path, _params, call in cases(since, key):
         if name.startswith(("history page 10", "history type")) or "GROUP BY" in name:
             explain(engine, account_id, name.strip(), call)
     return rows

@@ -39,13 +39,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import sqlalchemy as sa
+from _support import print_table, temporary_postgres  # bench/, next to this script
 
 from orcapulse_billing.accounts import account_id_for, create_organization
 from orcapulse_billing.db import make_engine, upgrade
 from orcapulse_billing.ledger import Ledger, LedgerError, Posting, check_invariants
 from orcapulse_billing.money import to_units
-
-from _support import print_table, temporary_postgres  # bench/, next to this script
 
 GRACE = Decimal("5")
 FUNDING = Decimal("100000000")  # per account: debits never reach the floor

@@ -9,7 +9,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -54,7 +54,7 @@ def create_organization(
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise AccountsError("organization name must be 1 to 200 characters")
-    now = created_at or datetime.now(timezone.utc)
+    now = created_at or datetime.now(UTC)
     with ledger.transaction() as conn:
         with Session(bind=conn) as session:
             if session.exec(select(Organization).where(Organization.name == name)).first():
@@ -116,7 +116,7 @@ def add_user(engine: Engine, org: Organization, email: str, role: str, password:
     except ValueError:
         raise AccountsError(f"role must be one of owner, admin, member (got {role!r})") from None
     generated = None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with Session(engine) as session:
         user = session.exec(select(User).where(User.email == email)).first()
         if user is None:
@@ -158,7 +158,7 @@ def create_api_key(engine: Engine, email: str) -> NewApiKey:
             user_id=user.id,
             prefix=key[: len(API_KEY_PREFIX) + 6],
             key_hash=hash_api_key(key),
-            created_at=datetime.now(timezone.utc),
+            created_at=datetime.now(UTC),
         )
         session.add(row)
         session.commit()

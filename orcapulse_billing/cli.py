@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -167,7 +167,7 @@ def _date(text: str):
 
 
 def _when(text: str) -> datetime:
-    return datetime.combine(_date(text), datetime.min.time(), tzinfo=timezone.utc)
+    return datetime.combine(_date(text), datetime.min.time(), tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_add_phone)
 
     p = sub.add_parser("bill-phones", help="run the phone-number billing job now (catches up missed periods)")
-    p.add_argument("--date", type=_date, default=datetime.now(timezone.utc).date(), help="as of YYYY-MM-DD (UTC)")
+    p.add_argument("--date", type=_date, default=datetime.now(UTC).date(), help="as of YYYY-MM-DD (UTC)")
     p.set_defaults(func=cmd_bill_phones)
 
     p = sub.add_parser("outbox", help="show the notification emails (queued, sent or failed)")

@@ -8,7 +8,7 @@ switched off so that SQLAlchemy's BEGIN is the real one: the ledger asks for `BE
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -71,7 +71,7 @@ def is_sqlite(engine: Engine) -> bool:
 
 def as_utc(value: datetime) -> datetime:
     """SQLite hands timestamps back naive; they were written as UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def alembic_config(url: str | None = None):

@@ -13,8 +13,8 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 CHANNEL = "orcapulse:billing-events"

@@ -7,9 +7,9 @@ common case) pages by the per-account gap-free `seq`, so page N is a range read 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -181,12 +181,12 @@ def usage_summary(conn: Connection, account_id: int, start: datetime | None, end
 
 
 def _midnight(day) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _day_after(moment: datetime):
     """The first UTC day starting at or after `moment`."""
-    day = moment.astimezone(timezone.utc).date()
+    day = moment.astimezone(UTC).date()
     return day if _midnight(day) == moment else day + timedelta(days=1)
 
 

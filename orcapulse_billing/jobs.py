@@ -13,11 +13,11 @@ import calendar
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -28,7 +28,7 @@ from .models import EntryType, PhoneNumber
 from .money import from_units
 
 log = logging.getLogger(__name__)
-PHONE_BILLING_AT = time(2, 15, tzinfo=timezone.utc)
+PHONE_BILLING_AT = time(2, 15, tzinfo=UTC)
 _local_locks: dict[str, threading.Lock] = {}
 
 
@@ -57,7 +57,7 @@ class PhoneBillingRun:
 def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBillingRun:
     """Bills every period that started on or before `today` and is not billed yet."""
     run = PhoneBillingRun()
-    end_of_day = datetime.combine(today, time.max, tzinfo=timezone.utc)
+    end_of_day = datetime.combine(today, time.max, tzinfo=UTC)
     with engine.connect() as conn:
         numbers = conn.execute(sa.select(PhoneNumber).where(PhoneNumber.released_at.is_(None))).all()
     for number in numbers:
@@ -148,12 +148,12 @@ async def phone_billing_loop() -> None:
             with run_once(engine, "phone-billing", get_settings().redis_url) as mine:
                 if mine:
                     run = await asyncio.to_thread(bill_phone_numbers, engine, get_ledger(engine),
-                                                  datetime.now(timezone.utc).date())
+                                                  datetime.now(UTC).date())
                     log.info("phone billing: %d billed, %d already billed, %d refused",
                              len(run.billed), run.already_billed, len(run.refused))
         except Exception:  # keep the schedule; the next run catches up
             log.exception("phone billing failed")
-        await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(timezone.utc)))
+        await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(UTC)))
 
 
 async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
@@ -188,4 +188,4 @@ def add_phone_number(engine: Engine, organization_id: int, number: str, monthly_
             raise ValueError(f"{number} is already rented")
         return conn.execute(sa.insert(PhoneNumber).values(
             organization_id=organization_id, number="+" + digits, monthly_cost=to_units(monthly_cost),
-            acquired_at=acquired_at or datetime.now(timezone.utc)).returning(PhoneNumber.id)).scalar()
+            acquired_at=acquired_at or datetime.now(UTC)).returning(PhoneNumber.id)).scalar()

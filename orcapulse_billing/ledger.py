@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -408,7 +409,7 @@ class Ledger:
             floor = self.default_floor
         else:
             floor = to_units(p.floor)
-        created_at = as_utc(p.created_at) if p.created_at else datetime.now(timezone.utc)
+        created_at = as_utc(p.created_at) if p.created_at else datetime.now(UTC)
         return _Prepared(
             account_id=p.account_id,
             type=entry_type.value,

@@ -6,9 +6,9 @@ PostgreSQL alike, and cheap to add in SQL.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -20,7 +20,7 @@ JsonType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _ts(**kw: Any) -> Any:
@@ -54,16 +54,16 @@ class CreditSource(str, Enum):
 class Organization(SQLModel, table=True):
     __tablename__ = "organization"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
     created_at: datetime = _ts(nullable=False)
-    stripe_customer_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    stripe_customer_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
 
 
 class User(SQLModel, table=True):
     __tablename__ = "app_user"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))
     password_hash: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     created_at: datetime = _ts(nullable=False)
@@ -73,7 +73,7 @@ class Membership(SQLModel, table=True):
     __tablename__ = "membership"
     __table_args__ = (sa.UniqueConstraint("user_id", "organization_id", name="uq_membership_user_org"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
     organization_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
@@ -85,13 +85,13 @@ class Membership(SQLModel, table=True):
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_key"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False, index=True))
     prefix: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     key_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
     created_at: datetime = _ts(nullable=False)
-    last_used_at: Optional[datetime] = _ts(nullable=True)
-    revoked_at: Optional[datetime] = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
 
 
 class CreditAccount(SQLModel, table=True):
@@ -101,7 +101,7 @@ class CreditAccount(SQLModel, table=True):
 
     __tablename__ = "credit_account"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, unique=True)
     )
@@ -139,25 +139,25 @@ class LedgerEntry(SQLModel, table=True):
         sa.CheckConstraint("amount < 0 OR source IS NOT NULL", name="ck_ledger_entry_credit_source"),
     )
 
-    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
     account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
     seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     type: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     kind_seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    source: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
+    source: str | None = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     balance_before: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     balance_after: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     description: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
-    category: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    category: str | None = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
     # "metadata" is reserved on declarative classes, hence the attribute name.
     entry_metadata: dict = Field(default_factory=dict, sa_column=sa.Column("metadata", JsonType, nullable=False))
-    actor_user_id: Optional[int] = Field(
+    actor_user_id: int | None = Field(
         default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
     )
-    actor_ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
-    idempotency_key: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    actor_ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     created_at: datetime = _ts(nullable=False)
 
 
@@ -166,15 +166,15 @@ class AuthSession(SQLModel, table=True):
 
     __tablename__ = "auth_session"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
     user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False, index=True))
     organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime = _ts(nullable=False)
-    revoked_at: Optional[datetime] = _ts(nullable=True)
-    ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
-    user_agent: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    revoked_at: datetime | None = _ts(nullable=True)
+    ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    user_agent: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
 
 
 class AuditLog(SQLModel, table=True):
@@ -184,14 +184,14 @@ class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_log"
     __table_args__ = (sa.Index("ix_audit_log_org_created", "organization_id", "created_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    organization_id: Optional[int] = Field(
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int | None = Field(
         default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=True)
     )
-    user_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True))
+    user_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True))
     action: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     details: dict = Field(default_factory=dict, sa_column=sa.Column(JsonType, nullable=False))
-    ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
     created_at: datetime = _ts(nullable=False)
 
 
@@ -201,24 +201,24 @@ class BillingSession(SQLModel, table=True):
     __tablename__ = "billing_session"
     __table_args__ = (sa.UniqueConstraint("account_id", "external_id", name="uq_billing_session_account_external"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
     external_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
-    ledger_entry_id: Optional[int] = Field(
+    ledger_entry_id: int | None = Field(
         default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True, index=True)
     )
     operation: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
-    agent_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
-    agent_name: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
-    architecture: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
+    agent_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    agent_name: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    architecture: str | None = Field(default=None, sa_column=sa.Column(sa.String(16), nullable=True))
     # quantities are decimals kept as exact strings ("3.5" minutes)
-    duration_minutes: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
-    message_count: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
-    started_at: Optional[datetime] = _ts(nullable=True)
-    ended_at: Optional[datetime] = _ts(nullable=True)
-    transcript: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
-    recording_url: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
-    analysis: Optional[dict] = Field(default=None, sa_column=sa.Column(JsonType, nullable=True))
+    duration_minutes: str | None = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    message_count: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    started_at: datetime | None = _ts(nullable=True)
+    ended_at: datetime | None = _ts(nullable=True)
+    transcript: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    recording_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
+    analysis: dict | None = Field(default=None, sa_column=sa.Column(JsonType, nullable=True))
     cost_base: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     cost_llm: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     cost_stt: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
@@ -246,7 +246,7 @@ class PaymentMethod(SQLModel, table=True):
     __tablename__ = "payment_method"
     __table_args__ = (sa.UniqueConstraint("provider", "provider_id", name="uq_payment_method_provider_id"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
     )
@@ -266,7 +266,7 @@ class CheckoutSession(SQLModel, table=True):
     __tablename__ = "checkout_session"
     __table_args__ = (sa.UniqueConstraint("provider", "provider_id", name="uq_checkout_session_provider_id"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
     )
@@ -274,16 +274,16 @@ class CheckoutSession(SQLModel, table=True):
     provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     provider_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
     mode: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # payment | setup
-    package_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    package_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))  # credit units
     bonus: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # open|completed|failed|expired
-    payment_intent_id: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
-    url: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
-    actor_ip: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
+    payment_intent_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    url: str | None = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
+    actor_ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
     refunded: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _ts(nullable=False)
-    completed_at: Optional[datetime] = _ts(nullable=True)
+    completed_at: datetime | None = _ts(nullable=True)
 
 
 class WebhookEvent(SQLModel, table=True):
@@ -292,13 +292,13 @@ class WebhookEvent(SQLModel, table=True):
     __tablename__ = "webhook_event"
     __table_args__ = (sa.UniqueConstraint("provider", "event_id", name="uq_webhook_event_provider_event"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     event_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     type: str = Field(sa_column=sa.Column(sa.String(80), nullable=False))
     outcome: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))  # processed|ignored|rejected|failed
-    detail: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
-    organization_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
+    organization_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     received_at: datetime = _ts(nullable=False)
 
 
@@ -307,15 +307,15 @@ class PhoneNumber(SQLModel, table=True):
 
     __tablename__ = "phone_number"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False, index=True)
     )
     number: str = Field(sa_column=sa.Column(sa.String(32), nullable=False, unique=True))
     monthly_cost: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units
     acquired_at: datetime = _ts(nullable=False)
-    last_billed_at: Optional[datetime] = _ts(nullable=True)  # start of the last period billed
-    released_at: Optional[datetime] = _ts(nullable=True)
+    last_billed_at: datetime | None = _ts(nullable=True)  # start of the last period billed
+    released_at: datetime | None = _ts(nullable=True)
 
 
 class EmailOutbox(SQLModel, table=True):
@@ -324,16 +324,16 @@ class EmailOutbox(SQLModel, table=True):
 
     __tablename__ = "email_outbox"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     dedupe_key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
-    organization_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True, index=True))
+    organization_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True, index=True))
     kind: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     to_address: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
     subject: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
     body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     created_at: datetime = _ts(nullable=False)
-    sent_at: Optional[datetime] = _ts(nullable=True)
-    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
+    sent_at: datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
 
 
 class AutoRechargePolicy(SQLModel, table=True):
@@ -346,10 +346,10 @@ class AutoRechargePolicy(SQLModel, table=True):
     enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
     threshold: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    monthly_cap: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    monthly_cap: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
     owner_user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
     attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     consecutive_failures: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
-    disabled_reason: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
-    claimed_until: Optional[datetime] = _ts(nullable=True)
+    disabled_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    claimed_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts(nullable=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import sqlalchemy as sa
@@ -68,7 +68,7 @@ class Notifier:
                 with self.engine.begin() as conn:
                     queued.append(conn.execute(sa.insert(EmailOutbox).values(
                         dedupe_key=f"{dedupe_key}:{address}", organization_id=organization_id, kind=kind,
-                        to_address=address, subject=subject, body=body, created_at=datetime.now(timezone.utc),
+                        to_address=address, subject=subject, body=body, created_at=datetime.now(UTC),
                     ).returning(EmailOutbox.id)).scalar())
             except IntegrityError:
                 continue  # this notification was already written
@@ -95,7 +95,7 @@ class Notifier:
                     log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
                 with self.engine.begin() as conn:
                     conn.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail.id).values(
-                        sent_at=None if error else datetime.now(timezone.utc), error=error))
+                        sent_at=None if error else datetime.now(UTC), error=error))
         return sent
 
     def _send(self, to: str, subject: str, body: str) -> None:

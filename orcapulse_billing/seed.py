@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy.engine import Engine
@@ -36,7 +36,7 @@ def seed_demo(engine: Engine, ledger: Ledger, *, welcome_credit: Decimal, markup
         return SeedResult(False, org.id, 0)
     except AccountsError:
         pass
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     start = (now - timedelta(days=DEMO_DAYS)).replace(hour=9, minute=0, second=0, microsecond=0)
     org = create_organization(engine, ledger, DEMO_ORG, welcome_credit=welcome_credit, created_at=start)
     add_user(engine, org, DEMO_OWNER[0], "owner", DEMO_OWNER[1])

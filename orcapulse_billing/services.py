@@ -11,9 +11,9 @@ from sqlalchemy.engine import Engine
 from .config import get_settings
 from .db import get_engine
 from .events import EventBus
-from .notifications import Notifier
 from .ledger import Ledger, get_account
 from .money import fmt4
+from .notifications import Notifier
 
 
 @lru_cache(maxsize=1)

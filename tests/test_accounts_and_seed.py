@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
 from orcapulse_billing.accounts import (
-    AccountsError,
     WELCOME_DESCRIPTION,
+    AccountsError,
     account_id_for,
     add_user,
     create_organization,
@@ -53,7 +53,7 @@ def test_demo_seed_runs_once_and_leaves_a_sound_ledger(tmp_path):
     upgrade(url)
     engine = make_engine(url)
     ledger = Ledger(engine, grace_limit=Decimal(5))
-    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     first = seed_demo(engine, ledger, welcome_credit=Decimal(5), now=now)
     second = seed_demo(engine, ledger, welcome_credit=Decimal(5), now=now)
     assert first.created and not second.created and first.organization_id == second.organization_id

@@ -5,15 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
-from orcapulse_billing.ledger import Posting, check_invariants, get_account
+from orcapulse_billing.ledger import check_invariants
 from orcapulse_billing.metering import OPERATIONS
-from orcapulse_billing.money import to_units
 from orcapulse_billing.pricing import RATE_CARD
 
 from .apiutil import Org
@@ -53,7 +52,7 @@ def test_expired_session_is_refused(client, org: Org, app_engine):
     assert client.get("/api/credits/balance").status_code == 200
     with app_engine.begin() as conn:
         conn.execute(sa.text("UPDATE auth_session SET expires_at = :t WHERE user_id = :u"),
-                     {"t": datetime.now(timezone.utc) - timedelta(minutes=1), "u": org.user_ids["member"]})
+                     {"t": datetime.now(UTC) - timedelta(minutes=1), "u": org.user_ids["member"]})
     assert client.get("/api/credits/balance").status_code == 401
 
 
@@ -65,7 +64,7 @@ def test_api_keys(client, org: Org, app_engine):
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     with app_engine.begin() as conn:
         conn.execute(sa.text("UPDATE api_key SET revoked_at = :t WHERE user_id = :u"),
-                     {"t": datetime.now(timezone.utc), "u": org.user_ids["admin"]})
+                     {"t": datetime.now(UTC), "u": org.user_ids["admin"]})
     assert client.get("/api/credits/balance", headers=org.auth("admin")).status_code == 401
 
 
@@ -85,7 +84,7 @@ def test_balance_flags_low_balance_grace_and_operations(client, org: Org):
 def test_history_pages_through_120_entries_newest_first(client, org: Org):
     for n in range(1, 121):
         org.post("purchase" if n % 4 == 0 else "usage", str(n) if n % 4 == 0 else "-0.0001", category=None if n % 4 == 0 else "sms",
-                 description=f"entry {n}", created_at=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=n))
+                 description=f"entry {n}", created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=n))
     seen = []
     for page in (1, 2, 3):
         body = client.get("/api/credits/history", params={"page": page, "page_size": 50}, headers=org.auth("member")).json()

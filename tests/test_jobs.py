@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -35,14 +35,14 @@ def _org_of(engine, account_id):
 
 
 def test_month_arithmetic_clamps_to_month_end():
-    start = datetime(2026, 1, 31, 10, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 31, 10, 0, tzinfo=UTC)
     assert [add_months(start, k).date() for k in range(4)] == [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)]
 
 
 def test_catches_up_missed_periods_and_reruns_bill_nothing(engine, ledger, new_account):
     account_id = new_account(welcome=Decimal(20))
     number = _number()
-    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("1.15"), datetime(2026, 8, 31, 9, tzinfo=timezone.utc))
+    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("1.15"), datetime(2026, 8, 31, 9, tzinfo=UTC))
     first = bill_phone_numbers(engine, ledger, date(2026, 11, 23))  # down since August: three periods due
     pretty = f"+1 {number[2:5]} {number[5:8]} {number[8:]}"
     assert [e for e in _phone_entries(engine, account_id)] == [
@@ -62,7 +62,7 @@ def test_two_concurrent_runners_bill_each_period_once(engine, new_account):
     account_id = new_account(welcome=Decimal(100))
     org_id = _org_of(engine, account_id)
     for _ in range(5):
-        add_phone_number(engine, org_id, _number(), Decimal("2"), datetime(2026, 6, 15, tzinfo=timezone.utc))
+        add_phone_number(engine, org_id, _number(), Decimal("2"), datetime(2026, 6, 15, tzinfo=UTC))
     barrier = threading.Barrier(2)
     errors = []
 
@@ -87,7 +87,7 @@ def test_two_concurrent_runners_bill_each_period_once(engine, new_account):
 def test_without_credit_a_period_waits_for_the_next_run(engine, ledger, new_account):
     account_id = new_account()
     number = _number()
-    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("4"), datetime(2026, 9, 1, tzinfo=timezone.utc))
+    add_phone_number(engine, _org_of(engine, account_id), number, Decimal("4"), datetime(2026, 9, 1, tzinfo=UTC))
     run = bill_phone_numbers(engine, ledger, date(2026, 11, 2))
     mine = number[-4:]
     assert [d[-8:] for d in run.billed if mine in d] == ["Sep 2026"]  # into the grace period

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -188,7 +188,7 @@ def test_unknown_account(ledger):
 
 def test_backdated_entries_keep_their_timestamp(ledger, new_account):
     account_id = new_account()
-    at = datetime(2026, 10, 1, 14, 30, tzinfo=timezone.utc)
+    at = datetime(2026, 10, 1, 14, 30, tzinfo=UTC)
     entry = ledger.post(Posting(account_id, "purchase", "50", "old", created_at=at))
     assert entry.created_at == at
 
@@ -219,13 +219,13 @@ def test_usage_summary_from_rollups_equals_a_scan_of_the_entries(engine, ledger,
 
     account_id = new_account()
     ledger.post(Posting(account_id, "purchase", "1000", "funds"))
-    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
     rng = random.Random(7)
     for n in range(150):
         at = base + timedelta(minutes=rng.randint(0, 9 * 24 * 60))
         ledger.post(Posting(account_id, "usage", -Decimal(rng.randint(1, 5000)) / 10_000, f"u{n}",
                             category=rng.choice(["ai_call", "sms", None]), created_at=at))
-    far = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    far = datetime(2030, 1, 1, tzinfo=UTC)
     with engine.connect() as conn:
         for _ in range(25):
             start = base + timedelta(minutes=rng.randint(-600, 9 * 24 * 60))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from orcapulse_billing.accounts import account_id_for, create_organization

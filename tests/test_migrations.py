@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
+from alembic import command
 from orcapulse_billing import models  # noqa: F401
 from orcapulse_billing.config import PROJECT_ROOT
 from orcapulse_billing.db import alembic_config, make_engine

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from ..db import get_engine
 from . import auth_routes, credits, errors, payments
 
+
 def create_api_app() -> FastAPI:
     """A new app each call: Reflex adds its middleware to the one it mounts, so tests that serve the
     API on their own take their own instance."""

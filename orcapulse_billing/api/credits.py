@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from enum import IntEnum
-from datetime import datetime, timezone
-from typing import Iterator, Literal, Optional
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -24,7 +25,7 @@ from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
 from ..payments.purchases import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
-from ..services import run_in_background, get_auto_recharger, get_ledger
+from ..services import get_auto_recharger, get_ledger, run_in_background
 from . import schemas as s
 from .deps import DecimalRoute, client_ip, current_principal
 from .errors import ApiError, responses
@@ -33,15 +34,16 @@ router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=DecimalR
 AUTH = responses(400, 401)
 TypeFilter = Literal["all", "topup", "usage", "refund", "adjustment"]
 PageSize = IntEnum("PageSize", {f"size_{n}": n for n in PAGE_SIZES})  # query strings "50" validate as 50
+DEFAULT_PAGE_SIZE = PageSize(50)
 
 
-def _utc(value: Optional[datetime]) -> Optional[datetime]:
+def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _range(start: Optional[datetime], end: Optional[datetime]) -> tuple[Optional[datetime], Optional[datetime]]:
+def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
     start, end = _utc(start), _utc(end)
     if start and end and end < start:
         raise ApiError(400, "invalid_request", "'to' must not be before 'from'")
@@ -64,7 +66,7 @@ def packages() -> s.Packages:
     return s.Packages(
         packages=[s.Package(id=p.id, name=p.name, credits=f"{p.credits:.4f}", price=f"{p.price:.4f}",
                             bonus_credits=f"{c.bonus:.4f}", bonus_percent=f"{c.bonus_percent.normalize():f}")
-                  for p, c in zip(PACKAGES, choices)],
+                  for p, c in zip(PACKAGES, choices, strict=True)],
         custom=s.CustomRange(min=f"{CUSTOM_MIN:.4f}", max=f"{CUSTOM_MAX:.4f}"),
     )
 
@@ -95,10 +97,10 @@ def balance(principal: Principal = Depends(current_principal)) -> s.Balance:
 @router.get("/history", response_model=s.History, responses=AUTH, summary="Paginated transaction history")
 def history(
     page: int = Query(1, ge=1, le=10_000_000),
-    page_size: PageSize = Query(PageSize(50)),
+    page_size: PageSize = Query(DEFAULT_PAGE_SIZE),
     type: TypeFilter = Query("all"),
-    from_: Optional[datetime] = Query(None, alias="from"),
-    to: Optional[datetime] = Query(None),
+    from_: datetime | None = Query(None, alias="from"),
+    to: datetime | None = Query(None),
     principal: Principal = Depends(current_principal),
 ) -> s.History:
     start, end = _range(from_, to)
@@ -137,22 +139,22 @@ def _stream_history(account_id: int, query: HistoryQuery) -> Iterator[str]:
             response_class=StreamingResponse, summary="The filtered history as CSV (whole range)")
 def history_csv(
     type: TypeFilter = Query("all"),
-    from_: Optional[datetime] = Query(None, alias="from"),
-    to: Optional[datetime] = Query(None),
+    from_: datetime | None = Query(None, alias="from"),
+    to: datetime | None = Query(None),
     principal: Principal = Depends(current_principal),
 ):
     start, end = _range(from_, to)
     with get_engine().connect() as conn:
         account_id = get_account(conn, organization_id=principal.organization_id).id
-    name = f"orcapulse-credits-{type}-{datetime.now(timezone.utc):%Y%m%d}.csv"
+    name = f"orcapulse-credits-{type}-{datetime.now(UTC):%Y%m%d}.csv"
     return StreamingResponse(_stream_history(account_id, HistoryQuery(type, start, end)), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/usage-summary", response_model=s.UsageSummary, responses=AUTH, summary="Consumption per category")
 def get_usage_summary(
-    from_: Optional[datetime] = Query(None, alias="from"),
-    to: Optional[datetime] = Query(None),
+    from_: datetime | None = Query(None, alias="from"),
+    to: datetime | None = Query(None),
     principal: Principal = Depends(current_principal),
 ) -> s.UsageSummary:
     start, end = _range(from_, to)
@@ -209,7 +211,7 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
 def post_usage(
     body: s.UsageRequest,
     request: Request,
-    idempotency_key: Optional[str] = Header(None, alias="Idempotency-Key", max_length=150),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=150),
     principal: Principal = Depends(current_principal),
 ) -> s.UsageResponse:
     key = body.idempotency_key or idempotency_key

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from decimal import Decimal
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
@@ -15,27 +15,27 @@ from starlette.concurrency import run_in_threadpool
 
 from ..auth import Principal
 from ..config import get_settings
+from ..db import get_engine
 from ..money import fmt4
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
-from ..db import get_engine
 from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
+from . import schemas as s
 from .credits import _as_item, entry_json
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal, rate_limit
 from .errors import ApiError, responses
-from . import schemas as s
 
 router = APIRouter(prefix="/api/credits", tags=["payments"], route_class=DecimalRoute)
-IdemHeader = Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=150)]
+IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=150)]
 PAYMENT_STATUS = {"card_declined": 402, "authentication_required": 402, "payment_failed": 402,
                   "payment_provider_unreachable": 503, "payments_unavailable": 503}
 
 
 class PurchaseRequest(s.Strict):
     provider: Literal["stripe", "lemonsqueezy"] = "stripe"
-    package_id: Optional[Annotated[str, Field(max_length=32)]] = None
-    amount: Optional[Annotated[Decimal, Field(max_digits=12)]] = None
-    payment_method_id: Optional[Annotated[str, Field(max_length=100)]] = None
+    package_id: Annotated[str, Field(max_length=32)] | None = None
+    amount: Annotated[Decimal, Field(max_digits=12)] | None = None
+    payment_method_id: Annotated[str, Field(max_length=100)] | None = None
 
 
 class CheckoutCreated(BaseModel):
@@ -160,16 +160,16 @@ class AutoRechargeSettings(BaseModel):
     enabled: bool
     threshold: s.Money
     amount: s.Money
-    monthly_cap: Optional[s.Money]
+    monthly_cap: s.Money | None
     consecutive_failures: int
-    disabled_reason: Optional[str]
+    disabled_reason: str | None
 
 
 class AutoRechargeUpdate(s.Strict):
     enabled: bool
     threshold: Annotated[Decimal, Field(max_digits=12, decimal_places=4)]
     amount: Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
-    monthly_cap: Optional[Annotated[Decimal, Field(max_digits=12, decimal_places=2)]] = None
+    monthly_cap: Annotated[Decimal, Field(max_digits=12, decimal_places=2)] | None = None
 
 
 def _policy_json(policy) -> AutoRechargeSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,15 +68,15 @@ class Balance(BaseModel):
 class HistoryEntry(BaseModel):
     id: int
     type: str
-    source: Optional[str]
+    source: str | None
     amount: Money
     balance_before: Money
     balance_after: Money
     description: str
-    category: Optional[str]
+    category: str | None
     created_at: datetime
     metadata: dict[str, Any]
-    usage_session_id: Optional[str]
+    usage_session_id: str | None
 
 
 class History(BaseModel):
@@ -97,8 +97,8 @@ class UsageSummary(BaseModel):
     categories: list[CategorySpend]
     total: Money
     count: int
-    from_: Optional[datetime] = Field(None, alias="from")
-    to: Optional[datetime] = None
+    from_: datetime | None = Field(None, alias="from")
+    to: datetime | None = None
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -114,58 +114,58 @@ class CostBreakdown(BaseModel):
 class BillingSessionOut(BaseModel):
     id: str
     operation: str
-    agent_id: Optional[str]
-    agent_name: Optional[str]
-    architecture: Optional[str]
-    duration_minutes: Optional[str]
-    message_count: Optional[int]
-    started_at: Optional[datetime]
-    ended_at: Optional[datetime]
-    transcript: Optional[str]
-    recording_url: Optional[str]
-    analysis: Optional[dict[str, Any]]
+    agent_id: str | None
+    agent_name: str | None
+    architecture: str | None
+    duration_minutes: str | None
+    message_count: int | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    transcript: str | None
+    recording_url: str | None
+    analysis: dict[str, Any] | None
     cost: CostBreakdown
-    ledger_entry_id: Optional[int]
+    ledger_entry_id: int | None
     created_at: datetime
 
 
 class CheckRequest(Strict):
     operation: Operation
     estimated_quantity: Quantity = Decimal(1)
-    model: Optional[Annotated[str, Field(max_length=64)]] = None
+    model: Annotated[str, Field(max_length=64)] | None = None
 
 
 class CheckResponse(BaseModel):
     allowed: bool
     balance: Money
     estimated_cost: Money
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 class SessionIn(Strict):
     id: Annotated[str, Field(min_length=1, max_length=100)]
-    agent_id: Optional[Annotated[str, Field(max_length=100)]] = None
-    agent_name: Optional[Annotated[str, Field(max_length=200)]] = None
-    started_at: Optional[datetime] = None
-    ended_at: Optional[datetime] = None
-    transcript: Optional[Annotated[str, Field(max_length=200_000)]] = None
-    recording_url: Optional[Annotated[str, Field(max_length=1000)]] = None
-    analysis: Optional[dict[str, Any]] = None
+    agent_id: Annotated[str, Field(max_length=100)] | None = None
+    agent_name: Annotated[str, Field(max_length=200)] | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    transcript: Annotated[str, Field(max_length=200000)] | None = None
+    recording_url: Annotated[str, Field(max_length=1000)] | None = None
+    analysis: dict[str, Any] | None = None
 
 
 class UsageRequest(Strict):
     operation: Operation
     quantity: Quantity
     status: Literal["completed", "failed"]
-    idempotency_key: Optional[Annotated[str, Field(min_length=1, max_length=150)]] = None
-    model: Optional[Annotated[str, Field(max_length=64)]] = None
-    session: Optional[SessionIn] = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=150)] | None = None
+    model: Annotated[str, Field(max_length=64)] | None = None
+    session: SessionIn | None = None
 
 
 class UsageResponse(BaseModel):
     charged: bool
     cost: Money
-    entry: Optional[HistoryEntry]
-    balance: Optional[Money]
-    session_id: Optional[str]
+    entry: HistoryEntry | None
+    balance: Money | None
+    session_id: str | None
     replayed: bool = False

@@ -12,24 +12,32 @@ import json
 import logging
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import reflex as rx
 import sqlalchemy as sa
 
+from ..auth import Principal
 from ..components.layout import PURPLE, page_frame
 from ..components.native_form import backend_url, resolve_on_use
 from ..components.pagination import page_window, pagination
 from ..components.stat_card import stat_card
 from ..config import get_settings
 from ..db import get_engine
-from ..history import DEFAULT_PAGE_SIZE, PAGE_SIZES, TYPE_LABELS, HistoryQuery, billing_session, history_page, usage_summary
+from ..history import (
+    DEFAULT_PAGE_SIZE,
+    PAGE_SIZES,
+    TYPE_LABELS,
+    HistoryQuery,
+    billing_session,
+    history_page,
+    usage_summary,
+)
 from ..ledger import get_account
 from ..models import Organization
 from ..money import MoneyError, fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, parse_amount, to_units
-from ..auth import Principal
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
@@ -51,7 +59,7 @@ CATEGORY_LABELS = {"ai_call": "AI calls", "call_recording": "Recording", "whatsa
 
 def format_when(value: datetime) -> str:
     """'Jan 15, 2024 14:30' (UTC)."""
-    v = value.astimezone(timezone.utc)
+    v = value.astimezone(UTC)
     return f"{v:%b} {v.day}, {v:%Y %H:%M}"
 
 
@@ -73,7 +81,7 @@ def _row(item) -> dict[str, str]:
 def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> dict:
     """Everything the page shows, in one read transaction (runs in a worker thread)."""
     settings = get_settings()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
         org_name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
@@ -122,7 +130,7 @@ def _load_session(organization_id: int, session_id: str) -> dict | None:
         row = billing_session(conn, acct.id, session_id)
     if row is None:
         return None
-    when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or timezone.utc)) if v else ""  # noqa: E731
+    when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or UTC)) if v else ""  # noqa: E731
     duration = f"{row['duration_minutes']} min" if row["duration_minutes"] else (
         f"{row['message_count']} messages" if row["message_count"] is not None else "")
     return {
@@ -264,7 +272,7 @@ class BillingState(SessionState):
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), LIVE_BEAT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     async with self:
                         self._live_beat = time.monotonic()
                     continue

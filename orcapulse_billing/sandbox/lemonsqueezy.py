@@ -20,7 +20,7 @@ import html
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from starlette.applications import Starlette
@@ -33,7 +33,7 @@ JSONAPI = "application/vnd.api+json"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
 def jsonapi_error(status: int, detail: str) -> JSONResponse:
