@@ -130,16 +130,21 @@ def load(url: str, entries: int) -> tuple[int, str]:
         conn.execute(sa.text("VACUUM (ANALYZE) ledger_entry"))
         conn.execute(sa.text("ANALYZE credit_account"))
         conn.execute(sa.text("ANALYZE usage_rollup"))
-    print(f"  loaded {entries:,} entries in {loaded - t0:.1f} s, vacuum/analyze {time.perf_counter() - loaded:.1f} s",
-          flush=True)
+    print(
+        f"  loaded {entries:,} entries in {loaded - t0:.1f} s, vacuum/analyze {time.perf_counter() - loaded:.1f} s",
+        flush=True,
+    )
     t0 = time.perf_counter()
     with engine.connect() as conn:
         problems = check_invariants(conn, account_id)
         acct = get_account(conn, account_id=account_id)
         mix = conn.execute(sa.text("SELECT type, COUNT(*) FROM ledger_entry GROUP BY type ORDER BY 2 DESC")).all()
-    print(f"  invariants: {'hold' if not problems else 'BROKEN: ' + '; '.join(problems)} "
-          f"({time.perf_counter() - t0:.1f} s); balance {acct.balance}, {acct.transaction_count:,} entries; "
-          + ", ".join(f"{t} {n:,}" for t, n in mix), flush=True)
+    print(
+        f"  invariants: {'hold' if not problems else 'BROKEN: ' + '; '.join(problems)} "
+        f"({time.perf_counter() - t0:.1f} s); balance {acct.balance}, {acct.transaction_count:,} entries; "
+        + ", ".join(f"{t} {n:,}" for t, n in mix),
+        flush=True,
+    )
     return account_id, key
 
 
@@ -161,12 +166,25 @@ def cases(since: datetime, key: str) -> list[tuple[str, str | None, dict, object
         ("history page 1", "/api/credits/history", {"page": 1, "page_size": 50}, page("all", 1)),
         ("history page 10,000", "/api/credits/history", {"page": 10000, "page_size": 50}, page("all", 10000)),
         ("history type=usage page 1", "/api/credits/history", {"type": "usage", "page": 1}, page("usage", 1)),
-        ("history type=topup page 500", "/api/credits/history", {"type": "topup", "page": 500, "page_size": 50},
-         page("topup", 500)),
+        (
+            "history type=topup page 500",
+            "/api/credits/history",
+            {"type": "topup", "page": 500, "page_size": 50},
+            page("topup", 500),
+        ),
         ("balance", "/api/credits/balance", {}, lambda conn, a: get_account(conn, account_id=a)),
-        ("usage-summary last 30 days", "/api/credits/usage-summary", {"from": since.isoformat()},
-         lambda conn, a: usage_summary(conn, a, since, None)),
-        ("usage-summary all time", "/api/credits/usage-summary", {}, lambda conn, a: usage_summary(conn, a, None, None)),
+        (
+            "usage-summary last 30 days",
+            "/api/credits/usage-summary",
+            {"from": since.isoformat()},
+            lambda conn, a: usage_summary(conn, a, since, None),
+        ),
+        (
+            "usage-summary all time",
+            "/api/credits/usage-summary",
+            {},
+            lambda conn, a: usage_summary(conn, a, None, None),
+        ),
         ("  ref: summary 30 d by scan", None, {}, lambda conn, a: summary_by_scan(conn, a, since)),
         ("  ref: summary all time by scan", None, {}, lambda conn, a: summary_by_scan(conn, a, None)),
         ("  ref: API-key auth per request", None, {}, lambda conn, a: principal_for_api_key(conn.engine, key)),
@@ -218,7 +236,9 @@ def measure(url: str, account_id: int, key: str, repeat: int) -> list[dict]:
             if path:
                 response = client.get(path, params=params, headers=headers)
                 if response.status_code == 200:
-                    row["api"] = _timed(lambda path=path, params=params: client.get(path, params=params, headers=headers), repeat)
+                    row["api"] = _timed(
+                        lambda path=path, params=params: client.get(path, params=params, headers=headers), repeat
+                    )
                 else:
                     row["api_error"] = f"HTTP {response.status_code}"
                     print(f"  {row['case']}: HTTP {response.status_code} {response.text[:120]}", flush=True)
@@ -248,23 +268,37 @@ def print_results(rows: list[dict]) -> None:
     def cells(pair, error):
         return [error or "-", error or "-"] if pair is None else [f"{pair[0]:.2f}", f"{pair[1]:.2f}"]
 
-    print_table(header, [
-        [r["case"], *cells(r["api"], r["api_error"]), *cells(r["svc"], r["svc_error"]),
-         "n/a" if r["api_error"] == "n/a" else "MISS" if r["api"] is None or r["api"][1] >= TARGET_MS else "yes"]
-        for r in rows
-    ])
-    print(f"target (information only): every case < {TARGET_MS:g} ms p95 through the API; "
-          "'ref' rows are service-only reference queries, not endpoints")
+    print_table(
+        header,
+        [
+            [
+                r["case"],
+                *cells(r["api"], r["api_error"]),
+                *cells(r["svc"], r["svc_error"]),
+                "n/a" if r["api_error"] == "n/a" else "MISS" if r["api"] is None or r["api"][1] >= TARGET_MS else "yes",
+            ]
+            for r in rows
+        ],
+    )
+    print(
+        f"target (information only): every case < {TARGET_MS:g} ms p95 through the API; "
+        "'ref' rows are service-only reference queries, not endpoints"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=1_000_000, help="ledger entries in the account (default 1,000,000)")
+    parser.add_argument(
+        "--entries", type=int, default=1_000_000, help="ledger entries in the account (default 1,000,000)"
+    )
     parser.add_argument("--repeat", type=int, default=200, help="timed calls per case (default 200)")
     args = parser.parse_args()
     with temporary_postgres("opb_bench_api") as url:
-        print(f"API benchmark: {args.entries:,} entries, {args.repeat} timed calls per case, {os.cpu_count()} CPUs "
-              f"({sa.engine.make_url(url).database})", flush=True)
+        print(
+            f"API benchmark: {args.entries:,} entries, {args.repeat} timed calls per case, {os.cpu_count()} CPUs "
+            f"({sa.engine.make_url(url).database})",
+            flush=True,
+        )
         try:
             upgrade(url)
             account_id, key = load(url, args.entries)

@@ -84,8 +84,16 @@ def _writer(url: str, account_ids: list[int], seconds: float, seed: int, barrier
             posted += amount
             touched.add(account_id)
         engine.dispose()
-        results.put(dict(latencies=latencies_ms, posted=posted, touched=touched, elapsed=end - start,
-                         errors=errors, first_error=first_error))
+        results.put(
+            dict(
+                latencies=latencies_ms,
+                posted=posted,
+                touched=touched,
+                elapsed=end - start,
+                errors=errors,
+                first_error=first_error,
+            )
+        )
     except BaseException:
         barrier.abort()  # release the others instead of leaving them waiting
         results.put(dict(crash=traceback.format_exc()))
@@ -139,13 +147,20 @@ def run_scenario(name: str, url: str, account_ids: list[int], writers: int, seco
     if entries_after - entries_before != len(latencies):
         problems.append(f"entries grew by {entries_after - entries_before}, {len(latencies)} postings succeeded")
     row = dict(
-        scenario=name, writers=writers, accounts=len(account_ids), postings=len(latencies),
+        scenario=name,
+        writers=writers,
+        accounts=len(account_ids),
+        postings=len(latencies),
         rate=len(latencies) / max(o["elapsed"] for o in outs),
-        p50=_percentile(latencies, 0.50), p99=_percentile(latencies, 0.99),
+        p50=_percentile(latencies, 0.50),
+        p99=_percentile(latencies, 0.99),
         invariants="ok" if not problems else f"FAIL ({len(problems)})",
     )
-    print(f"  {name}: {row['postings']} postings, {row['rate']:,.0f}/s, p50 {row['p50']:.2f} ms, "
-          f"p99 {row['p99']:.2f} ms, invariants {row['invariants']}, refused {errors}", flush=True)
+    print(
+        f"  {name}: {row['postings']} postings, {row['rate']:,.0f}/s, p50 {row['p50']:.2f} ms, "
+        f"p99 {row['p99']:.2f} ms, invariants {row['invariants']}, refused {errors}",
+        flush=True,
+    )
     if first_error:
         print(f"    first refusal: {first_error}", flush=True)
     for problem in problems[:10]:
@@ -175,8 +190,11 @@ def run_postgres(seconds: float, analyze: bool) -> list[dict]:
         upgrade(url)
         t0 = time.perf_counter()
         ids = create_accounts(url, 1 + SPREAD_ACCOUNTS, analyze)
-        print(f"  set-up: {len(ids)} funded accounts in {time.perf_counter() - t0:.1f} s "
-              f"({sa.engine.make_url(url).database}, {'analyzed' if analyze else 'no planner statistics'})", flush=True)
+        print(
+            f"  set-up: {len(ids)} funded accounts in {time.perf_counter() - t0:.1f} s "
+            f"({sa.engine.make_url(url).database}, {'analyzed' if analyze else 'no planner statistics'})",
+            flush=True,
+        )
         return [
             run_scenario("postgres, hot account", url, ids[:1], PG_WRITERS, seconds),
             run_scenario("postgres, spread", url, ids[1:], PG_WRITERS, seconds),
@@ -185,11 +203,22 @@ def run_postgres(seconds: float, analyze: bool) -> list[dict]:
 
 def print_results(rows: list[dict]) -> None:
     header = ["scenario", "writers", "accounts", "postings", "postings/s", "p50 ms", "p99 ms", "invariants"]
-    print_table(header, [
-        [r["scenario"], str(r["writers"]), f"{r['accounts']:,}", f"{r['postings']:,}", f"{r['rate']:,.0f}",
-         f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["invariants"]]
-        for r in rows
-    ])
+    print_table(
+        header,
+        [
+            [
+                r["scenario"],
+                str(r["writers"]),
+                f"{r['accounts']:,}",
+                f"{r['postings']:,}",
+                f"{r['rate']:,.0f}",
+                f"{r['p50']:.2f}",
+                f"{r['p99']:.2f}",
+                r["invariants"],
+            ]
+            for r in rows
+        ],
+    )
     print(TARGETS)
 
 

@@ -76,22 +76,31 @@ class LightClients:
 
         client = socketio.AsyncClient(reconnection=False)
         client.on("event", on_event, namespace="/_event")
-        await client.connect(f"{url}?token={uuid.uuid4()}", headers={"Cookie": cookie}, auth=auth,
-                             transports=["websocket"], namespaces=["/_event"], socketio_path="_event",
-                             wait_timeout=120)
+        await client.connect(
+            f"{url}?token={uuid.uuid4()}",
+            headers={"Cookie": cookie},
+            auth=auth,
+            transports=["websocket"],
+            namespaces=["/_event"],
+            socketio_path="_event",
+            wait_timeout=120,
+        )
         return client, records
 
     def connect(self, n: int, url: str, cookie: str, auth: dict, batch: int = 25) -> None:
         async def go():
             for start in range(0, n, batch):
                 self.clients += await asyncio.gather(
-                    *(self._connect_one(url, cookie, auth) for _ in range(min(batch, n - start))))
+                    *(self._connect_one(url, cookie, auth) for _ in range(min(batch, n - start)))
+                )
 
         self._run(go())
 
     def arrivals(self, expected: str, since: float) -> list[float | None]:
-        return [next((t - since for t, value in list(records) if t >= since and value == expected), None)
-                for _, records in self.clients]
+        return [
+            next((t - since for t, value in list(records) if t >= since and value == expected), None)
+            for _, records in self.clients
+        ]
 
     def close(self) -> None:
         async def go():
@@ -138,8 +147,11 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
             tab.get_by_test_id("balance-value").wait_for()
             tabs.append(tab)
         cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
-        auth = next(json.loads(f.split(",", 1)[1]) for f in connect_frames
-                    if f.startswith("40/_event,") and '"pathname":"/billing' in f)
+        auth = next(
+            json.loads(f.split(",", 1)[1])
+            for f in connect_frames
+            if f.startswith("40/_event,") and '"pathname":"/billing' in f
+        )
         api = httpx.Client(base_url=deployment.page_url, headers=org.auth("member"), timeout=60)
         light = LightClients()
         print(f"\nlive updates, {label}: {args.tabs} Chromium tabs, {args.posts} posts each run")
@@ -153,8 +165,11 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
                 for tab in tabs:
                     tab.evaluate(OBSERVE)
                 posted = now_ms()
-                r = api.post("/api/credits/usage", headers={"Idempotency-Key": f"live-{n_clients}-{i}"},
-                             json={"operation": "voice_pipeline", "quantity": "1", "status": "completed"})
+                r = api.post(
+                    "/api/credits/usage",
+                    headers={"Idempotency-Key": f"live-{n_clients}-{i}"},
+                    json={"operation": "voice_pipeline", "quantity": "1", "status": "completed"},
+                )
                 r.raise_for_status()
                 expected = fmt_balance(to_units(r.json()["balance"]))
                 deadline = time.monotonic() + 30
@@ -190,8 +205,12 @@ def main() -> None:
     parser.add_argument("--deployment", choices=["embedded", "scale-out", "both"], default="both")
     parser.add_argument("--tabs", type=int, default=10)
     parser.add_argument("--posts", type=int, default=20)
-    parser.add_argument("--clients", default="0,100,1000",
-                        type=lambda v: [int(n) for n in v.split(",")], help="comma-separated client counts")
+    parser.add_argument(
+        "--clients",
+        default="0,100,1000",
+        type=lambda v: [int(n) for n in v.split(",")],
+        help="comma-separated client counts",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
 
@@ -202,8 +221,14 @@ def main() -> None:
     reflex_environment()
     with sync_playwright() as pw:
         if args.deployment in ("embedded", "both"):
-            run_deployment("1 worker, embedded default (SQLite, in-process events)",
-                           f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db", None, 1, args, pw)
+            run_deployment(
+                "1 worker, embedded default (SQLite, in-process events)",
+                f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db",
+                None,
+                1,
+                args,
+                pw,
+            )
         if args.deployment in ("scale-out", "both"):
             with temporary_postgres("opb_bench_live") as url:
                 run_deployment("3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis", url, args.redis_url, 3, args, pw)

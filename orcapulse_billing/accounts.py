@@ -105,7 +105,9 @@ def account_id_for(engine: Engine, organization_id: int) -> int:
     return account_id
 
 
-def add_user(engine: Engine, org: Organization, email: str, role: str, password: str | None = None) -> tuple[User, str | None]:
+def add_user(
+    engine: Engine, org: Organization, email: str, role: str, password: str | None = None
+) -> tuple[User, str | None]:
     """Add a member to an organization, creating the user if new. Returns the user and, when a
     password was generated, that password (shown once)."""
     email = (email or "").strip().lower()

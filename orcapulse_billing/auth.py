@@ -66,8 +66,9 @@ def audit(conn, action: str, *, organization_id: int | None, user_id: int | None
     )
 
 
-def login(engine: Engine, email: str, password: str, *, ttl_hours: int, ip: str | None = None,
-          user_agent: str | None = None) -> tuple[str, Principal, datetime]:
+def login(
+    engine: Engine, email: str, password: str, *, ttl_hours: int, ip: str | None = None, user_agent: str | None = None
+) -> tuple[str, Principal, datetime]:
     """Check the password and open a session. Returns the session token (for the cookie only),
     the principal and the expiry."""
     email = (email or "").strip().lower()
@@ -83,8 +84,13 @@ def login(engine: Engine, email: str, password: str, *, ttl_hours: int, ip: str 
         expires = _now() + timedelta(hours=ttl_hours)
         conn.execute(
             sa.insert(AuthSession).values(
-                token_hash=_token_hash(token), user_id=user.id, organization_id=member.organization_id,
-                created_at=_now(), expires_at=expires, ip=ip, user_agent=(user_agent or "")[:300] or None,
+                token_hash=_token_hash(token),
+                user_id=user.id,
+                organization_id=member.organization_id,
+                created_at=_now(),
+                expires_at=expires,
+                ip=ip,
+                user_agent=(user_agent or "")[:300] or None,
             )
         )
         audit(conn, "login", organization_id=member.organization_id, user_id=user.id, ip=ip)
@@ -96,8 +102,9 @@ def logout(engine: Engine, token: str | None, *, ip: str | None = None) -> None:
         return
     with engine.begin() as conn:
         row = conn.execute(
-            sa.select(AuthSession.id, AuthSession.user_id, AuthSession.organization_id)
-            .where(AuthSession.token_hash == _token_hash(token), AuthSession.revoked_at.is_(None))
+            sa.select(AuthSession.id, AuthSession.user_id, AuthSession.organization_id).where(
+                AuthSession.token_hash == _token_hash(token), AuthSession.revoked_at.is_(None)
+            )
         ).first()
         if row:
             conn.execute(sa.update(AuthSession).where(AuthSession.id == row.id).values(revoked_at=_now()))

@@ -49,8 +49,9 @@ def cmd_init_db(args) -> None:
 def cmd_seed_demo(args) -> None:
     settings = get_settings()
     engine = get_engine()
-    result = seed_demo(engine, get_ledger(engine), welcome_credit=settings.welcome_credit,
-                       markup_percent=settings.markup_percent)
+    result = seed_demo(
+        engine, get_ledger(engine), welcome_credit=settings.welcome_credit, markup_percent=settings.markup_percent
+    )
     if result.created:
         print(f"seeded {DEMO_ORG!r} with {result.entries} entries")
         print(f"  owner : {DEMO_OWNER[0]} / {DEMO_OWNER[1]}")
@@ -100,7 +101,9 @@ def cmd_grant(args) -> None:
         )
     )
     note = " (already posted with this idempotency key)" if entry.replayed else ""
-    print(f"posted {entry.type} {fmt4(entry.amount_units)} to {org.name!r}; balance {fmt4(entry.balance_after_units)}{note}")
+    print(
+        f"posted {entry.type} {fmt4(entry.amount_units)} to {org.name!r}; balance {fmt4(entry.balance_after_units)}{note}"
+    )
 
 
 def cmd_balance(args) -> None:

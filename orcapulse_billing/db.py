@@ -25,7 +25,7 @@ def normalize_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean the psycopg 3 driver here."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

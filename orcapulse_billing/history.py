@@ -28,8 +28,13 @@ TYPE_FILTERS: dict[str, tuple[str, ...] | None] = {
     "refund": ("refund",),
     "adjustment": ("adjustment",),
 }
-TYPE_LABELS = {"all": "All Transactions", "topup": "Top-ups", "usage": "Usage", "refund": "Refunds",
-               "adjustment": "Adjustments"}
+TYPE_LABELS = {
+    "all": "All Transactions",
+    "topup": "Top-ups",
+    "usage": "Usage",
+    "refund": "Refunds",
+    "adjustment": "Adjustments",
+}
 
 
 @dataclass(frozen=True)
@@ -86,22 +91,33 @@ class HistoryQuery:
         return clauses
 
 
-_COLUMNS = [c for c in LedgerEntry.__table__.c if c.name not in ("account_id", "actor_user_id", "actor_ip", "idempotency_key")]
+_COLUMNS = [
+    c for c in LedgerEntry.__table__.c if c.name not in ("account_id", "actor_user_id", "actor_ip", "idempotency_key")
+]
 
 
 def _item(row) -> HistoryItem:
     m = row._mapping
     metadata = dict(m["metadata"] or {})
     return HistoryItem(
-        id=m["id"], seq=m["seq"], type=m["type"], source=m["source"], amount_units=m["amount"],
-        balance_before_units=m["balance_before"], balance_after_units=m["balance_after"],
-        description=m["description"], category=m["category"], created_at=as_utc(m["created_at"]),
-        metadata=metadata, usage_session_id=metadata.get("usage_session_id"),
+        id=m["id"],
+        seq=m["seq"],
+        type=m["type"],
+        source=m["source"],
+        amount_units=m["amount"],
+        balance_before_units=m["balance_before"],
+        balance_after_units=m["balance_after"],
+        description=m["description"],
+        category=m["category"],
+        created_at=as_utc(m["created_at"]),
+        metadata=metadata,
+        usage_session_id=metadata.get("usage_session_id"),
     )
 
 
-def history_page(conn: Connection, account_id: int, query: HistoryQuery, *, page: int = 1,
-                 page_size: int = DEFAULT_PAGE_SIZE) -> HistoryPage:
+def history_page(
+    conn: Connection, account_id: int, query: HistoryQuery, *, page: int = 1, page_size: int = DEFAULT_PAGE_SIZE
+) -> HistoryPage:
     """Newest first, in posting order (seq), so the order is stable however timestamps tie."""
     if page_size not in PAGE_SIZES:
         raise ValueError(f"page_size must be one of {', '.join(map(str, PAGE_SIZES))}")
@@ -149,7 +165,9 @@ class CategoryUsage:
     count: int
 
 
-def usage_summary(conn: Connection, account_id: int, start: datetime | None, end: datetime | None) -> list[CategoryUsage]:
+def usage_summary(
+    conn: Connection, account_id: int, start: datetime | None, end: datetime | None
+) -> list[CategoryUsage]:
     """Consumption per category in [start, end). Whole UTC days come from the daily rollup the
     ledger keeps; only the partial days at either edge read entries."""
     totals: dict[str, list[int]] = {}

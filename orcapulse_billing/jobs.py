@@ -73,12 +73,22 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
                 account_id = get_account(conn, organization_id=number.organization_id).id
             description = f"Phone number rental - {format_number(number.number)} - {start:%b %Y}"
             try:
-                entry = ledger.post(Posting(
-                    account_id, EntryType.usage, -from_units(number.monthly_cost), description, category="phone_rental",
-                    metadata={"provider": "orcapulse", "feature": "phone_rental", "phone_number": number.number,
-                              "period_start": start.date().isoformat()},
-                    idempotency_key=f"phone:{number.id}:{start.date().isoformat()}",
-                ))
+                entry = ledger.post(
+                    Posting(
+                        account_id,
+                        EntryType.usage,
+                        -from_units(number.monthly_cost),
+                        description,
+                        category="phone_rental",
+                        metadata={
+                            "provider": "orcapulse",
+                            "feature": "phone_rental",
+                            "phone_number": number.number,
+                            "period_start": start.date().isoformat(),
+                        },
+                        idempotency_key=f"phone:{number.id}:{start.date().isoformat()}",
+                    )
+                )
             except InsufficientCredits:
                 run.refused.append(description)
                 break  # later periods wait for this one
@@ -87,10 +97,14 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
             else:
                 run.billed.append(description)
             with engine.begin() as conn:
-                conn.execute(sa.update(PhoneNumber).where(
-                    PhoneNumber.id == number.id,
-                    sa.or_(PhoneNumber.last_billed_at.is_(None), PhoneNumber.last_billed_at < start),
-                ).values(last_billed_at=start))
+                conn.execute(
+                    sa.update(PhoneNumber)
+                    .where(
+                        PhoneNumber.id == number.id,
+                        sa.or_(PhoneNumber.last_billed_at.is_(None), PhoneNumber.last_billed_at < start),
+                    )
+                    .values(last_billed_at=start)
+                )
     return run
 
 
@@ -147,10 +161,15 @@ async def phone_billing_loop() -> None:
             engine = get_engine()
             with run_once(engine, "phone-billing", get_settings().redis_url) as mine:
                 if mine:
-                    run = await asyncio.to_thread(bill_phone_numbers, engine, get_ledger(engine),
-                                                  datetime.now(UTC).date())
-                    log.info("phone billing: %d billed, %d already billed, %d refused",
-                             len(run.billed), run.already_billed, len(run.refused))
+                    run = await asyncio.to_thread(
+                        bill_phone_numbers, engine, get_ledger(engine), datetime.now(UTC).date()
+                    )
+                    log.info(
+                        "phone billing: %d billed, %d already billed, %d refused",
+                        len(run.billed),
+                        run.already_billed,
+                        len(run.refused),
+                    )
         except Exception:  # keep the schedule; the next run catches up
             log.exception("phone billing failed")
         await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(UTC)))
@@ -174,8 +193,9 @@ async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
             log.exception("auto-recharge sweep failed")
 
 
-def add_phone_number(engine: Engine, organization_id: int, number: str, monthly_cost: Decimal,
-                     acquired_at: datetime | None = None) -> int:
+def add_phone_number(
+    engine: Engine, organization_id: int, number: str, monthly_cost: Decimal, acquired_at: datetime | None = None
+) -> int:
     from .money import to_units
 
     digits = "".join(ch for ch in number if ch.isdigit())
@@ -186,6 +206,13 @@ def add_phone_number(engine: Engine, organization_id: int, number: str, monthly_
     with engine.begin() as conn:
         if conn.execute(sa.select(PhoneNumber.id).where(PhoneNumber.number == "+" + digits)).first():
             raise ValueError(f"{number} is already rented")
-        return conn.execute(sa.insert(PhoneNumber).values(
-            organization_id=organization_id, number="+" + digits, monthly_cost=to_units(monthly_cost),
-            acquired_at=acquired_at or datetime.now(UTC)).returning(PhoneNumber.id)).scalar()
+        return conn.execute(
+            sa.insert(PhoneNumber)
+            .values(
+                organization_id=organization_id,
+                number="+" + digits,
+                monthly_cost=to_units(monthly_cost),
+                acquired_at=acquired_at or datetime.now(UTC),
+            )
+            .returning(PhoneNumber.id)
+        ).scalar()

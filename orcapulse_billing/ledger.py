@@ -216,8 +216,9 @@ _RESULT_TYPES = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
 
 # PostgreSQL: one statement, one round trip. Explicit casts because parameters in a SELECT list
 # are not typed by the INSERT's target columns.
-_PG_POST = sa.text(
-    f"""
+_PG_POST = (
+    sa.text(
+        f"""
 WITH acct AS ({_UPDATE_ACCOUNT}),
 entry AS (
 INSERT INTO ledger_entry ({_INSERT_COLUMNS})
@@ -230,21 +231,32 @@ SELECT CAST(:account_id AS INTEGER), acct.transaction_count, CAST(:kind AS VARCH
   FROM acct
 RETURNING {_ENTRY_COLUMNS}, kind
 ),
-rollup AS ({_UPSERT_ROLLUP.format(source="SELECT account_id, CAST(:day AS DATE), CAST(:rollup_category AS VARCHAR), "
-                                    "-amount, 1 FROM entry WHERE kind = 'usage'")})
+rollup AS ({
+            _UPSERT_ROLLUP.format(
+                source="SELECT account_id, CAST(:day AS DATE), CAST(:rollup_category AS VARCHAR), "
+                "-amount, 1 FROM entry WHERE kind = 'usage'"
+            )
+        })
 SELECT {_ENTRY_COLUMNS} FROM entry
 """
-).bindparams(*_TYPED).columns(**_RESULT_TYPES)
+    )
+    .bindparams(*_TYPED)
+    .columns(**_RESULT_TYPES)
+)
 
 _SQLITE_UPDATE = sa.text(_UPDATE_ACCOUNT).bindparams(_TYPED[1])
-_SQLITE_INSERT = sa.text(
-    f"""
+_SQLITE_INSERT = (
+    sa.text(
+        f"""
 INSERT INTO ledger_entry ({_INSERT_COLUMNS})
 VALUES (:account_id, :seq, :kind, :kind_seq, :type, :source, :amount, :balance_before, :balance_after,
         :description, :category, :metadata, :actor_user_id, :actor_ip, :idempotency_key, :created_at)
 RETURNING {_ENTRY_COLUMNS}
 """
-).bindparams(*_TYPED[:2]).columns(**_RESULT_TYPES)
+    )
+    .bindparams(*_TYPED[:2])
+    .columns(**_RESULT_TYPES)
+)
 _SQLITE_ROLLUP = sa.text(
     _UPSERT_ROLLUP.format(source="VALUES (:account_id, :day, :rollup_category, :consumed, 1)")
 ).bindparams(_TYPED[2])
@@ -452,8 +464,13 @@ class Ledger:
         balance, seq, kind_seq = acct
         row = conn.execute(
             _SQLITE_INSERT,
-            {**params, "seq": seq, "kind_seq": kind_seq, "balance_before": balance - params["amount"],
-             "balance_after": balance},
+            {
+                **params,
+                "seq": seq,
+                "kind_seq": kind_seq,
+                "balance_before": balance - params["amount"],
+                "balance_after": balance,
+            },
         ).first()
         if params["kind"] == "usage":
             conn.execute(_SQLITE_ROLLUP, params)
@@ -549,25 +566,31 @@ def check_invariants(conn: Connection, account_id: int) -> list[str]:
     ).all()
     counters = dict(
         conn.execute(
-            sa.text("SELECT 'topup', topup_count FROM credit_account WHERE id = :a UNION ALL "
-                    "SELECT 'usage', usage_count FROM credit_account WHERE id = :a UNION ALL "
-                    "SELECT 'refund', refund_count FROM credit_account WHERE id = :a UNION ALL "
-                    "SELECT 'adjustment', adjustment_count FROM credit_account WHERE id = :a"),
+            sa.text(
+                "SELECT 'topup', topup_count FROM credit_account WHERE id = :a UNION ALL "
+                "SELECT 'usage', usage_count FROM credit_account WHERE id = :a UNION ALL "
+                "SELECT 'refund', refund_count FROM credit_account WHERE id = :a UNION ALL "
+                "SELECT 'adjustment', adjustment_count FROM credit_account WHERE id = :a"
+            ),
             {"a": account_id},
         ).all()
     )
     usage_by_category = {
         r[0]: (int(r[1]), int(r[2]))
         for r in conn.execute(
-            sa.text("SELECT COALESCE(category, 'other'), SUM(-amount), COUNT(*) FROM ledger_entry "
-                    "WHERE account_id = :a AND kind = 'usage' GROUP BY COALESCE(category, 'other')"),
+            sa.text(
+                "SELECT COALESCE(category, 'other'), SUM(-amount), COUNT(*) FROM ledger_entry "
+                "WHERE account_id = :a AND kind = 'usage' GROUP BY COALESCE(category, 'other')"
+            ),
             {"a": account_id},
         )
     }
     rollup_by_category = {
         r[0]: (int(r[1]), int(r[2]))
         for r in conn.execute(
-            sa.text("SELECT category, SUM(amount), SUM(count) FROM usage_rollup WHERE account_id = :a GROUP BY category"),
+            sa.text(
+                "SELECT category, SUM(amount), SUM(count) FROM usage_rollup WHERE account_id = :a GROUP BY category"
+            ),
             {"a": account_id},
         )
     }

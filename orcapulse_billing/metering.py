@@ -55,8 +55,9 @@ def _qty(quantity: Decimal) -> str:
     return f"{quantity.normalize():f}"
 
 
-def price(operation: str, quantity: Decimal, *, markup_percent: Decimal, model: str | None = None,
-          agent: str | None = None) -> Charge:
+def price(
+    operation: str, quantity: Decimal, *, markup_percent: Decimal, model: str | None = None, agent: str | None = None
+) -> Charge:
     if quantity <= 0:
         raise MeteringError("quantity must be positive")
     if operation in SESSION_OPERATIONS:
@@ -76,8 +77,12 @@ def price(operation: str, quantity: Decimal, *, markup_percent: Decimal, model: 
         provider_cost = per_million * quantity / Decimal(1_000_000)
         cost = provider_cost * (1 + markup_percent / 100)
         kind = OPENAI_OPERATIONS[operation]
-        return Charge(cost, "llm_tokens", f"OpenAI {model} - {_qty(quantity)} {kind} tokens",
-                      {"provider_cost": provider_cost, "markup": cost - provider_cost})
+        return Charge(
+            cost,
+            "llm_tokens",
+            f"OpenAI {model} - {_qty(quantity)} {kind} tokens",
+            {"provider_cost": provider_cost, "markup": cost - provider_cost},
+        )
     rate = RATE_CARD.get(operation)
     if rate is None:
         raise MeteringError(f"unknown operation {operation!r}; one of: {', '.join(OPERATIONS)}")
@@ -92,8 +97,15 @@ class CheckResult:
     estimated_cost: Decimal
 
 
-def check(engine: Engine, organization_id: int, operation: str, estimated_quantity: Decimal, *,
-          markup_percent: Decimal, model: str | None = None) -> CheckResult:
+def check(
+    engine: Engine,
+    organization_id: int,
+    operation: str,
+    estimated_quantity: Decimal,
+    *,
+    markup_percent: Decimal,
+    model: str | None = None,
+) -> CheckResult:
     charge = price(operation, estimated_quantity, markup_percent=markup_percent, model=model)
     with engine.connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
@@ -108,17 +120,29 @@ class UsageResult:
     session_id: str | None
 
 
-def record_usage(ledger: Ledger, organization_id: int, *, operation: str, quantity: Decimal, status: str,
-                 idempotency_key: str, markup_percent: Decimal, model: str | None = None,
-                 session: SessionInfo | None = None, actor_user_id: int | None = None,
-                 actor_ip: str | None = None, created_at: datetime | None = None) -> UsageResult:
+def record_usage(
+    ledger: Ledger,
+    organization_id: int,
+    *,
+    operation: str,
+    quantity: Decimal,
+    status: str,
+    idempotency_key: str,
+    markup_percent: Decimal,
+    model: str | None = None,
+    session: SessionInfo | None = None,
+    actor_user_id: int | None = None,
+    actor_ip: str | None = None,
+    created_at: datetime | None = None,
+) -> UsageResult:
     """`created_at` backdates the entry (imports, the demo seed); live reports leave it unset."""
     if status not in STATUSES:
         raise MeteringError(f"status must be one of {', '.join(STATUSES)}")
     if session is not None and session.ended_at and session.started_at and session.ended_at < session.started_at:
         raise MeteringError("a session cannot end before it starts")
-    charge = price(operation, quantity, markup_percent=markup_percent, model=model,
-                   agent=session.agent_id if session else None)
+    charge = price(
+        operation, quantity, markup_percent=markup_percent, model=model, agent=session.agent_id if session else None
+    )
     if status == "failed":
         return UsageResult(False, None, charge, None)  # never charge a failed operation
     metadata = {"provider": _provider(operation), "feature": operation, "quantity": _qty(quantity)}
@@ -132,9 +156,18 @@ def record_usage(ledger: Ledger, organization_id: int, *, operation: str, quanti
         account_id = get_account(conn, organization_id=organization_id).id
         entry = ledger.post_in(
             conn,
-            Posting(account_id, EntryType.usage, -charge.cost, charge.description, category=charge.category,
-                    metadata=metadata, actor_user_id=actor_user_id, actor_ip=actor_ip,
-                    idempotency_key=f"usage:{idempotency_key}", created_at=created_at),
+            Posting(
+                account_id,
+                EntryType.usage,
+                -charge.cost,
+                charge.description,
+                category=charge.category,
+                metadata=metadata,
+                actor_user_id=actor_user_id,
+                actor_ip=actor_ip,
+                idempotency_key=f"usage:{idempotency_key}",
+                created_at=created_at,
+            ),
         )
         if session is not None and not entry.replayed:
             if billing_session(conn, account_id, session.id) is not None:
@@ -143,19 +176,32 @@ def record_usage(ledger: Ledger, organization_id: int, *, operation: str, quanti
     return UsageResult(True, entry, charge, session.id if session else None)
 
 
-def _insert_session(conn, account_id: int, entry: PostedEntry, operation: str, quantity: Decimal,
-                    charge: Charge, s: SessionInfo) -> None:
+def _insert_session(
+    conn, account_id: int, entry: PostedEntry, operation: str, quantity: Decimal, charge: Charge, s: SessionInfo
+) -> None:
     architecture = SESSION_OPERATIONS.get(operation)
     parts = {k: to_units(v) for k, v in charge.breakdown.items() if k in ("base", "llm", "stt", "tts")}
     conn.execute(
         sa.insert(BillingSession).values(
-            account_id=account_id, external_id=s.id, ledger_entry_id=entry.id, operation=operation,
-            agent_id=s.agent_id, agent_name=s.agent_name, architecture=architecture,
+            account_id=account_id,
+            external_id=s.id,
+            ledger_entry_id=entry.id,
+            operation=operation,
+            agent_id=s.agent_id,
+            agent_name=s.agent_name,
+            architecture=architecture,
             duration_minutes=_qty(quantity) if architecture in ("pipeline", "realtime") else None,
             message_count=int(quantity) if architecture == "chat" else None,
-            started_at=s.started_at, ended_at=s.ended_at, transcript=s.transcript, recording_url=s.recording_url,
-            analysis=s.analysis, cost_base=parts.get("base", 0), cost_llm=parts.get("llm", 0),
-            cost_stt=parts.get("stt", 0), cost_tts=parts.get("tts", 0), cost_total=-entry.amount_units,
+            started_at=s.started_at,
+            ended_at=s.ended_at,
+            transcript=s.transcript,
+            recording_url=s.recording_url,
+            analysis=s.analysis,
+            cost_base=parts.get("base", 0),
+            cost_llm=parts.get("llm", 0),
+            cost_stt=parts.get("stt", 0),
+            cost_tts=parts.get("tts", 0),
+            cost_total=-entry.amount_units,
             created_at=entry.created_at,
         )
     )
@@ -164,5 +210,11 @@ def _insert_session(conn, account_id: int, entry: PostedEntry, operation: str, q
 def _provider(operation: str) -> str:
     if operation.startswith("openai"):
         return "openai"
-    return {"sms_twilio": "twilio", "sms_telnyx": "telnyx", "transcription_deepgram": "deepgram",
-            "tts_elevenlabs": "elevenlabs", "whatsapp": "whatsapp", "email": "email"}.get(operation, "orcapulse")
+    return {
+        "sms_twilio": "twilio",
+        "sms_telnyx": "telnyx",
+        "transcription_deepgram": "deepgram",
+        "tts_elevenlabs": "elevenlabs",
+        "whatsapp": "whatsapp",
+        "email": "email",
+    }.get(operation, "orcapulse")

@@ -188,7 +188,9 @@ class AuditLog(SQLModel, table=True):
     organization_id: int | None = Field(
         default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=True)
     )
-    user_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True))
+    user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
     action: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     details: dict = Field(default_factory=dict, sa_column=sa.Column(JsonType, nullable=False))
     ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))

@@ -48,7 +48,9 @@ class Notifier:
         balance = fmt_balance(entry.balance_after_units)
         url = self.settings.app_url.rstrip("/") + "/billing"
         self.notify_owners(
-            organization_id, "low_balance", f"low-balance:{entry.account_id}:{entry.id}",
+            organization_id,
+            "low_balance",
+            f"low-balance:{entry.account_id}:{entry.id}",
             f"Low balance: {balance} left for {name}",
             f"The credit balance of {name} is {balance}, below your {fmt_balance(threshold)} warning threshold.\n\n"
             f"New calls stop when it reaches $0.00 (calls already running finish, down to "
@@ -59,17 +61,34 @@ class Notifier:
 
     def notify_owners(self, organization_id: int, kind: str, dedupe_key: str, subject: str, body: str) -> list[int]:
         with self.engine.connect() as conn:
-            owners = [r[0] for r in conn.execute(
-                sa.select(User.email).join(Membership, Membership.user_id == User.id)
-                .where(Membership.organization_id == organization_id, Membership.role == "owner").order_by(User.email))]
+            owners = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(User.email)
+                    .join(Membership, Membership.user_id == User.id)
+                    .where(Membership.organization_id == organization_id, Membership.role == "owner")
+                    .order_by(User.email)
+                )
+            ]
         queued = []
         for address in owners:
             try:
                 with self.engine.begin() as conn:
-                    queued.append(conn.execute(sa.insert(EmailOutbox).values(
-                        dedupe_key=f"{dedupe_key}:{address}", organization_id=organization_id, kind=kind,
-                        to_address=address, subject=subject, body=body, created_at=datetime.now(UTC),
-                    ).returning(EmailOutbox.id)).scalar())
+                    queued.append(
+                        conn.execute(
+                            sa.insert(EmailOutbox)
+                            .values(
+                                dedupe_key=f"{dedupe_key}:{address}",
+                                organization_id=organization_id,
+                                kind=kind,
+                                to_address=address,
+                                subject=subject,
+                                body=body,
+                                created_at=datetime.now(UTC),
+                            )
+                            .returning(EmailOutbox.id)
+                        ).scalar()
+                    )
             except IntegrityError:
                 continue  # this notification was already written
         if queued and self.settings.smtp_host:
@@ -83,8 +102,9 @@ class Notifier:
         sent = 0
         with self._sending:
             with self.engine.connect() as conn:
-                pending = conn.execute(sa.select(EmailOutbox).where(EmailOutbox.sent_at.is_(None))
-                                       .order_by(EmailOutbox.id).limit(100)).all()
+                pending = conn.execute(
+                    sa.select(EmailOutbox).where(EmailOutbox.sent_at.is_(None)).order_by(EmailOutbox.id).limit(100)
+                ).all()
             for mail in pending:
                 error = None
                 try:
@@ -94,8 +114,11 @@ class Notifier:
                     error = str(exc)[:500]
                     log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
                 with self.engine.begin() as conn:
-                    conn.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail.id).values(
-                        sent_at=None if error else datetime.now(UTC), error=error))
+                    conn.execute(
+                        sa.update(EmailOutbox)
+                        .where(EmailOutbox.id == mail.id)
+                        .values(sent_at=None if error else datetime.now(UTC), error=error)
+                    )
         return sent
 
     def _send(self, to: str, subject: str, body: str) -> None:

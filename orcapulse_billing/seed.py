@@ -29,8 +29,14 @@ class SeedResult:
     entries: int
 
 
-def seed_demo(engine: Engine, ledger: Ledger, *, welcome_credit: Decimal, markup_percent: Decimal = Decimal(20),
-              now: datetime | None = None) -> SeedResult:
+def seed_demo(
+    engine: Engine,
+    ledger: Ledger,
+    *,
+    welcome_credit: Decimal,
+    markup_percent: Decimal = Decimal(20),
+    now: datetime | None = None,
+) -> SeedResult:
     try:
         org = find_organization(engine, DEMO_ORG)
         return SeedResult(False, org.id, 0)
@@ -93,8 +99,16 @@ TRANSCRIPT = (
 def _demo_usage(rng: random.Random, at: datetime, idem: str) -> dict:
     """One metering report, as the platform's services would send it."""
     kind = rng.choices(
-        ["voice_pipeline", "voice_realtime", "chat", "sms_twilio", "whatsapp", "email", "transcription_deepgram",
-         "tts_elevenlabs"],
+        [
+            "voice_pipeline",
+            "voice_realtime",
+            "chat",
+            "sms_twilio",
+            "whatsapp",
+            "email",
+            "transcription_deepgram",
+            "tts_elevenlabs",
+        ],
         weights=[30, 10, 15, 15, 10, 8, 7, 5],
     )[0]
     agent = rng.choice(["agent_abc123", "agent_xyz789", "agent_sales01", "agent_support7"])
@@ -105,11 +119,16 @@ def _demo_usage(rng: random.Random, at: datetime, idem: str) -> dict:
         seconds = int(quantity * 60) if voice else 120
         report["quantity"] = quantity
         report["session"] = SessionInfo(
-            id=f"sess_{idem.split(':')[1]}", agent_id=agent, agent_name=AGENT_NAMES[agent],
-            started_at=at - timedelta(seconds=seconds), ended_at=at,
+            id=f"sess_{idem.split(':')[1]}",
+            agent_id=agent,
+            agent_name=AGENT_NAMES[agent],
+            started_at=at - timedelta(seconds=seconds),
+            ended_at=at,
             transcript=TRANSCRIPT if voice else None,
             recording_url=f"https://recordings.orcapulse.local/{idem.split(':')[1]}.mp3" if voice else None,
-            analysis={"sentiment": rng.choice(["positive", "neutral"]), "resolved": rng.choice(["yes", "no"])} if voice else None,
+            analysis={"sentiment": rng.choice(["positive", "neutral"]), "resolved": rng.choice(["yes", "no"])}
+            if voice
+            else None,
         )
         return report
     quantity = Decimal(rng.randint(500, 6000)) if kind == "tts_elevenlabs" else Decimal(rng.randint(1, 40))
@@ -119,5 +138,9 @@ def _demo_usage(rng: random.Random, at: datetime, idem: str) -> dict:
     return report
 
 
-AGENT_NAMES = {"agent_abc123": "Front desk", "agent_xyz789": "Support chat", "agent_sales01": "Sales outreach",
-               "agent_support7": "After-hours support"}
+AGENT_NAMES = {
+    "agent_abc123": "Front desk",
+    "agent_xyz789": "Support chat",
+    "agent_sales01": "Sales outreach",
+    "agent_support7": "After-hours support",
+}

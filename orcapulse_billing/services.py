@@ -27,8 +27,13 @@ def _ledger_for(engine: Engine) -> Ledger:
     ledger.add_listener(_publisher(engine))
     ledger.add_listener(get_notifier(engine).on_postings)
     # a recharge calls the card network: never on the thread of the posting that triggered it
-    ledger.add_listener(lambda entries: run_in_background(get_auto_recharger(engine).on_postings, entries)
-                        if get_auto_recharger(engine).wants(entries) else None)
+    ledger.add_listener(
+        lambda entries: (
+            run_in_background(get_auto_recharger(engine).on_postings, entries)
+            if get_auto_recharger(engine).wants(entries)
+            else None
+        )
+    )
     return ledger
 
 
@@ -58,9 +63,15 @@ def _publisher(engine: Engine):
             if entry.account_id not in organizations:
                 with engine.connect() as conn:
                     organizations[entry.account_id] = get_account(conn, account_id=entry.account_id).organization_id
-            bus.publish({"organization_id": organizations[entry.account_id], "entry_id": entry.id,
-                         "type": entry.type, "amount": fmt4(entry.amount_units),
-                         "balance": fmt4(entry.balance_after_units)})
+            bus.publish(
+                {
+                    "organization_id": organizations[entry.account_id],
+                    "entry_id": entry.id,
+                    "type": entry.type,
+                    "amount": fmt4(entry.amount_units),
+                    "balance": fmt4(entry.balance_after_units),
+                }
+            )
 
     return publish
 

@@ -74,8 +74,9 @@ class SessionState(rx.State):
         """current_principal for live updates: a check at most LIVE_RECHECK seconds old, made off
         the event loop."""
         token = session_token_from_cookie_header(self.router.headers.cookie)
-        return self._apply_principal(await _session_checks.get(token, principal_for_session, get_engine(), token,
-                                                                max_age=LIVE_RECHECK))
+        return self._apply_principal(
+            await _session_checks.get(token, principal_for_session, get_engine(), token, max_age=LIVE_RECHECK)
+        )
 
     def _apply_principal(self, principal: Principal | None) -> Principal | None:
         email, role = (principal.email, principal.role) if principal else ("", "")

@@ -33,13 +33,28 @@ class Org:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
     def post(self, type: str, amount: str, *, category=None, description=None, created_at=None):
-        return self.ledger.post(Posting(self.account_id, type, Decimal(amount), description or f"{type} {amount}",
-                                        category=category, created_at=created_at))
+        return self.ledger.post(
+            Posting(
+                self.account_id,
+                type,
+                Decimal(amount),
+                description or f"{type} {amount}",
+                category=category,
+                created_at=created_at,
+            )
+        )
 
     def session(self, session_id: str, minutes: str = "1"):
-        return record_usage(self.ledger, self.id, operation="voice_pipeline", quantity=Decimal(minutes),
-                            status="completed", idempotency_key=f"session-{session_id}", markup_percent=Decimal(20),
-                            session=SessionInfo(id=session_id, agent_id="agent_test", agent_name="Test agent"))
+        return record_usage(
+            self.ledger,
+            self.id,
+            operation="voice_pipeline",
+            quantity=Decimal(minutes),
+            status="completed",
+            idempotency_key=f"session-{session_id}",
+            markup_percent=Decimal(20),
+            session=SessionInfo(id=session_id, agent_id="agent_test", agent_name="Test agent"),
+        )
 
     def account(self):
         with self.engine.connect() as conn:

@@ -131,10 +131,14 @@ def app_database(tmp_path_factory, stripe_sandbox, lemon_sandbox) -> str:
     os.environ["STRIPE_API_BASE"] = stripe_sandbox.api_base
     # two secrets, as during a rotation: events signed with either are accepted
     os.environ["STRIPE_WEBHOOK_SECRETS"] = f"whsec_previous_rotated,{stripe_sandbox.webhook_secret}"
-    os.environ.update(LEMONSQUEEZY_API_KEY="test_sandbox_key", LEMONSQUEEZY_API_BASE=lemon_sandbox.api_base,
-                      LEMONSQUEEZY_STORE_ID="1", LEMONSQUEEZY_VARIANT_ID="1",
-                      LEMONSQUEEZY_WEBHOOK_SECRET=lemon_sandbox.webhook_secret,
-                      LEMONSQUEEZY_JS_URL=lemon_sandbox.url + "/js/lemon.js")
+    os.environ.update(
+        LEMONSQUEEZY_API_KEY="test_sandbox_key",
+        LEMONSQUEEZY_API_BASE=lemon_sandbox.api_base,
+        LEMONSQUEEZY_STORE_ID="1",
+        LEMONSQUEEZY_VARIANT_ID="1",
+        LEMONSQUEEZY_WEBHOOK_SECRET=lemon_sandbox.webhook_secret,
+        LEMONSQUEEZY_JS_URL=lemon_sandbox.url + "/js/lemon.js",
+    )
     get_settings.cache_clear()
     upgrade(url)
     engine = make_engine(url)
@@ -158,8 +162,10 @@ def app(app_database, stripe_sandbox, lemon_sandbox):
         host, port = harness.backend.servers[0].sockets[0].getsockname()[:2]
         harness.backend_url = f"http://{host}:{port}"
         stripe_sandbox.configure_webhook(harness.backend_url + "/api/credits/webhook")
-        lemon_sandbox.configure(webhook_url=harness.backend_url + "/api/credits/lemonsqueezy/webhook",
-                                webhook_secret=lemon_sandbox.webhook_secret)
+        lemon_sandbox.configure(
+            webhook_url=harness.backend_url + "/api/credits/lemonsqueezy/webhook",
+            webhook_secret=lemon_sandbox.webhook_secret,
+        )
         yield harness
 
 

@@ -86,8 +86,9 @@ def _wait_until_up(worker: Worker, timeout: float, log: Path) -> None:
     raise DeploymentError(f"a worker did not answer on {worker.url}{path} within {timeout:.0f} s; see {log}")
 
 
-def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "ports", workers: int = 3,
-                     timeout: float = 600) -> Deployment:
+def start_deployment(
+    database_url: str, redis_url: str | None, *, shape: str = "ports", workers: int = 3, timeout: float = 600
+) -> Deployment:
     """Starts the workers and returns once every one answers (the first build takes a minute or two).
 
     Without `redis_url`: the embedded default (one worker; in-process events, Reflex's own state)."""
@@ -116,9 +117,14 @@ def start_deployment(database_url: str, redis_url: str | None, *, shape: str = "
     def launch(index: int, args: list[str], granian_workers: int, serves_page: bool) -> tuple[Worker, Path]:
         port = free_port()
         log = LOGS / f"scale-out-worker-{index}.log"
-        proc = subprocess.Popen([*reflex, *args, "--backend-port", str(port)], cwd=ROOT,
-                                env={**env, "GRANIAN_WORKERS": str(granian_workers)},
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*reflex, *args, "--backend-port", str(port)],
+            cwd=ROOT,
+            env={**env, "GRANIAN_WORKERS": str(granian_workers)},
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return Worker(port, proc, serves_page), log
 
     started: list[Worker] = []

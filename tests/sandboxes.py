@@ -50,7 +50,9 @@ class StripeSandbox:
     procs: list = field(default_factory=list)
 
     def configure_webhook(self, url: str) -> None:
-        httpx.post(self.api_base + "/_config/webhook", json={"url": url, "secret": self.webhook_secret}).raise_for_status()
+        httpx.post(
+            self.api_base + "/_config/webhook", json={"url": url, "secret": self.webhook_secret}
+        ).raise_for_status()
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -65,12 +67,28 @@ def start_stripe_sandbox() -> StripeSandbox:
         pytest.fail("localstripe is needed for the payment tests (scripts/test installs it into .tools/)")
     ls_port, sb_port = free_port(), free_port()
     ls_url, sb_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{sb_port}"
-    ls = subprocess.Popen([python, str(ROOT / "sandbox/localstripe_server.py"), "--port", str(ls_port)],
-                          stdout=subprocess.DEVNULL, stderr=_log("localstripe"))
+    ls = subprocess.Popen(
+        [python, str(ROOT / "sandbox/localstripe_server.py"), "--port", str(ls_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=_log("localstripe"),
+    )
     _wait(ls_url + "/v1/customers", ls, "localstripe")
-    sb = subprocess.Popen([sys.executable, "-m", "orcapulse_billing.sandbox.stripe_checkout", "--port", str(sb_port),
-                           "--localstripe", ls_url, "--public-url", sb_url],
-                          stdout=subprocess.DEVNULL, stderr=_log("stripe-sandbox"), cwd=ROOT)
+    sb = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orcapulse_billing.sandbox.stripe_checkout",
+            "--port",
+            str(sb_port),
+            "--localstripe",
+            ls_url,
+            "--public-url",
+            sb_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=_log("stripe-sandbox"),
+        cwd=ROOT,
+    )
     _wait(sb_url + "/v1/customers", sb, "the Stripe Checkout stand-in")
     return StripeSandbox(sb_url, ls_url, "whsec_test_sandbox", [ls, sb])
 
@@ -99,8 +117,21 @@ class LemonSandbox:
 def start_lemon_sandbox() -> LemonSandbox:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "orcapulse_billing.sandbox.lemonsqueezy", "--port", str(port),
-                             "--public-url", url, "--api-key", "test_sandbox_key"],
-                            stdout=subprocess.DEVNULL, stderr=_log("lemonsqueezy-sandbox"), cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orcapulse_billing.sandbox.lemonsqueezy",
+            "--port",
+            str(port),
+            "--public-url",
+            url,
+            "--api-key",
+            "test_sandbox_key",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=_log("lemonsqueezy-sandbox"),
+        cwd=ROOT,
+    )
     _wait(url + "/js/lemon.js", proc, "the Lemon Squeezy stand-in")
     return LemonSandbox(url, "ls_signing_secret_test", proc)

@@ -22,8 +22,9 @@ def test_new_organization_gets_its_welcome_credit_once(engine, ledger):
     org = create_organization(engine, ledger, f"w-{uuid.uuid4().hex[:8]}", welcome_credit=Decimal("5.00"))
     with engine.connect() as conn:
         acct = get_account(conn, organization_id=org.id)
-        entry = conn.execute(sa.text("SELECT type, source, amount, description FROM ledger_entry WHERE account_id = :a"),
-                             {"a": acct.id}).one()
+        entry = conn.execute(
+            sa.text("SELECT type, source, amount, description FROM ledger_entry WHERE account_id = :a"), {"a": acct.id}
+        ).one()
     assert acct.balance == Decimal("5.0000")
     assert tuple(entry) == ("bonus", "welcome", 50_000, WELCOME_DESCRIPTION)
 
@@ -62,7 +63,9 @@ def test_demo_seed_runs_once_and_leaves_a_sound_ledger(tmp_path):
         assert check_invariants(conn, account_id) == []
         acct = get_account(conn, account_id=account_id)
         kinds = dict(conn.execute(sa.text("SELECT type, COUNT(*) FROM ledger_entry GROUP BY type")).all())
-        categories = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT category FROM ledger_entry WHERE type='usage'"))}
+        categories = {
+            r[0] for r in conn.execute(sa.text("SELECT DISTINCT category FROM ledger_entry WHERE type='usage'"))
+        }
         span = conn.execute(sa.text("SELECT MIN(created_at), MAX(created_at) FROM ledger_entry")).one()
         emails = {r[0] for r in conn.execute(sa.text("SELECT email FROM app_user"))}
     assert acct.transaction_count == first.entries + 1 and acct.balance > 0

@@ -21,8 +21,11 @@ from .apiutil import Org
 def test_packages_are_public_and_exact(client):
     body = client.get("/api/credits/packages").json()
     assert [(p["id"], p["credits"], p["price"], p["bonus_credits"], p["bonus_percent"]) for p in body["packages"]] == [
-        ("pkg_50", "50.0000", "50.0000", "0.0000", "0"), ("pkg_200", "200.0000", "200.0000", "4.0000", "2"),
-        ("pkg_500", "500.0000", "500.0000", "25.0000", "5"), ("pkg_1000", "1000.0000", "1000.0000", "100.0000", "10")]
+        ("pkg_50", "50.0000", "50.0000", "0.0000", "0"),
+        ("pkg_200", "200.0000", "200.0000", "4.0000", "2"),
+        ("pkg_500", "500.0000", "500.0000", "25.0000", "5"),
+        ("pkg_1000", "1000.0000", "1000.0000", "100.0000", "10"),
+    ]
     assert body["custom"] == {"min": "1.0000", "max": "100.0000", "currency": "USD"}
 
 
@@ -42,8 +45,10 @@ def test_wrong_password_unknown_user_and_rate_limit(client, org: Org):
     bad = client.post("/api/auth/login", json={"email": org.emails["member"], "password": "wrong password"})
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_credentials"
     assert client.post("/api/auth/login", json={"email": "ghost@nowhere.test", "password": "x"}).status_code == 401
-    statuses = [client.post("/api/auth/login", json={"email": org.emails["admin"], "password": "nope"}).status_code
-                for _ in range(12)]
+    statuses = [
+        client.post("/api/auth/login", json={"email": org.emails["admin"], "password": "nope"}).status_code
+        for _ in range(12)
+    ]
     assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429]
 
 
@@ -51,28 +56,45 @@ def test_expired_session_is_refused(client, org: Org, app_engine):
     client.post("/api/auth/login", json={"email": org.emails["member"], "password": org.password})
     assert client.get("/api/credits/balance").status_code == 200
     with app_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE auth_session SET expires_at = :t WHERE user_id = :u"),
-                     {"t": datetime.now(UTC) - timedelta(minutes=1), "u": org.user_ids["member"]})
+        conn.execute(
+            sa.text("UPDATE auth_session SET expires_at = :t WHERE user_id = :u"),
+            {"t": datetime.now(UTC) - timedelta(minutes=1), "u": org.user_ids["member"]},
+        )
     assert client.get("/api/credits/balance").status_code == 401
 
 
 def test_api_keys(client, org: Org, app_engine):
     ok = client.get("/api/credits/balance", headers=org.auth("admin"))
     assert ok.status_code == 200
-    for header in ({"Authorization": "Bearer opb_not-a-key"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):
+    for header in (
+        {"Authorization": "Bearer opb_not-a-key"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ):
         r = client.get("/api/credits/balance", headers=header)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     with app_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE api_key SET revoked_at = :t WHERE user_id = :u"),
-                     {"t": datetime.now(UTC), "u": org.user_ids["admin"]})
+        conn.execute(
+            sa.text("UPDATE api_key SET revoked_at = :t WHERE user_id = :u"),
+            {"t": datetime.now(UTC), "u": org.user_ids["admin"]},
+        )
     assert client.get("/api/credits/balance", headers=org.auth("admin")).status_code == 401
 
 
 def test_balance_flags_low_balance_grace_and_operations(client, org: Org):
     body = client.get("/api/credits/balance", headers=org.auth("member")).json()
-    assert body == {"balance": "0.0000", "currency": "USD", "low_balance": True, "low_balance_threshold": "5.0000",
-                    "grace_limit": "5.0000", "in_grace_period": False, "can_start_operations": False,
-                    "lifetime_added": "0.0000", "lifetime_consumed": "0.0000", "transaction_count": 0}
+    assert body == {
+        "balance": "0.0000",
+        "currency": "USD",
+        "low_balance": True,
+        "low_balance_threshold": "5.0000",
+        "grace_limit": "5.0000",
+        "in_grace_period": False,
+        "can_start_operations": False,
+        "lifetime_added": "0.0000",
+        "lifetime_consumed": "0.0000",
+        "transaction_count": 0,
+    }
     org.post("purchase", "5")
     body = client.get("/api/credits/balance", headers=org.auth("member")).json()
     assert (body["balance"], body["low_balance"], body["can_start_operations"]) == ("5.0000", False, True)
@@ -83,33 +105,59 @@ def test_balance_flags_low_balance_grace_and_operations(client, org: Org):
 
 def test_history_pages_through_120_entries_newest_first(client, org: Org):
     for n in range(1, 121):
-        org.post("purchase" if n % 4 == 0 else "usage", str(n) if n % 4 == 0 else "-0.0001", category=None if n % 4 == 0 else "sms",
-                 description=f"entry {n}", created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=n))
+        org.post(
+            "purchase" if n % 4 == 0 else "usage",
+            str(n) if n % 4 == 0 else "-0.0001",
+            category=None if n % 4 == 0 else "sms",
+            description=f"entry {n}",
+            created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=n),
+        )
     seen = []
     for page in (1, 2, 3):
-        body = client.get("/api/credits/history", params={"page": page, "page_size": 50}, headers=org.auth("member")).json()
+        body = client.get(
+            "/api/credits/history", params={"page": page, "page_size": 50}, headers=org.auth("member")
+        ).json()
         assert (body["page"], body["page_size"], body["total"], body["total_pages"]) == (page, 50, 120, 3)
         seen += [item["description"] for item in body["items"]]
     assert seen == [f"entry {n}" for n in range(120, 0, -1)]
     item = client.get("/api/credits/history", params={"page_size": 10}, headers=org.auth("member")).json()["items"][0]
-    assert item["type"] == "purchase" and item["amount"] == "120.0000" and item["created_at"].endswith("Z") or "+00:00" in item["created_at"]
-    topups = client.get("/api/credits/history", params={"type": "topup", "page_size": 25, "page": 2}, headers=org.auth("member")).json()
+    assert (
+        item["type"] == "purchase"
+        and item["amount"] == "120.0000"
+        and item["created_at"].endswith("Z")
+        or "+00:00" in item["created_at"]
+    )
+    topups = client.get(
+        "/api/credits/history", params={"type": "topup", "page_size": 25, "page": 2}, headers=org.auth("member")
+    ).json()
     assert topups["total"] == 30 and topups["total_pages"] == 2 and len(topups["items"]) == 5
     assert all(i["type"] == "purchase" for i in topups["items"])
-    usage = client.get("/api/credits/history", params={"type": "usage", "page_size": 100}, headers=org.auth("member")).json()
+    usage = client.get(
+        "/api/credits/history", params={"type": "usage", "page_size": 100}, headers=org.auth("member")
+    ).json()
     assert usage["total"] == 90 and all(i["amount"] == "-0.0001" for i in usage["items"])
-    window = client.get("/api/credits/history", headers=org.auth("member"),
-                        params={"from": "2026-01-01T10:00:00Z", "to": "2026-01-01T20:00:00Z"}).json()
+    window = client.get(
+        "/api/credits/history",
+        headers=org.auth("member"),
+        params={"from": "2026-01-01T10:00:00Z", "to": "2026-01-01T20:00:00Z"},
+    ).json()
     assert [i["description"] for i in window["items"]] == [f"entry {n}" for n in range(19, 9, -1)]
     beyond = client.get("/api/credits/history", params={"page": 99}, headers=org.auth("member")).json()
     assert beyond["items"] == [] and beyond["total"] == 120
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"page_size": 7}, "page_size"), ({"page_size": "abc"}, "page_size"), ({"type": "gifts"}, "type"),
-    ({"page": 0}, "page"), ({"page": "x"}, "page"), ({"from": "yesterday"}, "from"),
-    ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "'to' must not be before 'from'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"page_size": 7}, "page_size"),
+        ({"page_size": "abc"}, "page_size"),
+        ({"type": "gifts"}, "type"),
+        ({"page": 0}, "page"),
+        ({"page": "x"}, "page"),
+        ({"from": "yesterday"}, "from"),
+        ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "'to' must not be before 'from'"),
+    ],
+)
 def test_history_bad_input_is_400(client, org: Org, params, message):
     r = client.get("/api/credits/history", params=params, headers=org.auth("member"))
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
@@ -118,15 +166,22 @@ def test_history_bad_input_is_400(client, org: Org, params, message):
 
 def test_csv_export_has_the_same_rows_as_the_history(client, org: Org):
     for n in range(30):
-        org.post("usage" if n % 3 else "bonus", "-0.25" if n % 3 else "1", category="sms" if n % 3 else None,
-                 description=f"row, \"{n}\"")
+        org.post(
+            "usage" if n % 3 else "bonus",
+            "-0.25" if n % 3 else "1",
+            category="sms" if n % 3 else None,
+            description=f'row, "{n}"',
+        )
     r = client.get("/api/credits/history.csv", params={"type": "usage"}, headers=org.auth("member"))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    api = client.get("/api/credits/history", params={"type": "usage", "page_size": 100}, headers=org.auth("member")).json()
+    api = client.get(
+        "/api/credits/history", params={"type": "usage", "page_size": 100}, headers=org.auth("member")
+    ).json()
     assert [(x["id"], x["amount"], x["description"]) for x in rows] == [
-        (str(i["id"]), i["amount"], i["description"]) for i in api["items"]]
+        (str(i["id"]), i["amount"], i["description"]) for i in api["items"]
+    ]
     assert len(rows) == 20
 
 
@@ -136,19 +191,31 @@ def test_usage_summary_by_category(client, org: Org):
         org.post("usage", amount, category=category)
     body = client.get("/api/credits/usage-summary", headers=org.auth("member")).json()
     assert body["categories"] == [
-        {"category": "ai_call", "amount": "3.7500", "count": 2}, {"category": "tts", "amount": "0.3000", "count": 1},
-        {"category": "sms", "amount": "0.0090", "count": 1}]
+        {"category": "ai_call", "amount": "3.7500", "count": 2},
+        {"category": "tts", "amount": "0.3000", "count": 1},
+        {"category": "sms", "amount": "0.0090", "count": 1},
+    ]
     assert (body["total"], body["count"]) == ("4.0590", 4)
-    future = client.get("/api/credits/usage-summary", params={"from": "2099-01-01T00:00:00Z"}, headers=org.auth("member"))
+    future = client.get(
+        "/api/credits/usage-summary", params={"from": "2099-01-01T00:00:00Z"}, headers=org.auth("member")
+    )
     assert future.json()["categories"] == [] and future.json()["total"] == "0.0000"
 
 
 EXPECTED_RATES = {
-    "ai_call": ("10", "0.168"), "call_recording": ("10", "0.03"), "whatsapp": ("10", "0.06"),
-    "sms_twilio": ("10", "0.09"), "sms_telnyx": ("10", "0.06"), "email": ("1000", "0.36"),
-    "transcription_deepgram": ("10", "0.0708"), "tts_elevenlabs": ("2500", "0.09"),
-    "voice_pipeline": ("3.5", "0.2555"), "voice_realtime": ("10", "1.1"), "chat": ("25", "0.025"),
-    "openai_input_tokens": ("1000000", "0.18"), "openai_output_tokens": ("100000", "0.072"),
+    "ai_call": ("10", "0.168"),
+    "call_recording": ("10", "0.03"),
+    "whatsapp": ("10", "0.06"),
+    "sms_twilio": ("10", "0.09"),
+    "sms_telnyx": ("10", "0.06"),
+    "email": ("1000", "0.36"),
+    "transcription_deepgram": ("10", "0.0708"),
+    "tts_elevenlabs": ("2500", "0.09"),
+    "voice_pipeline": ("3.5", "0.2555"),
+    "voice_realtime": ("10", "1.1"),
+    "chat": ("25", "0.025"),
+    "openai_input_tokens": ("1000000", "0.18"),
+    "openai_output_tokens": ("100000", "0.072"),
 }
 
 
@@ -170,37 +237,64 @@ def test_metering_charges_exactly_the_rate_card(client, org: Org, operation):
 
 def test_voice_session_description_and_rounding(client, org: Org):
     org.post("purchase", "10")
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "ai_call", "quantity": 0.7, "status": "completed", "idempotency_key": "r1"})
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={"operation": "ai_call", "quantity": 0.7, "status": "completed", "idempotency_key": "r1"},
+    )
     assert r.json()["cost"] == "0.0118"  # 0.01176 rounds half-up at posting
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_pipeline", "quantity": "3.5", "status": "completed", "idempotency_key": "r2",
-        "session": {"id": "sess_1", "agent_id": "agent_abc123"}})
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={
+            "operation": "voice_pipeline",
+            "quantity": "3.5",
+            "status": "completed",
+            "idempotency_key": "r2",
+            "session": {"id": "sess_1", "agent_id": "agent_abc123"},
+        },
+    )
     assert r.json()["entry"]["description"] == "Voice call session - agent_abc123 - 3.5 min"
 
 
 def test_failed_operations_are_never_charged(client, org: Org):
     org.post("purchase", "10")
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_pipeline", "quantity": "30", "status": "failed", "idempotency_key": "f1"})
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={"operation": "voice_pipeline", "quantity": "30", "status": "failed", "idempotency_key": "f1"},
+    )
     assert r.status_code == 200 and r.json()["charged"] is False and r.json()["entry"] is None
     assert org.account().transaction_count == 1 and org.account().balance == Decimal(10)
 
 
 def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: Org):
     org.post("purchase", "1")
-    ok = client.post("/api/credits/check", json={"operation": "ai_call", "estimated_quantity": "5"}, headers=org.auth("member"))
-    assert ok.status_code == 200 and ok.json() == {"allowed": True, "balance": "1.0000", "estimated_cost": "0.0840", "reason": None}
+    ok = client.post(
+        "/api/credits/check", json={"operation": "ai_call", "estimated_quantity": "5"}, headers=org.auth("member")
+    )
+    assert ok.status_code == 200 and ok.json() == {
+        "allowed": True,
+        "balance": "1.0000",
+        "estimated_cost": "0.0840",
+        "reason": None,
+    }
     # a call that started with credit runs long: it is charged into the grace period
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_realtime", "quantity": "50", "status": "completed", "idempotency_key": "long"})
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={"operation": "voice_realtime", "quantity": "50", "status": "completed", "idempotency_key": "long"},
+    )
     assert r.status_code == 200 and r.json()["balance"] == "-4.5000"
     refused = client.post("/api/credits/check", json={"operation": "sms_twilio"}, headers=org.auth("member"))
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_credits"
     # beyond the grace limit nothing is written
     before = org.account()
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_realtime", "quantity": "10", "status": "completed", "idempotency_key": "past-grace"})
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={"operation": "voice_realtime", "quantity": "10", "status": "completed", "idempotency_key": "past-grace"},
+    )
     assert r.status_code == 402 and org.account() == before
 
 
@@ -211,27 +305,42 @@ def test_usage_idempotency(client, org: Org):
     again = client.post("/api/credits/usage", json=body, headers={**org.auth("member"), "Idempotency-Key": "sms-1"})
     assert first.status_code == again.status_code == 200
     assert again.json()["replayed"] and again.json()["entry"]["id"] == first.json()["entry"]["id"]
-    other = client.post("/api/credits/usage", json={**body, "quantity": "4"},
-                        headers={**org.auth("member"), "Idempotency-Key": "sms-1"})
+    other = client.post(
+        "/api/credits/usage", json={**body, "quantity": "4"}, headers={**org.auth("member"), "Idempotency-Key": "sms-1"}
+    )
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
     missing = client.post("/api/credits/usage", json=body, headers=org.auth("member"))
     assert missing.status_code == 400
     assert org.account().transaction_count == 2
 
 
-@pytest.mark.parametrize("body", [
-    {"operation": "sms_twilio", "quantity": "-1", "status": "completed", "idempotency_key": "k"},
-    {"operation": "sms_twilio", "quantity": "abc", "status": "completed", "idempotency_key": "k"},
-    {"operation": "sms_twilio", "quantity": 0, "status": "completed", "idempotency_key": "k"},
-    {"operation": "sms_twilio", "quantity": "NaN", "status": "completed", "idempotency_key": "k"},
-    {"operation": "teleport", "quantity": "1", "status": "completed", "idempotency_key": "k"},
-    {"operation": "sms_twilio", "quantity": "1", "status": "maybe", "idempotency_key": "k"},
-    {"operation": "chat", "quantity": "2.5", "status": "completed", "idempotency_key": "k"},
-    {"operation": "openai_input_tokens", "quantity": "10", "status": "completed", "idempotency_key": "k", "model": "gpt-9"},
-    {"operation": "sms_twilio", "quantity": "1", "status": "completed", "idempotency_key": "k", "surprise": 1},
-    {"operation": "voice_pipeline", "quantity": "1", "status": "completed", "idempotency_key": "k",
-     "session": {"id": "s", "started_at": "2026-01-02T00:00:00Z", "ended_at": "2026-01-01T00:00:00Z"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"operation": "sms_twilio", "quantity": "-1", "status": "completed", "idempotency_key": "k"},
+        {"operation": "sms_twilio", "quantity": "abc", "status": "completed", "idempotency_key": "k"},
+        {"operation": "sms_twilio", "quantity": 0, "status": "completed", "idempotency_key": "k"},
+        {"operation": "sms_twilio", "quantity": "NaN", "status": "completed", "idempotency_key": "k"},
+        {"operation": "teleport", "quantity": "1", "status": "completed", "idempotency_key": "k"},
+        {"operation": "sms_twilio", "quantity": "1", "status": "maybe", "idempotency_key": "k"},
+        {"operation": "chat", "quantity": "2.5", "status": "completed", "idempotency_key": "k"},
+        {
+            "operation": "openai_input_tokens",
+            "quantity": "10",
+            "status": "completed",
+            "idempotency_key": "k",
+            "model": "gpt-9",
+        },
+        {"operation": "sms_twilio", "quantity": "1", "status": "completed", "idempotency_key": "k", "surprise": 1},
+        {
+            "operation": "voice_pipeline",
+            "quantity": "1",
+            "status": "completed",
+            "idempotency_key": "k",
+            "session": {"id": "s", "started_at": "2026-01-02T00:00:00Z", "ended_at": "2026-01-01T00:00:00Z"},
+        },
+    ],
+)
 def test_bad_usage_input_is_400_and_writes_nothing(client, org: Org, body):
     org.post("purchase", "10")
     before = org.account()
@@ -241,17 +350,35 @@ def test_bad_usage_input_is_400_and_writes_nothing(client, org: Org, body):
 
 
 def test_malformed_json_is_400(client, org: Org):
-    r = client.post("/api/credits/usage", content=b"{not json", headers={**org.auth("member"), "Content-Type": "application/json"})
+    r = client.post(
+        "/api/credits/usage", content=b"{not json", headers={**org.auth("member"), "Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", "invalid_request")
 
 
 def test_billing_session_keeps_its_breakdown_and_entry(client, org: Org, other: Org):
     org.post("purchase", "10")
-    session = {"id": "call_42", "agent_id": "agent_abc123", "agent_name": "Sales bot", "transcript": "Hi!",
-               "recording_url": "https://rec.example/call_42.mp3", "analysis": {"sentiment": "positive"},
-               "started_at": "2026-11-20T10:00:00Z", "ended_at": "2026-11-20T10:03:30Z"}
-    r = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_pipeline", "quantity": "3.5", "status": "completed", "idempotency_key": "c42", "session": session})
+    session = {
+        "id": "call_42",
+        "agent_id": "agent_abc123",
+        "agent_name": "Sales bot",
+        "transcript": "Hi!",
+        "recording_url": "https://rec.example/call_42.mp3",
+        "analysis": {"sentiment": "positive"},
+        "started_at": "2026-11-20T10:00:00Z",
+        "ended_at": "2026-11-20T10:03:30Z",
+    }
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={
+            "operation": "voice_pipeline",
+            "quantity": "3.5",
+            "status": "completed",
+            "idempotency_key": "c42",
+            "session": session,
+        },
+    )
     entry = r.json()["entry"]
     assert entry["usage_session_id"] == "call_42"
     got = client.get("/api/credits/sessions/call_42", headers=org.auth("member")).json()
@@ -260,17 +387,29 @@ def test_billing_session_keeps_its_breakdown_and_entry(client, org: Org, other: 
     assert got["transcript"] == "Hi!" and got["analysis"] == {"sentiment": "positive"}
     assert client.get("/api/credits/sessions/call_42", headers=other.auth("owner")).status_code == 404
     assert client.get("/api/credits/sessions/nope", headers=org.auth("member")).status_code == 404
-    dup = client.post("/api/credits/usage", headers=org.auth("member"), json={
-        "operation": "voice_pipeline", "quantity": "1", "status": "completed", "idempotency_key": "c43", "session": session})
+    dup = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={
+            "operation": "voice_pipeline",
+            "quantity": "1",
+            "status": "completed",
+            "idempotency_key": "c43",
+            "session": session,
+        },
+    )
     assert dup.status_code == 400 and "already billed" in dup.json()["error"]["message"]
     with org.engine.connect() as conn:
         assert check_invariants(conn, org.account_id) == []
 
 
 ENDPOINTS = [
-    ("GET", "/api/credits/balance", None), ("GET", "/api/credits/history", None),
-    ("GET", "/api/credits/history.csv", None), ("GET", "/api/credits/usage-summary", None),
-    ("GET", "/api/credits/sessions/s1", None), ("POST", "/api/credits/check", {"operation": "sms_twilio"}),
+    ("GET", "/api/credits/balance", None),
+    ("GET", "/api/credits/history", None),
+    ("GET", "/api/credits/history.csv", None),
+    ("GET", "/api/credits/usage-summary", None),
+    ("GET", "/api/credits/sessions/s1", None),
+    ("POST", "/api/credits/check", {"operation": "sms_twilio"}),
     ("POST", "/api/credits/usage", {"operation": "sms_twilio", "quantity": "1", "status": "completed"}),
     ("GET", "/api/auth/me", None),
 ]

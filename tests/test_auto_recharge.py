@@ -23,8 +23,9 @@ from .conftest import GRACE
 def _card(engine, organization_id: int, number: str) -> None:
     purchases = get_stripe_purchases(engine)
     sdk = purchases.gateway.client
-    pm = sdk.v1.payment_methods.create(params={"type": "card", "card": {"number": number, "exp_month": 12,
-                                                                         "exp_year": 2030, "cvc": "123"}})
+    pm = sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
+    )
     sdk.v1.payment_methods.attach(pm["id"], params={"customer": purchases.customer_for(organization_id)})
     purchases.save_card(organization_id, purchases.gateway.card(pm["id"]))
 
@@ -41,18 +42,26 @@ def _setup(engine, card: str, funds: str):
     _card(engine, org.id, card)
     recharger = AutoRecharger(engine, lambda: get_stripe_purchases(engine), Notifier(engine, get_settings()))
     principal = Principal(owner.id, owner.email, org.id, "owner", "session")
-    recharger.update(principal, enabled=True, threshold=Decimal(10), amount=Decimal(20), monthly_cap=None, ip="127.0.0.1")
+    recharger.update(
+        principal, enabled=True, threshold=Decimal(10), amount=Decimal(20), monthly_cap=None, ip="127.0.0.1"
+    )
     ledger.add_listener(recharger.on_postings)  # synchronous here, so the burst really races
     return ledger, recharger, org, account_id
 
 
 def _auto_purchases(engine, account_id):
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT amount, metadata FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
-                            {"a": account_id}).all()
+        rows = conn.execute(
+            sa.text("SELECT amount, metadata FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
+            {"a": account_id},
+        ).all()
     import json
 
-    return [r.amount for r in rows if (json.loads(r.metadata) if isinstance(r.metadata, str) else r.metadata).get("autoRecharge")]
+    return [
+        r.amount
+        for r in rows
+        if (json.loads(r.metadata) if isinstance(r.metadata, str) else r.metadata).get("autoRecharge")
+    ]
 
 
 def test_a_burst_of_50_concurrent_debits_causes_exactly_one_charge(engine, app_database):
@@ -77,10 +86,12 @@ def test_a_burst_of_50_concurrent_debits_causes_exactly_one_charge(engine, app_d
     with engine.connect() as conn:
         assert check_invariants(conn, account_id) == []
         balance = conn.execute(sa.text("SELECT balance FROM credit_account WHERE id = :a"), {"a": account_id}).scalar()
-        emails = conn.execute(sa.text("SELECT kind FROM email_outbox WHERE organization_id = :o AND kind LIKE 'auto%'"),
-                              {"o": org.id}).all()
-        charges = conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"),
-                               {"o": org.id}).scalar()
+        emails = conn.execute(
+            sa.text("SELECT kind FROM email_outbox WHERE organization_id = :o AND kind LIKE 'auto%'"), {"o": org.id}
+        ).all()
+        charges = conn.execute(
+            sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"), {"o": org.id}
+        ).scalar()
     assert balance == 250_000 and charges == 1  # 30 - 50 x 0.50 + 20
     assert [e[0] for e in emails] == ["auto_recharge_succeeded"]
     assert recharger.maybe_recharge(org.id) == "not_needed"
@@ -98,8 +109,12 @@ def test_failures_email_the_owner_and_turn_it_off_after_three(engine, app_databa
     assert "turned off after 3 failed charges" in policy.disabled_reason
     assert _auto_purchases(engine, account_id) == []
     with engine.connect() as conn:
-        subjects = [r[0] for r in conn.execute(sa.text(
-            "SELECT subject FROM email_outbox WHERE organization_id = :o ORDER BY id"), {"o": org.id})]
+        subjects = [
+            r[0]
+            for r in conn.execute(
+                sa.text("SELECT subject FROM email_outbox WHERE organization_id = :o ORDER BY id"), {"o": org.id}
+            )
+        ]
     failures = [s for s in subjects if "Auto-recharge" in s]
     assert len(failures) == 3 and failures[-1] == "Auto-recharge is now off after 3 failed charges"
 
@@ -110,16 +125,27 @@ def test_auto_recharge_api(client, org):
     r = client.put("/api/credits/auto-recharge", json=body, headers=org.auth("owner"))
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_saved_card"
     assert client.put("/api/credits/auto-recharge", json=body, headers=org.auth("member")).status_code == 403
-    for bad in ({**body, "threshold": "4.99"}, {**body, "amount": "19.99"}, {**body, "amount": "25.001"},
-                {**body, "monthly_cap": "10"}, {"enabled": True}):
+    for bad in (
+        {**body, "threshold": "4.99"},
+        {**body, "amount": "19.99"},
+        {**body, "amount": "25.001"},
+        {**body, "monthly_cap": "10"},
+        {"enabled": True},
+    ):
         r = client.put("/api/credits/auto-recharge", json={**bad, "enabled": False}, headers=org.auth("owner"))
         assert r.status_code == 400, bad
     _card(org.engine, org.id, "4242424242424242")
     r = client.put("/api/credits/auto-recharge", json={**body, "monthly_cap": "100"}, headers=org.auth("owner"))
-    assert r.status_code == 200 and r.json() == {"enabled": True, "threshold": "10.0000", "amount": "25.0000",
-                                                  "monthly_cap": "100.0000", "consecutive_failures": 0,
-                                                  "disabled_reason": None}
+    assert r.status_code == 200 and r.json() == {
+        "enabled": True,
+        "threshold": "10.0000",
+        "amount": "25.0000",
+        "monthly_cap": "100.0000",
+        "consecutive_failures": 0,
+        "disabled_reason": None,
+    }
     with org.engine.connect() as conn:
-        action = conn.execute(sa.text("SELECT action FROM audit_log WHERE organization_id = :o ORDER BY id DESC"),
-                              {"o": org.id}).scalar()
+        action = conn.execute(
+            sa.text("SELECT action FROM audit_log WHERE organization_id = :o ORDER BY id DESC"), {"o": org.id}
+        ).scalar()
     assert action == "auto_recharge_updated"

@@ -73,8 +73,11 @@ def test_backend_answers_health_and_ping(app):
     assert httpx.get(base + "/ping").json() == "pong"
     assert httpx.get(base + "/api/health").json() == {"status": "ok", "database": "ok"}
     # the sign-in form refuses posts from other sites
-    r = httpx.post(base + "/api/auth/login-form", data={"email": DEMO_OWNER[0], "password": DEMO_OWNER[1]},
-                   headers={"Origin": "http://evil.example"})
+    r = httpx.post(
+        base + "/api/auth/login-form",
+        data={"email": DEMO_OWNER[0], "password": DEMO_OWNER[1]},
+        headers={"Origin": "http://evil.example"},
+    )
     assert r.status_code == 403 and "set-cookie" not in r.headers
 
 
@@ -157,8 +160,12 @@ def test_custom_amounts_in_the_dialog(app, page, app_engine, app_ledger):
     popup.get_by_test_id("checkout-pay").click()
     expect(page.get_by_test_id("balance-value")).to_have_text("$12.25", timeout=20_000)
     with org.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o"),
-                            {"o": org.id}).scalar() == 1  # the refused amounts created nothing
+        assert (
+            conn.execute(
+                sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o"), {"o": org.id}
+            ).scalar()
+            == 1
+        )  # the refused amounts created nothing
 
 
 def test_stat_cards_match_the_ledger(app, page, app_engine, app_ledger):
@@ -181,8 +188,12 @@ def test_stat_cards_match_the_ledger(app, page, app_engine, app_ledger):
 def test_paging_filter_and_page_size(app, page, app_engine, app_ledger):
     org = Org(app_engine, app_ledger)
     for n in range(1, 121):
-        org.post("purchase" if n % 10 == 0 else "usage", "1" if n % 10 == 0 else "-0.01",
-                 category=None if n % 10 == 0 else "sms", description=f"entry {n:03d}")
+        org.post(
+            "purchase" if n % 10 == 0 else "usage",
+            "1" if n % 10 == 0 else "-0.01",
+            category=None if n % 10 == 0 else "sms",
+            description=f"entry {n:03d}",
+        )
     open_billing(page, app, org, "member")
     rows = page.get_by_test_id("history-row")
     expect(rows).to_have_count(50)
@@ -268,16 +279,38 @@ def test_row_click_opens_the_session_panel(app, page, app_engine, app_ledger):
     from orcapulse_billing.metering import SessionInfo, record_usage
 
     org = Org(app_engine, app_ledger, welcome=Decimal(5))
-    record_usage(app_ledger, org.id, operation="voice_pipeline", quantity=Decimal("3.5"), status="completed",
-                 idempotency_key="call-1", markup_percent=Decimal(20),
-                 session=SessionInfo(id="call-1", agent_id="agent_abc123", agent_name="Front desk",
-                                     transcript="Caller: hello", analysis={"sentiment": "positive"}))
+    record_usage(
+        app_ledger,
+        org.id,
+        operation="voice_pipeline",
+        quantity=Decimal("3.5"),
+        status="completed",
+        idempotency_key="call-1",
+        markup_percent=Decimal(20),
+        session=SessionInfo(
+            id="call-1",
+            agent_id="agent_abc123",
+            agent_name="Front desk",
+            transcript="Caller: hello",
+            analysis={"sentiment": "positive"},
+        ),
+    )
     open_billing(page, app, org, "member")
     page.get_by_test_id("history-row").first.click()
     panel = page.get_by_test_id("session-panel")
     expect(panel).to_contain_text("Billing session")
-    for text in ("Front desk", "Pipeline", "3.5 min", "$0.1750", "$0.0525", "$0.0105", "$0.0175", "$0.2555",
-                 "Caller: hello", "sentiment: positive"):
+    for text in (
+        "Front desk",
+        "Pipeline",
+        "3.5 min",
+        "$0.1750",
+        "$0.0525",
+        "$0.0105",
+        "$0.0175",
+        "$0.2555",
+        "Caller: hello",
+        "sentiment: positive",
+    ):
         expect(panel).to_contain_text(text)
 
 
@@ -380,11 +413,16 @@ def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, brow
         tabs = (owner_tab, second_owner_tab, member_tab)
         for tab in tabs + (other_tab,):
             expect(tab.get_by_test_id("balance-value")).to_have_text("$10.00", timeout=30_000)
-        member_tab.evaluate("window.__billing = []; window.addEventListener('billingUpdated', e => window.__billing.push(e.detail))")
+        member_tab.evaluate(
+            "window.__billing = []; window.addEventListener('billingUpdated', e => window.__billing.push(e.detail))"
+        )
         time.sleep(1)  # let every tab's listener subscribe
 
-        r = client.post("/api/credits/usage", headers={**org.auth("member"), "Idempotency-Key": "live-1"},
-                        json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"})
+        r = client.post(
+            "/api/credits/usage",
+            headers={**org.auth("member"), "Idempotency-Key": "live-1"},
+            json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"},
+        )
         assert r.status_code == 200, r.text
         for tab in tabs:  # no reload, no refresh click
             expect(tab.get_by_test_id("balance-value")).to_have_text("$9.27", timeout=10_000)
@@ -406,8 +444,7 @@ def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, brow
             context.close()
 
 
-def test_a_signed_out_session_stops_receiving_live_updates(app, browser, client, app_engine, app_ledger,
-                                                           monkeypatch):
+def test_a_signed_out_session_stops_receiving_live_updates(app, browser, client, app_engine, app_ledger, monkeypatch):
     import orcapulse_billing.state as session_state
     from orcapulse_billing.auth import SESSION_COOKIE, logout
 
@@ -422,8 +459,11 @@ def test_a_signed_out_session_stops_receiving_live_updates(app, browser, client,
         time.sleep(1)  # the tab's listener subscribes
 
         def report(key: str):
-            r = client.post("/api/credits/usage", headers={**org.auth("owner"), "Idempotency-Key": key},
-                            json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"})
+            r = client.post(
+                "/api/credits/usage",
+                headers={**org.auth("owner"), "Idempotency-Key": key},
+                json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"},
+            )
             assert r.status_code == 200, r.text
 
         report("revoke-1")

@@ -48,8 +48,10 @@ def acme_cli(tmp_path_factory):
 
 def _snapshot(engine):
     with engine.connect() as conn:
-        counts = [conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
-                  for t in ("organization", "app_user", "membership", "ledger_entry", "api_key")]
+        counts = [
+            conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+            for t in ("organization", "app_user", "membership", "ledger_entry", "api_key")
+        ]
         return counts, conn.execute(sa.text("SELECT * FROM credit_account")).all()
 
 
@@ -63,7 +65,9 @@ def test_create_org_add_users_grant_and_balance(cli):
     out = cli("add-user", "Acme", "Owner@Acme.test", "--role", "owner", "--password", "correct horse").stdout
     assert "owner@acme.test is now owner of 'Acme'" in out
     generated = cli("add-user", "1", "member@acme.test", "--role", "member").stdout.split("shown once): ")[1].strip()
-    out = cli("grant", "Acme", "12.3456", "--type", "bonus", "--description", "Startup grant credit - Approved application")
+    out = cli(
+        "grant", "Acme", "12.3456", "--type", "bonus", "--description", "Startup grant credit - Approved application"
+    )
     assert "balance 17.3456" in out.stdout
     cli("grant", "Acme", "-2.3456", "--type", "adjustment", "--description", "Manual correction")
     assert "balance $15.00 (15.0000 credits), added 17.3456, consumed 2.3456, 3 transactions" in _balance(cli)

@@ -24,19 +24,33 @@ def _number() -> str:
 
 def _phone_entries(engine, account_id):
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT description, amount, category FROM ledger_entry WHERE account_id = :a AND category = 'phone_rental' "
-            "ORDER BY seq"), {"a": account_id})]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT description, amount, category FROM ledger_entry WHERE account_id = :a AND category = 'phone_rental' "
+                    "ORDER BY seq"
+                ),
+                {"a": account_id},
+            )
+        ]
 
 
 def _org_of(engine, account_id):
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT organization_id FROM credit_account WHERE id = :a"), {"a": account_id}).scalar()
+        return conn.execute(
+            sa.text("SELECT organization_id FROM credit_account WHERE id = :a"), {"a": account_id}
+        ).scalar()
 
 
 def test_month_arithmetic_clamps_to_month_end():
     start = datetime(2026, 1, 31, 10, 0, tzinfo=UTC)
-    assert [add_months(start, k).date() for k in range(4)] == [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)]
+    assert [add_months(start, k).date() for k in range(4)] == [
+        date(2026, 1, 31),
+        date(2026, 2, 28),
+        date(2026, 3, 31),
+        date(2026, 4, 30),
+    ]
 
 
 def test_catches_up_missed_periods_and_reruns_bill_nothing(engine, ledger, new_account):
@@ -46,7 +60,8 @@ def test_catches_up_missed_periods_and_reruns_bill_nothing(engine, ledger, new_a
     first = bill_phone_numbers(engine, ledger, date(2026, 11, 23))  # down since August: three periods due
     pretty = f"+1 {number[2:5]} {number[5:8]} {number[8:]}"
     assert [e for e in _phone_entries(engine, account_id)] == [
-        (f"Phone number rental - {pretty} - {m} 2026", -11_500, "phone_rental") for m in ("Aug", "Sep", "Oct")]
+        (f"Phone number rental - {pretty} - {m} 2026", -11_500, "phone_rental") for m in ("Aug", "Sep", "Oct")
+    ]
     assert len([d for d in first.billed if pretty in d]) == 3
     again = bill_phone_numbers(engine, ledger, date(2026, 11, 23))
     assert [d for d in again.billed if pretty in d] == [] and len(_phone_entries(engine, account_id)) == 3
@@ -54,7 +69,9 @@ def test_catches_up_missed_periods_and_reruns_bill_nothing(engine, ledger, new_a
     assert len(_phone_entries(engine, account_id)) == 4
     with engine.connect() as conn:
         assert check_invariants(conn, account_id) == []
-        last = conn.execute(sa.text("SELECT last_billed_at FROM phone_number WHERE number = :n"), {"n": number}).scalar()
+        last = conn.execute(
+            sa.text("SELECT last_billed_at FROM phone_number WHERE number = :n"), {"n": number}
+        ).scalar()
     assert str(last).startswith("2026-11-30")
 
 

@@ -27,8 +27,10 @@ def _account(engine, account_id):
 def _entries(engine, account_id):
     with engine.connect() as conn:
         return conn.execute(
-            sa.text("SELECT seq, type, source, amount, balance_before, balance_after FROM ledger_entry "
-                    "WHERE account_id = :a ORDER BY seq"),
+            sa.text(
+                "SELECT seq, type, source, amount, balance_before, balance_after FROM ledger_entry "
+                "WHERE account_id = :a ORDER BY seq"
+            ),
             {"a": account_id},
         ).all()
 
@@ -48,10 +50,22 @@ def test_welcome_credit_is_a_bonus_from_source_welcome(engine, new_account):
 
 def test_credit_then_debit_moves_balance_and_aggregates(engine, ledger, new_account):
     account_id = new_account()
-    credit = ledger.post(Posting(account_id, "purchase", Decimal("50"), "Credit top-up via Stripe - $50.00",
-                                 metadata={"provider": "stripe"}, actor_user_id=None, actor_ip="203.0.113.9"))
-    debit = ledger.post(Posting(account_id, "usage", Decimal("-0.1523"), "Voice call session - agent_abc123 - 3.5 min",
-                                category="ai_call"))
+    credit = ledger.post(
+        Posting(
+            account_id,
+            "purchase",
+            Decimal("50"),
+            "Credit top-up via Stripe - $50.00",
+            metadata={"provider": "stripe"},
+            actor_user_id=None,
+            actor_ip="203.0.113.9",
+        )
+    )
+    debit = ledger.post(
+        Posting(
+            account_id, "usage", Decimal("-0.1523"), "Voice call session - agent_abc123 - 3.5 min", category="ai_call"
+        )
+    )
     assert (credit.seq, credit.balance_before, credit.balance_after) == (1, Decimal(0), Decimal("50.0000"))
     assert credit.source == "purchase" and credit.actor_ip == "203.0.113.9"
     assert credit.metadata == {"provider": "stripe"}
@@ -68,8 +82,15 @@ def test_credit_then_debit_moves_balance_and_aggregates(engine, ledger, new_acco
 def test_amounts_round_half_up_at_posting(ledger, new_account):
     account_id = new_account()
     ledger.post(Posting(account_id, "bonus", Decimal("1"), "start"))
-    entry = ledger.post(Posting(account_id, "usage", Decimal("0.0168") * Decimal("3.5") * -1 - Decimal("0.00001"),
-                                "call", category="ai_call"))
+    entry = ledger.post(
+        Posting(
+            account_id,
+            "usage",
+            Decimal("0.0168") * Decimal("3.5") * -1 - Decimal("0.00001"),
+            "call",
+            category="ai_call",
+        )
+    )
     # 0.0588 + 0.00001 = 0.05881 -> 0.0588; half-up on an exact half:
     assert entry.amount == Decimal("-0.0588")
     half = ledger.post(Posting(account_id, "usage", Decimal("-0.00005"), "tiny", category="email"))
@@ -128,15 +149,19 @@ def test_post_many_is_all_or_nothing(engine, ledger, new_account):
     account_id = new_account()
     before = _account(engine, account_id)
     with pytest.raises(InsufficientCredits):
-        ledger.post_many([
-            Posting(account_id, "purchase", "1", "ok"),
-            Posting(account_id, "usage", "-100", "refused", category="sms"),
-        ])
+        ledger.post_many(
+            [
+                Posting(account_id, "purchase", "1", "ok"),
+                Posting(account_id, "usage", "-100", "refused", category="sms"),
+            ]
+        )
     assert _account(engine, account_id) == before
-    purchase, bonus = ledger.post_many([
-        Posting(account_id, "purchase", "1000", "Credit top-up - $1,000.00", idempotency_key="p"),
-        Posting(account_id, "bonus", "100", "Volume bonus - 10%", idempotency_key="p:bonus"),
-    ])
+    purchase, bonus = ledger.post_many(
+        [
+            Posting(account_id, "purchase", "1000", "Credit top-up - $1,000.00", idempotency_key="p"),
+            Posting(account_id, "bonus", "100", "Volume bonus - 10%", idempotency_key="p:bonus"),
+        ]
+    )
     assert (purchase.seq, bonus.seq) == (1, 2) and bonus.balance_after == Decimal("1100.0000")
     _assert_sound(engine, account_id)
 
@@ -223,16 +248,31 @@ def test_usage_summary_from_rollups_equals_a_scan_of_the_entries(engine, ledger,
     rng = random.Random(7)
     for n in range(150):
         at = base + timedelta(minutes=rng.randint(0, 9 * 24 * 60))
-        ledger.post(Posting(account_id, "usage", -Decimal(rng.randint(1, 5000)) / 10_000, f"u{n}",
-                            category=rng.choice(["ai_call", "sms", None]), created_at=at))
+        ledger.post(
+            Posting(
+                account_id,
+                "usage",
+                -Decimal(rng.randint(1, 5000)) / 10_000,
+                f"u{n}",
+                category=rng.choice(["ai_call", "sms", None]),
+                created_at=at,
+            )
+        )
     far = datetime(2030, 1, 1, tzinfo=UTC)
     with engine.connect() as conn:
         for _ in range(25):
             start = base + timedelta(minutes=rng.randint(-600, 9 * 24 * 60))
             end = start + timedelta(minutes=rng.choice([30, 600, 1440, 2 * 1440 + 7, 5 * 1440]))
-            for lo, hi in ((start, end), (None, end), (start, None), (base + timedelta(days=2), base + timedelta(days=5))):
+            for lo, hi in (
+                (start, end),
+                (None, end),
+                (start, None),
+                (base + timedelta(days=2), base + timedelta(days=5)),
+            ):
                 fast = {(r.category, r.amount_units, r.count) for r in usage_summary(conn, account_id, lo, hi)}
-                slow = {(c, int(a), int(n)) for c, a, n in
-                        _entry_summary(conn, account_id, lo or base - timedelta(days=1), hi or far)}
+                slow = {
+                    (c, int(a), int(n))
+                    for c, a, n in _entry_summary(conn, account_id, lo or base - timedelta(days=1), hi or far)
+                }
                 assert fast == slow, (lo, hi)
         assert check_invariants(conn, account_id) == []

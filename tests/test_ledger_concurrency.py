@@ -39,11 +39,15 @@ def test_eight_concurrent_writers_on_one_account(engine, new_account):
                 if i % 3 == 0:
                     # every writer races to post the same keyed credits
                     k = (i // 3) % SHARED_KEYS
-                    p = Posting(account_id, "purchase", Decimal(k + 1) / 4, f"shared {k}", idempotency_key=f"shared-{k}")
+                    p = Posting(
+                        account_id, "purchase", Decimal(k + 1) / 4, f"shared {k}", idempotency_key=f"shared-{k}"
+                    )
                 elif rng.random() < 0.1:
                     p = Posting(account_id, "bonus", Decimal(rng.randint(1, 300)) / 100, "bonus")
                 else:
-                    p = Posting(account_id, "usage", -Decimal(rng.randint(1, 90_000)) / 10_000, "usage", category="ai_call")
+                    p = Posting(
+                        account_id, "usage", -Decimal(rng.randint(1, 90_000)) / 10_000, "usage", category="ai_call"
+                    )
                 try:
                     results[n].append(ledger.post(p))
                 except InsufficientCredits:

@@ -60,13 +60,20 @@ def test_ledger_state_machine(engine, ledger):
 
         @rule(amount=amounts, keyed=st.booleans(), kind=st.sampled_from(["purchase", "bonus", "adjustment"]))
         def credit(self, amount, keyed, kind):
-            self._post(Posting(self.account_id, kind, amount, f"{kind} {amount}",
-                               idempotency_key=self._key(keyed)))
+            self._post(Posting(self.account_id, kind, amount, f"{kind} {amount}", idempotency_key=self._key(keyed)))
 
         @rule(amount=amounts, keyed=st.booleans())
         def debit(self, amount, keyed):
-            self._post(Posting(self.account_id, "usage", -amount, f"usage {amount}", category="sms",
-                               idempotency_key=self._key(keyed)))
+            self._post(
+                Posting(
+                    self.account_id,
+                    "usage",
+                    -amount,
+                    f"usage {amount}",
+                    category="sms",
+                    idempotency_key=self._key(keyed),
+                )
+            )
 
         @precondition(lambda self: self.keyed)
         @rule(data=st.data())
@@ -81,8 +88,14 @@ def test_ledger_state_machine(engine, ledger):
             key = data.draw(st.sampled_from(sorted(self.keyed)))
             original = self.keyed[key]
             bigger = Decimal(original.amount) + Decimal("0.0001").copy_sign(Decimal(original.amount))
-            changed = Posting(original.account_id, original.type, bigger, original.description,
-                              category=original.category, idempotency_key=key)
+            changed = Posting(
+                original.account_id,
+                original.type,
+                bigger,
+                original.description,
+                category=original.category,
+                idempotency_key=key,
+            )
             try:
                 ledger.post(changed)
             except IdempotencyConflict:

@@ -25,26 +25,63 @@ def _sign(payload: bytes, secret: str) -> str:
 
 
 def _checkout(client, org: Org, **body) -> dict:
-    r = client.post("/api/credits/create-checkout", json={"provider": "lemonsqueezy", **(body or {"package_id": "pkg_50"})},
-                    headers=org.auth("owner"))
+    r = client.post(
+        "/api/credits/create-checkout",
+        json={"provider": "lemonsqueezy", **(body or {"package_id": "pkg_50"})},
+        headers=org.auth("owner"),
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def _order_event(lemon_sandbox, reference: str, org: Org, *, order_id=None, total=5000, status="paid",
-                 refunded=0, event="order_created", org_id=None) -> dict:
-    return {"meta": {"event_name": event, "test_mode": True, "webhook_id": "w1",
-                     "custom_data": {"organization_id": str(org_id or org.id), "checkout_ref": reference, "user_id": "1"}},
-            "data": {"type": "orders", "id": order_id or str(uuid.uuid4().int % 10**9), "attributes": {
-                "store_id": 1, "status": status, "currency": "USD", "subtotal": total, "total": total,
-                "refunded": refunded == total, "refunded_amount": refunded}}}
+def _order_event(
+    lemon_sandbox,
+    reference: str,
+    org: Org,
+    *,
+    order_id=None,
+    total=5000,
+    status="paid",
+    refunded=0,
+    event="order_created",
+    org_id=None,
+) -> dict:
+    return {
+        "meta": {
+            "event_name": event,
+            "test_mode": True,
+            "webhook_id": "w1",
+            "custom_data": {"organization_id": str(org_id or org.id), "checkout_ref": reference, "user_id": "1"},
+        },
+        "data": {
+            "type": "orders",
+            "id": order_id or str(uuid.uuid4().int % 10**9),
+            "attributes": {
+                "store_id": 1,
+                "status": status,
+                "currency": "USD",
+                "subtotal": total,
+                "total": total,
+                "refunded": refunded == total,
+                "refunded_amount": refunded,
+            },
+        },
+    }
 
 
 def _post(client, lemon_sandbox, body: dict, secret: str | None = None, raw: bytes | None = None):
     payload = raw if raw is not None else json.dumps(body).encode()
-    return client.post("/api/credits/lemonsqueezy/webhook", content=payload, headers={
-        "X-Signature": _sign(json.dumps(body).encode() if raw is not None else payload, secret or lemon_sandbox.webhook_secret),
-        "X-Event-Name": body["meta"]["event_name"], "Content-Type": "application/json"})
+    return client.post(
+        "/api/credits/lemonsqueezy/webhook",
+        content=payload,
+        headers={
+            "X-Signature": _sign(
+                json.dumps(body).encode() if raw is not None else payload, secret or lemon_sandbox.webhook_secret
+            ),
+            "X-Event-Name": body["meta"]["event_name"],
+            "Content-Type": "application/json",
+        },
+    )
 
 
 def test_checkout_request_follows_lemon_squeezys_json_api(client, org, lemon_sandbox):
@@ -60,8 +97,10 @@ def test_checkout_request_follows_lemon_squeezys_json_api(client, org, lemon_san
     custom = data["attributes"]["checkout_data"]["custom"]
     assert custom["organization_id"] == str(org.id) and custom["checkout_ref"] == created["session_id"]
     assert all(isinstance(v, str) for v in custom.values())
-    assert data["relationships"] == {"store": {"data": {"type": "stores", "id": "1"}},
-                                     "variant": {"data": {"type": "variants", "id": "1"}}}
+    assert data["relationships"] == {
+        "store": {"data": {"type": "stores", "id": "1"}},
+        "variant": {"data": {"type": "variants", "id": "1"}},
+    }
     assert created["url"].startswith(lemon_sandbox.url + "/checkout/buy/") and created["url"].endswith("?embed=1")
 
 
@@ -72,8 +111,9 @@ def test_client_retries_429_and_5xx_then_gives_a_clear_error(org, lemon_sandbox,
 
     gateway = LemonSqueezyGateway(get_settings(), backoff=0.01)
     lemon_sandbox.configure(faults=[429, 503])
-    checkout = gateway.create_checkout(amount_cents=5000, custom={"organization_id": "1"}, redirect_url="http://x/",
-                                       product_name="credits")
+    checkout = gateway.create_checkout(
+        amount_cents=5000, custom={"organization_id": "1"}, redirect_url="http://x/", product_name="credits"
+    )
     assert checkout.url.startswith(lemon_sandbox.url)
     lemon_sandbox.configure(faults=[500, 502, 503, 504])
     with pytest.raises(PaymentError) as err:
@@ -104,33 +144,62 @@ def test_replays_and_concurrent_duplicates_credit_once(app, client, org, lemon_s
     payload = json.dumps(body).encode()
     headers = {"X-Signature": _sign(payload, lemon_sandbox.webhook_secret), "X-Event-Name": "order_created"}
     with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(lambda _: httpx.post(app.backend_url + "/api/credits/lemonsqueezy/webhook",
-                                                       content=payload, headers=headers, timeout=30), range(10)))
+        responses = list(
+            pool.map(
+                lambda _: httpx.post(
+                    app.backend_url + "/api/credits/lemonsqueezy/webhook", content=payload, headers=headers, timeout=30
+                ),
+                range(10),
+            )
+        )
     assert {r.status_code for r in responses} == {200}
     assert sorted(r.json()["outcome"] for r in responses).count("processed") == 1
     with org.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT type, amount, description FROM ledger_entry WHERE account_id = :a ORDER BY seq"),
-                            {"a": org.account_id}).all()
+        rows = conn.execute(
+            sa.text("SELECT type, amount, description FROM ledger_entry WHERE account_id = :a ORDER BY seq"),
+            {"a": org.account_id},
+        ).all()
         assert check_invariants(conn, org.account_id) == []
-    assert [tuple(r) for r in rows] == [("purchase", 2_000_000, "Credit top-up via Lemon Squeezy - $200.00"),
-                                        ("bonus", 40_000, "Volume bonus - $200.00 package")]
+    assert [tuple(r) for r in rows] == [
+        ("purchase", 2_000_000, "Credit top-up via Lemon Squeezy - $200.00"),
+        ("bonus", 40_000, "Volume bonus - $200.00 package"),
+    ]
 
 
 def test_partial_then_full_refund(client, org, lemon_sandbox):
     created = _checkout(client, org)
     order = str(uuid.uuid4().int % 10**9)
     _post(client, lemon_sandbox, _order_event(lemon_sandbox, created["session_id"], org, order_id=order))
-    partial = _order_event(lemon_sandbox, created["session_id"], org, order_id=order, event="order_refunded",
-                           status="partial_refund", refunded=1500)
+    partial = _order_event(
+        lemon_sandbox,
+        created["session_id"],
+        org,
+        order_id=order,
+        event="order_refunded",
+        status="partial_refund",
+        refunded=1500,
+    )
     assert _post(client, lemon_sandbox, partial).json()["outcome"] == "processed"
     assert _post(client, lemon_sandbox, partial).json()["outcome"] == "replay"
-    full = _order_event(lemon_sandbox, created["session_id"], org, order_id=order, event="order_refunded",
-                        status="refunded", refunded=5000)
+    full = _order_event(
+        lemon_sandbox,
+        created["session_id"],
+        org,
+        order_id=order,
+        event="order_refunded",
+        status="refunded",
+        refunded=5000,
+    )
     assert _post(client, lemon_sandbox, full).json()["outcome"] == "processed"
     assert org.account().balance == Decimal("0.0000")
     with org.engine.connect() as conn:
-        refunds = [r[0] for r in conn.execute(sa.text(
-            "SELECT amount FROM ledger_entry WHERE account_id = :a AND type = 'refund' ORDER BY seq"), {"a": org.account_id})]
+        refunds = [
+            r[0]
+            for r in conn.execute(
+                sa.text("SELECT amount FROM ledger_entry WHERE account_id = :a AND type = 'refund' ORDER BY seq"),
+                {"a": org.account_id},
+            )
+        ]
     assert refunds == [-150_000, -350_000]
 
 
@@ -147,7 +216,9 @@ def test_unknown_organization_wrong_amount_and_unpaid_orders_are_not_credited(cl
         assert _post(client, lemon_sandbox, body).json()["outcome"] == outcome
     assert org.account().transaction_count == 0
     with org.engine.connect() as conn:
-        recorded = conn.execute(sa.text("SELECT outcome, detail FROM webhook_event WHERE event_id = :e"), {"e": f"order_created:{base}1"}).one()
+        recorded = conn.execute(
+            sa.text("SELECT outcome, detail FROM webhook_event WHERE event_id = :e"), {"e": f"order_created:{base}1"}
+        ).one()
     assert tuple(recorded) == ("rejected", "unknown organization")
 
 

@@ -35,7 +35,9 @@ def test_models_and_migrations_agree(tmp_path, pg_database_factory):
         # the plain `alembic` command, as an operator would run it, reading DATABASE_URL
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=PROJECT_ROOT, check=True, env={**__import__("os").environ, "DATABASE_URL": url},
+            cwd=PROJECT_ROOT,
+            check=True,
+            env={**__import__("os").environ, "DATABASE_URL": url},
         )
         assert _diff(url) == [], f"models and migrations disagree on {kind}"
         engine = make_engine(url)
@@ -68,20 +70,36 @@ def test_upgrading_a_ledger_with_data_backfills_it(tmp_path, pg_database_factory
         command.upgrade(cfg, "0002")
         engine = make_engine(url)
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO organization (id, name, created_at) VALUES (1, 'Old', CURRENT_TIMESTAMP)"))
-            conn.execute(sa.text("INSERT INTO credit_account (id, organization_id, balance, lifetime_added, "
-                                 "lifetime_consumed, transaction_count, version, created_at, updated_at) "
-                                 "VALUES (1, 1, 48500, 50000, 1500, 3, 3, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            conn.execute(
+                sa.text("INSERT INTO organization (id, name, created_at) VALUES (1, 'Old', CURRENT_TIMESTAMP)")
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO credit_account (id, organization_id, balance, lifetime_added, "
+                    "lifetime_consumed, transaction_count, version, created_at, updated_at) "
+                    "VALUES (1, 1, 48500, 50000, 1500, 3, 3, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
             for seq, type_, source, amount, before, category in (
-                    (1, "bonus", "welcome", 50000, 0, None), (2, "usage", None, -1000, 50000, "sms"),
-                    (3, "usage", None, -500, 49000, None)):
-                conn.execute(sa.text(
-                    "INSERT INTO ledger_entry (account_id, seq, type, source, amount, balance_before, balance_after, "
-                    "description, category, metadata, created_at) VALUES (1, :seq, :t, :s, :a, :b, :b + :a, 'old', "
-                    ":c, '{}', CURRENT_TIMESTAMP)"), {"seq": seq, "t": type_, "s": source, "a": amount, "b": before, "c": category})
-            conn.execute(sa.text("INSERT INTO billing_session (account_id, external_id, ledger_entry_id, operation, "
-                                 "cost_base, cost_llm, cost_stt, cost_tts, cost_total, created_at) "
-                                 "VALUES (1, 's1', 2, 'sms_twilio', 0, 0, 0, 0, 1000, CURRENT_TIMESTAMP)"))
+                (1, "bonus", "welcome", 50000, 0, None),
+                (2, "usage", None, -1000, 50000, "sms"),
+                (3, "usage", None, -500, 49000, None),
+            ):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO ledger_entry (account_id, seq, type, source, amount, balance_before, balance_after, "
+                        "description, category, metadata, created_at) VALUES (1, :seq, :t, :s, :a, :b, :b + :a, 'old', "
+                        ":c, '{}', CURRENT_TIMESTAMP)"
+                    ),
+                    {"seq": seq, "t": type_, "s": source, "a": amount, "b": before, "c": category},
+                )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO billing_session (account_id, external_id, ledger_entry_id, operation, "
+                    "cost_base, cost_llm, cost_stt, cost_tts, cost_total, created_at) "
+                    "VALUES (1, 's1', 2, 'sms_twilio', 0, 0, 0, 0, 1000, CURRENT_TIMESTAMP)"
+                )
+            )
         engine.dispose()
         command.upgrade(cfg, "head")
         engine = make_engine(url)

@@ -58,8 +58,13 @@ def _wait_for(predicate, seconds=10):
 
 def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     controller, inbox = smtp_server
-    settings = dataclasses.replace(load_settings(), smtp_host="127.0.0.1", smtp_port=controller.port,
-                                   smtp_starttls=False, app_url="http://billing.example")
+    settings = dataclasses.replace(
+        load_settings(),
+        smtp_host="127.0.0.1",
+        smtp_port=controller.port,
+        smtp_starttls=False,
+        app_url="http://billing.example",
+    )
     notifier = Notifier(engine, settings)
     ledger = Ledger(engine, grace_limit=GRACE)
     ledger.add_listener(notifier.on_postings)
@@ -67,6 +72,7 @@ def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     ledger.post(Posting(account_id, "purchase", "20", "top-up"))
     for amount in ("-10", "-6", "-0.5", "-1"):  # crosses below 5.00 on the second debit, then stays below
         ledger.post(Posting(account_id, "usage", amount, "usage", category="ai_call"))
+
     def mine():  # the outbox also flushes mail other tests left queued in this database
         return [m for m in inbox.messages if org.name in m[1]]
 
@@ -81,8 +87,10 @@ def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     ledger.post(Posting(account_id, "usage", "-9", "usage", category="ai_call"))  # 3.50: a second crossing
     assert _wait_for(lambda: len(mine()) == 2)
     with engine.connect() as conn:
-        sent = conn.execute(sa.text("SELECT COUNT(*) FROM email_outbox WHERE organization_id = :o AND sent_at IS NOT NULL"),
-                            {"o": org.id}).scalar()
+        sent = conn.execute(
+            sa.text("SELECT COUNT(*) FROM email_outbox WHERE organization_id = :o AND sent_at IS NOT NULL"),
+            {"o": org.id},
+        ).scalar()
     assert sent == 2
 
 
@@ -96,6 +104,7 @@ def test_without_smtp_the_email_waits_in_the_outbox(engine):
     entry = ledger.post(Posting(account_id, "usage", "-2", "usage", category="sms"))
     notifier.on_postings([entry])  # a second delivery of the same posting writes nothing new
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT to_address, kind, sent_at FROM email_outbox WHERE organization_id = :o"),
-                            {"o": org.id}).all()
+        rows = conn.execute(
+            sa.text("SELECT to_address, kind, sent_at FROM email_outbox WHERE organization_id = :o"), {"o": org.id}
+        ).all()
     assert [tuple(r) for r in rows] == [(owner, "low_balance", None)]

@@ -24,14 +24,24 @@ SECRET = "whsec_test_sandbox"
 
 
 def _event(kind: str, obj: dict) -> dict:
-    return {"id": "evt_" + uuid.uuid4().hex, "object": "event", "type": kind, "created": int(time.time()),
-            "livemode": False, "api_version": "2024-06-20", "data": {"object": obj}}
+    return {
+        "id": "evt_" + uuid.uuid4().hex,
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "livemode": False,
+        "api_version": "2024-06-20",
+        "data": {"object": obj},
+    }
 
 
 def _post_event(client, event: dict, secret: str = SECRET, *, timestamp: int | None = None, body: bytes | None = None):
     payload = json.dumps(event).encode()
-    return client.post("/api/credits/webhook", content=body if body is not None else payload,
-                       headers={"Stripe-Signature": sign(payload, secret, timestamp), "Content-Type": "application/json"})
+    return client.post(
+        "/api/credits/webhook",
+        content=body if body is not None else payload,
+        headers={"Stripe-Signature": sign(payload, secret, timestamp), "Content-Type": "application/json"},
+    )
 
 
 def _checkout(client, org: Org, **body) -> dict:
@@ -42,7 +52,9 @@ def _checkout(client, org: Org, **body) -> dict:
 
 def _session_object(client, org: Org, session_id: str, **changes) -> dict:
     """The Checkout Session as the sandbox (Stripe) holds it, as an event would carry it."""
-    obj = stripe.StripeClient("sk_test_sandbox", base_addresses={"api": _api_base()}).v1.checkout.sessions.retrieve(session_id)
+    obj = stripe.StripeClient("sk_test_sandbox", base_addresses={"api": _api_base()}).v1.checkout.sessions.retrieve(
+        session_id
+    )
     return {**obj.to_dict(), **changes}
 
 
@@ -57,8 +69,11 @@ def _entries(org: Org, kind: str | None = None):
 
     with org.engine.connect() as conn:
         items = list(iter_history(conn, org.account_id, HistoryQuery()))[::-1]
-    return [SimpleNamespace(type=i.type, amount=i.amount_units, description=i.description, metadata=i.metadata)
-            for i in items if kind is None or i.type == kind]
+    return [
+        SimpleNamespace(type=i.type, amount=i.amount_units, description=i.description, metadata=i.metadata)
+        for i in items
+        if kind is None or i.type == kind
+    ]
 
 
 # -- signatures --------------------------------------------------------------------------------
@@ -80,7 +95,10 @@ def test_webhook_signature_checks(client, org):
     for r in bad:
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_signature", r.text
     with org.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM webhook_event WHERE event_id = :e"), {"e": event["id"]}).scalar() == 1
+        assert (
+            conn.execute(sa.text("SELECT COUNT(*) FROM webhook_event WHERE event_id = :e"), {"e": event["id"]}).scalar()
+            == 1
+        )
 
 
 # -- exactly once ------------------------------------------------------------------------------
@@ -88,8 +106,12 @@ def test_webhook_signature_checks(client, org):
 
 def test_same_completed_event_twenty_times_concurrently_credits_once(app, client, org):
     session = _checkout(client, org, package_id="pkg_200")
-    event = _event("checkout.session.completed", _session_object(
-        client, org, session["session_id"], payment_status="paid", status="complete", payment_intent="pi_123"))
+    event = _event(
+        "checkout.session.completed",
+        _session_object(
+            client, org, session["session_id"], payment_status="paid", status="complete", payment_intent="pi_123"
+        ),
+    )
     payload = json.dumps(event).encode()
     url = app.backend_url + "/api/credits/webhook"
 
@@ -113,14 +135,29 @@ def test_completed_and_async_succeeded_in_any_order_credit_once(client, org):
     first = _checkout(client, org)
     obj = _session_object(client, org, first["session_id"], status="complete", payment_intent="pi_a")
     # async: completed (unpaid), then succeeded
-    assert _post_event(client, _event("checkout.session.completed", {**obj, "payment_status": "unpaid"})).json()["outcome"] == "pending"
+    assert (
+        _post_event(client, _event("checkout.session.completed", {**obj, "payment_status": "unpaid"})).json()["outcome"]
+        == "pending"
+    )
     assert _entries(org) == []
-    assert _post_event(client, _event("checkout.session.async_payment_succeeded", {**obj, "payment_status": "paid"})).json()["outcome"] == "processed"
-    assert _post_event(client, _event("checkout.session.completed", {**obj, "payment_status": "paid"})).json()["outcome"] == "duplicate"
+    assert (
+        _post_event(
+            client, _event("checkout.session.async_payment_succeeded", {**obj, "payment_status": "paid"})
+        ).json()["outcome"]
+        == "processed"
+    )
+    assert (
+        _post_event(client, _event("checkout.session.completed", {**obj, "payment_status": "paid"})).json()["outcome"]
+        == "duplicate"
+    )
     # out of order: succeeded first, completed later
     second = _checkout(client, org)
-    obj2 = _session_object(client, org, second["session_id"], status="complete", payment_intent="pi_b", payment_status="paid")
-    assert _post_event(client, _event("checkout.session.async_payment_succeeded", obj2)).json()["outcome"] == "processed"
+    obj2 = _session_object(
+        client, org, second["session_id"], status="complete", payment_intent="pi_b", payment_status="paid"
+    )
+    assert (
+        _post_event(client, _event("checkout.session.async_payment_succeeded", obj2)).json()["outcome"] == "processed"
+    )
     assert _post_event(client, _event("checkout.session.completed", obj2)).json()["outcome"] == "duplicate"
     assert [r.amount for r in _entries(org)] == [500_000, 500_000]
 
@@ -129,7 +166,9 @@ def test_events_that_do_not_match_our_session_are_rejected(client, org, other):
     session = _checkout(client, org)
     obj = _session_object(client, org, session["session_id"], payment_status="paid", payment_intent="pi_c")
     forged_amount = _post_event(client, _event("checkout.session.completed", {**obj, "amount_total": 500000}))
-    forged_org = _post_event(client, _event("checkout.session.completed", {**obj, "metadata": {"organization_id": str(other.id)}}))
+    forged_org = _post_event(
+        client, _event("checkout.session.completed", {**obj, "metadata": {"organization_id": str(other.id)}})
+    )
     unknown = _post_event(client, _event("checkout.session.completed", {**obj, "id": "cs_test_not_ours"}))
     assert [r.json()["outcome"] for r in (forged_amount, forged_org, unknown)] == ["rejected"] * 3
     assert _entries(org) == [] and _entries(other) == []
@@ -140,10 +179,18 @@ def test_async_failure_is_recorded_and_expiry_leaves_nothing(client, org):
     obj = _session_object(client, org, failed["session_id"], payment_status="unpaid")
     assert _post_event(client, _event("checkout.session.async_payment_failed", obj)).json()["outcome"] == "processed"
     expired = _checkout(client, org)
-    assert _post_event(client, _event("checkout.session.expired", _session_object(client, org, expired["session_id"]))).status_code == 200
+    assert (
+        _post_event(
+            client, _event("checkout.session.expired", _session_object(client, org, expired["session_id"]))
+        ).status_code
+        == 200
+    )
     with org.engine.connect() as conn:
-        statuses = dict(conn.execute(sa.text("SELECT provider_id, status FROM checkout_session WHERE organization_id = :o"),
-                                     {"o": org.id}).all())
+        statuses = dict(
+            conn.execute(
+                sa.text("SELECT provider_id, status FROM checkout_session WHERE organization_id = :o"), {"o": org.id}
+            ).all()
+        )
     assert statuses == {failed["session_id"]: "failed", expired["session_id"]: "expired"}
     assert _entries(org) == []
 
@@ -155,8 +202,20 @@ def test_refunds_post_each_delta_once_and_never_more_than_bought(client, org):
     org.post("usage", "-10", category="ai_call")
 
     def refunded(cents):
-        return _post_event(client, _event("charge.refunded", {"id": "ch_1", "object": "charge", "payment_intent": "pi_refund",
-                                                                "amount": 5000, "amount_refunded": cents}))
+        return _post_event(
+            client,
+            _event(
+                "charge.refunded",
+                {
+                    "id": "ch_1",
+                    "object": "charge",
+                    "payment_intent": "pi_refund",
+                    "amount": 5000,
+                    "amount_refunded": cents,
+                },
+            ),
+        )
+
     partial = _event("charge.refunded", {"id": "ch_1", "payment_intent": "pi_refund", "amount_refunded": 2000})
     assert _post_event(client, partial).json()["outcome"] == "processed"
     assert _post_event(client, partial).json()["outcome"] == "replay"
@@ -165,32 +224,48 @@ def test_refunds_post_each_delta_once_and_never_more_than_bought(client, org):
     assert refunded(9000).json()["outcome"] == "duplicate"  # never more than was bought
     refunds = [r.amount for r in _entries(org, "refund")]
     assert refunds == [-200_000, -300_000] and org.account().balance == Decimal("-10.0000")
-    unknown = _post_event(client, _event("charge.refunded", {"id": "ch_2", "payment_intent": "pi_nope", "amount_refunded": 100}))
+    unknown = _post_event(
+        client, _event("charge.refunded", {"id": "ch_2", "payment_intent": "pi_nope", "amount_refunded": 100})
+    )
     assert unknown.json()["outcome"] == "rejected"
 
 
 # -- checkout endpoints ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"amount": "0.50"}, "invalid_amount"), ({"amount": "150"}, "invalid_amount"), ({"amount": "7.255"}, "invalid_amount"),
-    ({"amount": "abc"}, "invalid_request"), ({}, "invalid_request"), ({"package_id": "pkg_7"}, "invalid_request"),
-    ({"package_id": "pkg_50", "amount": "5"}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"amount": "0.50"}, "invalid_amount"),
+        ({"amount": "150"}, "invalid_amount"),
+        ({"amount": "7.255"}, "invalid_amount"),
+        ({"amount": "abc"}, "invalid_request"),
+        ({}, "invalid_request"),
+        ({"package_id": "pkg_7"}, "invalid_request"),
+        ({"package_id": "pkg_50", "amount": "5"}, "invalid_request"),
+    ],
+)
 def test_checkout_input_is_validated(client, org, body, code):
     r = client.post("/api/credits/create-checkout", json=body, headers=org.auth("owner"))
     assert r.status_code == 400 and r.json()["error"]["code"] == code
     with org.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o"), {"o": org.id}).scalar() == 0
+        assert (
+            conn.execute(
+                sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o"), {"o": org.id}
+            ).scalar()
+            == 0
+        )
 
 
 @pytest.mark.parametrize("role", ["admin", "member"])
 def test_only_owners_pay(client, org, role):
-    for method, path, body in (("POST", "/api/credits/create-checkout", {"package_id": "pkg_50"}),
-                               ("POST", "/api/credits/create-setup-checkout", None),
-                               ("POST", "/api/credits/quick-purchase", {"package_id": "pkg_50"}),
-                               ("GET", "/api/credits/payment-methods", None),
-                               ("DELETE", "/api/credits/payment-methods?payment_method_id=pm_1", None)):
+    for method, path, body in (
+        ("POST", "/api/credits/create-checkout", {"package_id": "pkg_50"}),
+        ("POST", "/api/credits/create-setup-checkout", None),
+        ("POST", "/api/credits/quick-purchase", {"package_id": "pkg_50"}),
+        ("GET", "/api/credits/payment-methods", None),
+        ("DELETE", "/api/credits/payment-methods?payment_method_id=pm_1", None),
+    ):
         r = client.request(method, path, json=body, headers=org.auth(role))
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (path, r.text)
 
@@ -223,7 +298,9 @@ def _attach_test_card(org: Org, number: str) -> str:
     purchases = get_stripe_purchases(org.engine)
     customer = purchases.customer_for(org.id)
     sdk = purchases.gateway.client
-    pm = sdk.v1.payment_methods.create(params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}})
+    pm = sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
+    )
     sdk.v1.payment_methods.attach(pm["id"], params={"customer": customer})
     purchases.save_card(org.id, purchases.gateway.card(pm["id"]), make_default=False)
     return pm["id"]
@@ -232,14 +309,36 @@ def _attach_test_card(org: Org, number: str) -> str:
 def test_setup_checkout_saves_only_display_data_and_cards_can_be_removed(app, client, org):
     card_id = _save_card_through_checkout(app, client, org)
     cards = client.get("/api/credits/payment-methods", headers=org.auth("owner")).json()
-    assert cards == [{"id": card_id, "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030, "is_default": True}]
+    assert cards == [
+        {"id": card_id, "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030, "is_default": True}
+    ]
     with org.engine.connect() as conn:
         columns = set(conn.execute(sa.text("SELECT * FROM payment_method LIMIT 1")).keys())
-    assert columns == {"id", "organization_id", "provider", "provider_id", "brand", "last4", "exp_month", "exp_year",
-                       "is_default", "created_at"}
-    assert client.delete(f"/api/credits/payment-methods?payment_method_id={card_id}", headers=org.auth("owner")).status_code == 204
+    assert columns == {
+        "id",
+        "organization_id",
+        "provider",
+        "provider_id",
+        "brand",
+        "last4",
+        "exp_month",
+        "exp_year",
+        "is_default",
+        "created_at",
+    }
+    assert (
+        client.delete(
+            f"/api/credits/payment-methods?payment_method_id={card_id}", headers=org.auth("owner")
+        ).status_code
+        == 204
+    )
     assert client.get("/api/credits/payment-methods", headers=org.auth("owner")).json() == []
-    assert client.delete(f"/api/credits/payment-methods?payment_method_id={card_id}", headers=org.auth("owner")).status_code == 404
+    assert (
+        client.delete(
+            f"/api/credits/payment-methods?payment_method_id={card_id}", headers=org.auth("owner")
+        ).status_code
+        == 404
+    )
 
 
 def test_quick_purchase_success_and_retry_with_the_same_key_charges_once(app, client, org):
@@ -249,18 +348,25 @@ def test_quick_purchase_success_and_retry_with_the_same_key_charges_once(app, cl
     again = client.post("/api/credits/quick-purchase", json={"package_id": "pkg_500"}, headers=headers)
     assert first.status_code == again.status_code == 200, first.text
     assert [e["amount"] for e in first.json()["entries"]] == ["500.0000", "25.0000"]
-    assert again.json()["replayed"] and [e["id"] for e in again.json()["entries"]] == [e["id"] for e in first.json()["entries"]]
+    assert again.json()["replayed"] and [e["id"] for e in again.json()["entries"]] == [
+        e["id"] for e in first.json()["entries"]
+    ]
     assert org.account().balance == Decimal("525.0000")
     pi = first.json()["entries"][0]["metadata"]["stripePaymentIntentId"]
     intent = stripe.StripeClient("sk_test_sandbox", base_addresses={"api": _api_base()}).v1.payment_intents.retrieve(pi)
     assert intent["status"] == "succeeded" and intent["amount"] == 50000
 
 
-@pytest.mark.parametrize("number, code", [("4000000000000341", "card_declined"), ("4000002500003155", "authentication_required")])
+@pytest.mark.parametrize(
+    "number, code", [("4000000000000341", "card_declined"), ("4000002500003155", "authentication_required")]
+)
 def test_quick_purchase_failures_credit_nothing(app, client, org, number, code):
     card = _attach_test_card(org, number)
-    r = client.post("/api/credits/quick-purchase", json={"amount": "20", "payment_method_id": card},
-                    headers={**org.auth("owner"), "Idempotency-Key": uuid.uuid4().hex})
+    r = client.post(
+        "/api/credits/quick-purchase",
+        json={"amount": "20", "payment_method_id": card},
+        headers={**org.auth("owner"), "Idempotency-Key": uuid.uuid4().hex},
+    )
     assert r.status_code == 402 and r.json()["error"]["code"] == code
     assert org.account().transaction_count == 0
 
@@ -277,11 +383,16 @@ def test_quick_purchase_without_a_card_and_when_stripe_is_unreachable(app, clien
     settings = get_settings()
     principal = principal_for_api_key(org.engine, org.keys["owner"])
     dead = StripePurchases(org.engine, org.ledger, StripeGateway(settings), settings)
-    dead.gateway.client = stripe.StripeClient("sk_test_sandbox", base_addresses={"api": "http://127.0.0.1:9"}, max_network_retries=0)
+    dead.gateway.client = stripe.StripeClient(
+        "sk_test_sandbox", base_addresses={"api": "http://127.0.0.1:9"}, max_network_retries=0
+    )
     with pytest.raises(PaymentError) as err:
         dead.quick_purchase(principal, choose(settings, "pkg_50"), payment_method_id=None, request_key="net-1", ip=None)
     assert err.value.code == "payment_provider_unreachable" and err.value.retryable
     assert org.account().transaction_count == 0
-    retry = client.post("/api/credits/quick-purchase", json={"package_id": "pkg_50"},
-                        headers={**org.auth("owner"), "Idempotency-Key": "net-1"})
+    retry = client.post(
+        "/api/credits/quick-purchase",
+        json={"package_id": "pkg_50"},
+        headers={**org.auth("owner"), "Idempotency-Key": "net-1"},
+    )
     assert retry.status_code == 200 and org.account().balance == Decimal("50.0000")

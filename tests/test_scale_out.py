@@ -64,21 +64,34 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         tabs = (owner_tab, member_tab)
         for tab in (*tabs, other_tab):
             expect(tab.get_by_test_id("balance-value")).to_have_text("$10.00")
-        member_tab.evaluate("window.__billing = []; "
-                            "window.addEventListener('billingUpdated', e => window.__billing.push(e.detail))")
+        member_tab.evaluate(
+            "window.__billing = []; window.addEventListener('billingUpdated', e => window.__billing.push(e.detail))"
+        )
         owner_tab.wait_for_timeout(1000)  # every tab's listener subscribes
 
         # A Stripe Checkout, created through the third worker, completed by a signed webhook that
         # the second worker handles.
-        created = httpx.post(api_worker.url + "/api/credits/create-checkout", json={"package_id": "pkg_50"},
-                             headers=org.auth("owner"), timeout=30)
+        created = httpx.post(
+            api_worker.url + "/api/credits/create-checkout",
+            json={"package_id": "pkg_50"},
+            headers=org.auth("owner"),
+            timeout=30,
+        )
         assert created.status_code == 200, created.text
         session_id = created.json()["session_id"]
-        event = _event("checkout.session.completed", _session_object(
-            None, org, session_id, payment_status="paid", status="complete", payment_intent="pi_scale_out"))
+        event = _event(
+            "checkout.session.completed",
+            _session_object(
+                None, org, session_id, payment_status="paid", status="complete", payment_intent="pi_scale_out"
+            ),
+        )
         payload = json.dumps(event).encode()
-        r = httpx.post(webhook_worker.url + "/api/credits/webhook", content=payload, timeout=30,
-                       headers={"Stripe-Signature": sign(payload, SECRET), "Content-Type": "application/json"})
+        r = httpx.post(
+            webhook_worker.url + "/api/credits/webhook",
+            content=payload,
+            timeout=30,
+            headers={"Stripe-Signature": sign(payload, SECRET), "Content-Type": "application/json"},
+        )
         assert r.status_code == 200 and r.json()["outcome"] == "processed", r.text
         for tab in tabs:
             expect(tab.get_by_test_id("balance-value")).to_have_text("$60.00", timeout=10_000)
@@ -87,8 +100,12 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         assert (detail["type"], detail["balance"]) == ("credit_added", "60.0000")
 
         # Usage reported to the third worker.
-        r = httpx.post(api_worker.url + "/api/credits/usage", headers={**org.auth("member"), "Idempotency-Key": "so-1"},
-                       json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"}, timeout=30)
+        r = httpx.post(
+            api_worker.url + "/api/credits/usage",
+            headers={**org.auth("member"), "Idempotency-Key": "so-1"},
+            json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         for tab in tabs:
             expect(tab.get_by_test_id("balance-value")).to_have_text("$59.27", timeout=10_000)
@@ -96,9 +113,24 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         assert member_tab.evaluate("window.__billing")[-1]["type"] == "credit_consumed"
 
         # An operator's grant from the CLI: a process that is no worker at all.
-        grant = subprocess.run([sys.executable, "-m", "orcapulse_billing.cli", "grant", str(org.id), "2.5",
-                                "--type", "bonus", "--description", "Goodwill credit"],
-                               env=deployment.env, capture_output=True, text=True, timeout=60)
+        grant = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orcapulse_billing.cli",
+                "grant",
+                str(org.id),
+                "2.5",
+                "--type",
+                "bonus",
+                "--description",
+                "Goodwill credit",
+            ],
+            env=deployment.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert grant.returncode == 0, grant.stderr
         for tab in tabs:
             expect(tab.get_by_test_id("balance-value")).to_have_text("$61.77", timeout=10_000)
@@ -113,14 +145,17 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         with open(download.value.path(), newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert [(r["type"], r["source"]) for r in rows] == [
-            ("bonus", "manual"), ("usage", ""), ("purchase", "purchase"), ("bonus", "welcome")]
+            ("bonus", "manual"),
+            ("usage", ""),
+            ("purchase", "purchase"),
+            ("bonus", "welcome"),
+        ]
         with engine.connect() as conn:
             assert check_invariants(conn, org.account_id) == []
     finally:
         owner_tab.screenshot(path=str(screenshot_name(request.node.nodeid)))
         for context in contexts:
             context.close()
-
 
 
 def test_a_burst_of_debits_across_the_workers_makes_exactly_one_auto_recharge(scale_out, browser):
@@ -136,8 +171,12 @@ def test_a_burst_of_debits_across_the_workers_makes_exactly_one_auto_recharge(sc
     org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("owner",), welcome=Decimal(30))
     _card(engine, org.id, "4242424242424242")
     first = deployment.workers[0]
-    r = httpx.put(first.url + "/api/credits/auto-recharge", headers=org.auth("owner"), timeout=30,
-                  json={"enabled": True, "threshold": "10", "amount": "20"})
+    r = httpx.put(
+        first.url + "/api/credits/auto-recharge",
+        headers=org.auth("owner"),
+        timeout=30,
+        json={"enabled": True, "threshold": "10", "amount": "20"},
+    )
     assert r.status_code == 200, r.text
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
@@ -148,9 +187,12 @@ def test_a_burst_of_debits_across_the_workers_makes_exactly_one_auto_recharge(sc
 
         def debit(n: int) -> int:  # 8 minutes of voice: $0.584 each, $29.20 in all
             worker = deployment.workers[n % len(deployment.workers)]
-            return httpx.post(worker.url + "/api/credits/usage", timeout=60,
-                              headers={**org.auth("owner"), "Idempotency-Key": f"burst-{n}"},
-                              json={"operation": "voice_pipeline", "quantity": "8", "status": "completed"}).status_code
+            return httpx.post(
+                worker.url + "/api/credits/usage",
+                timeout=60,
+                headers={**org.auth("owner"), "Idempotency-Key": f"burst-{n}"},
+                json={"operation": "voice_pipeline", "quantity": "8", "status": "completed"},
+            ).status_code
 
         with ThreadPoolExecutor(max_workers=50) as pool:
             assert set(pool.map(debit, range(50))) == {200}
@@ -159,9 +201,16 @@ def test_a_burst_of_debits_across_the_workers_makes_exactly_one_auto_recharge(sc
     finally:
         context.close()
     with engine.connect() as conn:
-        autos = conn.execute(sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"),
-                             {"o": org.id}).scalar()
-        purchases = conn.execute(sa.text("SELECT amount FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
-                                 {"a": org.account_id}).scalars().all()
+        autos = conn.execute(
+            sa.text("SELECT COUNT(*) FROM checkout_session WHERE organization_id = :o AND mode = 'auto'"), {"o": org.id}
+        ).scalar()
+        purchases = (
+            conn.execute(
+                sa.text("SELECT amount FROM ledger_entry WHERE account_id = :a AND type = 'purchase'"),
+                {"a": org.account_id},
+            )
+            .scalars()
+            .all()
+        )
         assert check_invariants(conn, org.account_id) == []
     assert autos == 1 and purchases == [200_000]

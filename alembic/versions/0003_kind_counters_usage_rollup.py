@@ -15,8 +15,10 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-KIND = ("CASE type WHEN 'purchase' THEN 'topup' WHEN 'bonus' THEN 'topup' WHEN 'usage' THEN 'usage' "
-        "WHEN 'refund' THEN 'refund' ELSE 'adjustment' END")
+KIND = (
+    "CASE type WHEN 'purchase' THEN 'topup' WHEN 'bonus' THEN 'topup' WHEN 'usage' THEN 'usage' "
+    "WHEN 'refund' THEN 'refund' ELSE 'adjustment' END"
+)
 COUNTERS = ("topup", "usage", "refund", "adjustment")
 
 
@@ -54,7 +56,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["account_id"], ["credit_account.id"]),
         sa.PrimaryKeyConstraint("account_id", "day", "category"),
     )
-    day = "date(created_at)" if op.get_bind().dialect.name == "sqlite" else "CAST(created_at AT TIME ZONE 'UTC' AS DATE)"
+    day = (
+        "date(created_at)" if op.get_bind().dialect.name == "sqlite" else "CAST(created_at AT TIME ZONE 'UTC' AS DATE)"
+    )
     op.execute(
         f"INSERT INTO usage_rollup (account_id, day, category, amount, count) "
         f"SELECT account_id, {day}, COALESCE(category, 'other'), SUM(-amount), COUNT(*) "

@@ -23,19 +23,34 @@ def _me(p: Principal) -> s.Me:
     return s.Me(user_id=p.user_id, email=p.email, organization_id=p.organization_id, role=p.role)
 
 
-@router.post("/login", response_model=s.Me, responses=responses(400, 401, 429), summary="Sign in (sets the session cookie)")
+@router.post(
+    "/login", response_model=s.Me, responses=responses(400, 401, 429), summary="Sign in (sets the session cookie)"
+)
 def post_login(body: s.LoginRequest, request: Request, response: Response) -> s.Me:
     ip = client_ip(request) or "unknown"
     rate_limit("login-ip", ip, limit=100, window_seconds=60)
     rate_limit("login-email", body.email.strip().lower(), limit=10, window_seconds=60)
     settings = get_settings()
     try:
-        token, principal, _ = login(get_engine(), body.email, body.password, ttl_hours=settings.session_ttl_hours,
-                                    ip=ip, user_agent=request.headers.get("user-agent"))
+        token, principal, _ = login(
+            get_engine(),
+            body.email,
+            body.password,
+            ttl_hours=settings.session_ttl_hours,
+            ip=ip,
+            user_agent=request.headers.get("user-agent"),
+        )
     except AuthError as exc:
         raise ApiError(401, "invalid_credentials", str(exc)) from None
-    response.set_cookie(SESSION_COOKIE, token, max_age=settings.session_ttl_hours * 3600, httponly=True,
-                        samesite="lax", secure=settings.cookie_secure, path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_hours * 3600,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
     return _me(principal)
 
 

@@ -52,10 +52,17 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | Non
 
 def entry_json(item: HistoryItem) -> s.HistoryEntry:
     return s.HistoryEntry(
-        id=item.id, type=item.type, source=item.source, amount=fmt4(item.amount_units),
-        balance_before=fmt4(item.balance_before_units), balance_after=fmt4(item.balance_after_units),
-        description=item.description, category=item.category, created_at=item.created_at,
-        metadata=item.metadata, usage_session_id=item.usage_session_id,
+        id=item.id,
+        type=item.type,
+        source=item.source,
+        amount=fmt4(item.amount_units),
+        balance_before=fmt4(item.balance_before_units),
+        balance_after=fmt4(item.balance_after_units),
+        description=item.description,
+        category=item.category,
+        created_at=item.created_at,
+        metadata=item.metadata,
+        usage_session_id=item.usage_session_id,
     )
 
 
@@ -64,9 +71,17 @@ def packages() -> s.Packages:
     settings = get_settings()
     choices = [choose(settings, package_id=p.id) for p in PACKAGES]
     return s.Packages(
-        packages=[s.Package(id=p.id, name=p.name, credits=f"{p.credits:.4f}", price=f"{p.price:.4f}",
-                            bonus_credits=f"{c.bonus:.4f}", bonus_percent=f"{c.bonus_percent.normalize():f}")
-                  for p, c in zip(PACKAGES, choices, strict=True)],
+        packages=[
+            s.Package(
+                id=p.id,
+                name=p.name,
+                credits=f"{p.credits:.4f}",
+                price=f"{p.price:.4f}",
+                bonus_credits=f"{c.bonus:.4f}",
+                bonus_percent=f"{c.bonus_percent.normalize():f}",
+            )
+            for p, c in zip(PACKAGES, choices, strict=True)
+        ],
         custom=s.CustomRange(min=f"{CUSTOM_MIN:.4f}", max=f"{CUSTOM_MAX:.4f}"),
     )
 
@@ -77,16 +92,25 @@ def balance_json(organization_id: int) -> s.Balance:
         acct = get_account(conn, organization_id=organization_id)
     threshold = to_units(settings.low_balance_threshold)
     return s.Balance(
-        balance=fmt4(acct.balance_units), currency=acct.currency,
-        low_balance=acct.balance_units < threshold, low_balance_threshold=fmt4(threshold),
-        grace_limit=fmt4(to_units(settings.grace_limit)), in_grace_period=acct.balance_units < 0,
-        can_start_operations=acct.balance_units > 0, lifetime_added=fmt4(acct.lifetime_added_units),
-        lifetime_consumed=fmt4(acct.lifetime_consumed_units), transaction_count=acct.transaction_count,
+        balance=fmt4(acct.balance_units),
+        currency=acct.currency,
+        low_balance=acct.balance_units < threshold,
+        low_balance_threshold=fmt4(threshold),
+        grace_limit=fmt4(to_units(settings.grace_limit)),
+        in_grace_period=acct.balance_units < 0,
+        can_start_operations=acct.balance_units > 0,
+        lifetime_added=fmt4(acct.lifetime_added_units),
+        lifetime_consumed=fmt4(acct.lifetime_consumed_units),
+        transaction_count=acct.transaction_count,
     )
 
 
-@router.get("/balance", response_model=s.Balance, responses=AUTH,
-            summary="Current credit balance (triggers auto-recharge if low)")
+@router.get(
+    "/balance",
+    response_model=s.Balance,
+    responses=AUTH,
+    summary="Current credit balance (triggers auto-recharge if low)",
+)
 def balance(principal: Principal = Depends(current_principal)) -> s.Balance:
     answer = balance_json(principal.organization_id)
     if answer.low_balance:  # the spec's trigger; the charge runs off the request's thread
@@ -107,12 +131,27 @@ def history(
     with get_engine().connect() as conn:
         account_id = get_account(conn, organization_id=principal.organization_id).id
         result = history_page(conn, account_id, HistoryQuery(type, start, end), page=page, page_size=int(page_size))
-    return s.History(items=[entry_json(i) for i in result.items], page=result.page, page_size=result.page_size,
-                     total=result.total, total_pages=result.total_pages)
+    return s.History(
+        items=[entry_json(i) for i in result.items],
+        page=result.page,
+        page_size=result.page_size,
+        total=result.total,
+        total_pages=result.total_pages,
+    )
 
 
-CSV_COLUMNS = ["id", "created_at", "type", "source", "description", "category", "amount", "balance_before",
-               "balance_after", "usage_session_id"]
+CSV_COLUMNS = [
+    "id",
+    "created_at",
+    "type",
+    "source",
+    "description",
+    "category",
+    "amount",
+    "balance_before",
+    "balance_after",
+    "usage_session_id",
+]
 
 
 def csv_rows(items: Iterator[HistoryItem]) -> Iterator[str]:
@@ -120,9 +159,20 @@ def csv_rows(items: Iterator[HistoryItem]) -> Iterator[str]:
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for n, item in enumerate(items, 1):
-        writer.writerow([item.id, item.created_at.isoformat(), item.type, item.source or "", item.description,
-                         item.category or "", fmt4(item.amount_units), fmt4(item.balance_before_units),
-                         fmt4(item.balance_after_units), item.usage_session_id or ""])
+        writer.writerow(
+            [
+                item.id,
+                item.created_at.isoformat(),
+                item.type,
+                item.source or "",
+                item.description,
+                item.category or "",
+                fmt4(item.amount_units),
+                fmt4(item.balance_before_units),
+                fmt4(item.balance_after_units),
+                item.usage_session_id or "",
+            ]
+        )
         if n % 500 == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -135,8 +185,12 @@ def _stream_history(account_id: int, query: HistoryQuery) -> Iterator[str]:
         yield from csv_rows(iter_history(conn, account_id, query))
 
 
-@router.get("/history.csv", responses={**AUTH, 200: {"content": {"text/csv": {}}, "description": "CSV"}},
-            response_class=StreamingResponse, summary="The filtered history as CSV (whole range)")
+@router.get(
+    "/history.csv",
+    responses={**AUTH, 200: {"content": {"text/csv": {}}, "description": "CSV"}},
+    response_class=StreamingResponse,
+    summary="The filtered history as CSV (whole range)",
+)
 def history_csv(
     type: TypeFilter = Query("all"),
     from_: datetime | None = Query(None, alias="from"),
@@ -147,8 +201,11 @@ def history_csv(
     with get_engine().connect() as conn:
         account_id = get_account(conn, organization_id=principal.organization_id).id
     name = f"orcapulse-credits-{type}-{datetime.now(UTC):%Y%m%d}.csv"
-    return StreamingResponse(_stream_history(account_id, HistoryQuery(type, start, end)), media_type="text/csv",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return StreamingResponse(
+        _stream_history(account_id, HistoryQuery(type, start, end)),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @router.get("/usage-summary", response_model=s.UsageSummary, responses=AUTH, summary="Consumption per category")
@@ -163,24 +220,45 @@ def get_usage_summary(
         rows = usage_summary(conn, account_id, start, end)
     return s.UsageSummary(
         categories=[s.CategorySpend(category=r.category, amount=fmt4(r.amount_units), count=r.count) for r in rows],
-        total=fmt4(sum(r.amount_units for r in rows)), count=sum(r.count for r in rows), from_=start, to=end,
+        total=fmt4(sum(r.amount_units for r in rows)),
+        count=sum(r.count for r in rows),
+        from_=start,
+        to=end,
     )
 
 
 def session_json(row: dict) -> s.BillingSessionOut:
     return s.BillingSessionOut(
-        id=row["external_id"], operation=row["operation"], agent_id=row["agent_id"], agent_name=row["agent_name"],
-        architecture=row["architecture"], duration_minutes=row["duration_minutes"], message_count=row["message_count"],
-        started_at=_utc(row["started_at"]), ended_at=_utc(row["ended_at"]), transcript=row["transcript"],
-        recording_url=row["recording_url"], analysis=row["analysis"],
-        cost=s.CostBreakdown(base=fmt4(row["cost_base"]), llm=fmt4(row["cost_llm"]), stt=fmt4(row["cost_stt"]),
-                             tts=fmt4(row["cost_tts"]), total=fmt4(row["cost_total"])),
-        ledger_entry_id=row["ledger_entry_id"], created_at=_utc(row["created_at"]),
+        id=row["external_id"],
+        operation=row["operation"],
+        agent_id=row["agent_id"],
+        agent_name=row["agent_name"],
+        architecture=row["architecture"],
+        duration_minutes=row["duration_minutes"],
+        message_count=row["message_count"],
+        started_at=_utc(row["started_at"]),
+        ended_at=_utc(row["ended_at"]),
+        transcript=row["transcript"],
+        recording_url=row["recording_url"],
+        analysis=row["analysis"],
+        cost=s.CostBreakdown(
+            base=fmt4(row["cost_base"]),
+            llm=fmt4(row["cost_llm"]),
+            stt=fmt4(row["cost_stt"]),
+            tts=fmt4(row["cost_tts"]),
+            total=fmt4(row["cost_total"]),
+        ),
+        ledger_entry_id=row["ledger_entry_id"],
+        created_at=_utc(row["created_at"]),
     )
 
 
-@router.get("/sessions/{session_id}", response_model=s.BillingSessionOut, responses=responses(400, 401, 404),
-            summary="One billing session with its cost breakdown")
+@router.get(
+    "/sessions/{session_id}",
+    response_model=s.BillingSessionOut,
+    responses=responses(400, 401, 404),
+    summary="One billing session with its cost breakdown",
+)
 def get_session(session_id: str, principal: Principal = Depends(current_principal)) -> s.BillingSessionOut:
     with get_engine().connect() as conn:
         account_id = get_account(conn, organization_id=principal.organization_id).id
@@ -190,24 +268,39 @@ def get_session(session_id: str, principal: Principal = Depends(current_principa
     return session_json(row)
 
 
-@router.post("/check", response_model=s.CheckResponse, responses=responses(400, 401, 402),
-             summary="May a new operation start? (402 at or below zero)")
+@router.post(
+    "/check",
+    response_model=s.CheckResponse,
+    responses=responses(400, 401, 402),
+    summary="May a new operation start? (402 at or below zero)",
+)
 def post_check(body: s.CheckRequest, principal: Principal = Depends(current_principal)):
     try:
-        result = check(get_engine(), principal.organization_id, body.operation, body.estimated_quantity,
-                       markup_percent=get_settings().markup_percent, model=body.model)
+        result = check(
+            get_engine(),
+            principal.organization_id,
+            body.operation,
+            body.estimated_quantity,
+            markup_percent=get_settings().markup_percent,
+            model=body.model,
+        )
     except MeteringError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
-    answer = s.CheckResponse(allowed=result.allowed, balance=fmt4(result.balance_units),
-                             estimated_cost=fmt4(to_units(result.estimated_cost)))
+    answer = s.CheckResponse(
+        allowed=result.allowed, balance=fmt4(result.balance_units), estimated_cost=fmt4(to_units(result.estimated_cost))
+    )
     if not result.allowed:
         answer.reason = "the balance is at or below zero: add credits to start new operations"
         raise ApiError(402, "insufficient_credits", answer.reason)
     return answer
 
 
-@router.post("/usage", response_model=s.UsageResponse, responses=responses(400, 401, 402, 409),
-             summary="Report a finished operation; completed ones are charged, failed ones never")
+@router.post(
+    "/usage",
+    response_model=s.UsageResponse,
+    responses=responses(400, 401, 402, 409),
+    summary="Report a finished operation; completed ones are charged, failed ones never",
+)
 def post_usage(
     body: s.UsageRequest,
     request: Request,
@@ -221,13 +314,22 @@ def post_usage(
         raise ApiError(400, "invalid_request", "idempotency_key and the Idempotency-Key header differ")
     session = SessionInfo(**body.session.model_dump()) if body.session else None
     if session is not None:
-        session = SessionInfo(**{**body.session.model_dump(), "started_at": _utc(session.started_at),
-                                 "ended_at": _utc(session.ended_at)})
+        session = SessionInfo(
+            **{**body.session.model_dump(), "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at)}
+        )
     try:
         result = record_usage(
-            get_ledger(), principal.organization_id, operation=body.operation, quantity=body.quantity,
-            status=body.status, idempotency_key=key, markup_percent=get_settings().markup_percent,
-            model=body.model, session=session, actor_user_id=principal.user_id, actor_ip=client_ip(request),
+            get_ledger(),
+            principal.organization_id,
+            operation=body.operation,
+            quantity=body.quantity,
+            status=body.status,
+            idempotency_key=key,
+            markup_percent=get_settings().markup_percent,
+            model=body.model,
+            session=session,
+            actor_user_id=principal.user_id,
+            actor_ip=client_ip(request),
         )
     except MeteringError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
@@ -239,17 +341,27 @@ def post_usage(
         raise ApiError(409, "conflict", "this session was billed concurrently under another key") from None
     entry = result.entry
     return s.UsageResponse(
-        charged=result.charged, cost=fmt4(to_units(result.charge.cost)),
+        charged=result.charged,
+        cost=fmt4(to_units(result.charge.cost)),
         entry=entry_json(_as_item(entry)) if entry else None,
         balance=fmt4(entry.balance_after_units) if entry else None,
-        session_id=result.session_id, replayed=bool(entry and entry.replayed),
+        session_id=result.session_id,
+        replayed=bool(entry and entry.replayed),
     )
 
 
 def _as_item(entry) -> HistoryItem:
     return HistoryItem(
-        id=entry.id, seq=entry.seq, type=entry.type, source=entry.source, amount_units=entry.amount_units,
-        balance_before_units=entry.balance_before_units, balance_after_units=entry.balance_after_units,
-        description=entry.description, category=entry.category, created_at=entry.created_at,
-        metadata=entry.metadata, usage_session_id=entry.metadata.get("usage_session_id"),
+        id=entry.id,
+        seq=entry.seq,
+        type=entry.type,
+        source=entry.source,
+        amount_units=entry.amount_units,
+        balance_before_units=entry.balance_before_units,
+        balance_after_units=entry.balance_after_units,
+        description=entry.description,
+        category=entry.category,
+        created_at=entry.created_at,
+        metadata=entry.metadata,
+        usage_session_id=entry.metadata.get("usage_session_id"),
     )

@@ -76,5 +76,9 @@ def limiter(name: str, limit: int, window_seconds: int) -> RateLimiter:
 
 def rate_limit(name: str, key: str, *, limit: int, window_seconds: int = 60) -> None:
     if not limiter(name, limit, window_seconds).allow(key):
-        raise ApiError(429, "rate_limited", "too many attempts; try again in a minute",
-                       headers={"Retry-After": str(window_seconds)})
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many attempts; try again in a minute",
+            headers={"Retry-After": str(window_seconds)},
+        )

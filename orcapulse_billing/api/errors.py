@@ -12,9 +12,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("orcapulse_billing.api")
 
-_STATUS_CODES = {400: "invalid_request", 401: "unauthenticated", 402: "insufficient_credits", 403: "forbidden",
-                 404: "not_found", 405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type",
-                 429: "rate_limited"}
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    402: "insufficient_credits",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
 
 
 class ApiError(Exception):

@@ -27,8 +27,13 @@ from .errors import ApiError, responses
 
 router = APIRouter(prefix="/api/credits", tags=["payments"], route_class=DecimalRoute)
 IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=150)]
-PAYMENT_STATUS = {"card_declined": 402, "authentication_required": 402, "payment_failed": 402,
-                  "payment_provider_unreachable": 503, "payments_unavailable": 503}
+PAYMENT_STATUS = {
+    "card_declined": 402,
+    "authentication_required": 402,
+    "payment_failed": 402,
+    "payment_provider_unreachable": 503,
+    "payments_unavailable": 503,
+}
 
 
 class PurchaseRequest(s.Strict):
@@ -83,17 +88,29 @@ def _payment_error(exc: PaymentError) -> ApiError:
     return ApiError(PAYMENT_STATUS.get(exc.code, 402), exc.code, exc.message)
 
 
-@router.post("/create-checkout", response_model=CheckoutCreated, responses=responses(400, 401, 403, 429, 503),
-             summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)")
-def create_checkout(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
-                    principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+@router.post(
+    "/create-checkout",
+    response_model=CheckoutCreated,
+    responses=responses(400, 401, 403, 429, 503),
+    summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)",
+)
+def create_checkout(
+    body: PurchaseRequest,
+    request: Request,
+    idempotency_key: IdemHeader = None,
+    principal: Principal = Depends(owner_principal),
+) -> CheckoutCreated:
     if body.provider not in get_settings().payment_providers:
         raise ApiError(400, "provider_unavailable", f"{body.provider} is not offered here")
     if body.provider == "lemonsqueezy":
         rate_limit("purchase", str(principal.organization_id), limit=20)
         try:
-            created = _lemon().start_checkout(principal, _choice(body), ip=client_ip(request),
-                                              redirect_url=get_settings().app_url.rstrip("/") + "/billing")
+            created = _lemon().start_checkout(
+                principal,
+                _choice(body),
+                ip=client_ip(request),
+                redirect_url=get_settings().app_url.rstrip("/") + "/billing",
+            )
         except PaymentError as exc:
             raise _payment_error(exc) from None
         return CheckoutCreated(**created)
@@ -104,50 +121,93 @@ def _start_checkout(principal: Principal, choice, request: Request, idempotency_
     rate_limit("purchase", str(principal.organization_id), limit=20)
     success, cancel = return_urls(str(request.base_url))
     try:
-        created = _purchases().start_checkout(principal, choice, ip=client_ip(request), success_url=success,
-                                              cancel_url=cancel, request_key=idempotency_key or uuid.uuid4().hex)
+        created = _purchases().start_checkout(
+            principal,
+            choice,
+            ip=client_ip(request),
+            success_url=success,
+            cancel_url=cancel,
+            request_key=idempotency_key or uuid.uuid4().hex,
+        )
     except PaymentError as exc:
         raise _payment_error(exc) from None
     return CheckoutCreated(**created)
 
 
-@router.post("/create-setup-checkout", response_model=CheckoutCreated, responses=responses(400, 401, 403, 429, 503),
-             summary="Save a card without charging (Stripe Checkout in setup mode)")
-def create_setup_checkout(request: Request, idempotency_key: IdemHeader = None,
-                          principal: Principal = Depends(owner_principal)) -> CheckoutCreated:
+@router.post(
+    "/create-setup-checkout",
+    response_model=CheckoutCreated,
+    responses=responses(400, 401, 403, 429, 503),
+    summary="Save a card without charging (Stripe Checkout in setup mode)",
+)
+def create_setup_checkout(
+    request: Request, idempotency_key: IdemHeader = None, principal: Principal = Depends(owner_principal)
+) -> CheckoutCreated:
     return _start_checkout(principal, None, request, idempotency_key)
 
 
-@router.post("/quick-purchase", response_model=QuickPurchaseResult,
-             responses=responses(400, 401, 402, 403, 404, 409, 429, 503),
-             summary="Charge the saved card now (off-session) and add the credits")
-def quick_purchase(body: PurchaseRequest, request: Request, idempotency_key: IdemHeader = None,
-                   principal: Principal = Depends(owner_principal)) -> QuickPurchaseResult:
+@router.post(
+    "/quick-purchase",
+    response_model=QuickPurchaseResult,
+    responses=responses(400, 401, 402, 403, 404, 409, 429, 503),
+    summary="Charge the saved card now (off-session) and add the credits",
+)
+def quick_purchase(
+    body: PurchaseRequest,
+    request: Request,
+    idempotency_key: IdemHeader = None,
+    principal: Principal = Depends(owner_principal),
+) -> QuickPurchaseResult:
     rate_limit("purchase", str(principal.organization_id), limit=20)
     choice = _choice(body)
     try:
-        entries = _purchases().quick_purchase(principal, choice, payment_method_id=body.payment_method_id,
-                                              request_key=idempotency_key or uuid.uuid4().hex, ip=client_ip(request))
+        entries = _purchases().quick_purchase(
+            principal,
+            choice,
+            payment_method_id=body.payment_method_id,
+            request_key=idempotency_key or uuid.uuid4().hex,
+            ip=client_ip(request),
+        )
     except PurchaseError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     except PaymentError as exc:
         raise _payment_error(exc) from None
-    return QuickPurchaseResult(entries=[entry_json(_as_item(e)) for e in entries],
-                               balance=fmt4(entries[-1].balance_after_units), replayed=entries[0].replayed)
+    return QuickPurchaseResult(
+        entries=[entry_json(_as_item(e)) for e in entries],
+        balance=fmt4(entries[-1].balance_after_units),
+        replayed=entries[0].replayed,
+    )
 
 
-@router.get("/payment-methods", response_model=list[SavedCard], responses=responses(400, 401, 403, 503),
-            summary="Saved cards (brand, last four, expiry)")
+@router.get(
+    "/payment-methods",
+    response_model=list[SavedCard],
+    responses=responses(400, 401, 403, 503),
+    summary="Saved cards (brand, last four, expiry)",
+)
 def list_payment_methods(principal: Principal = Depends(owner_principal)) -> list[SavedCard]:
-    return [SavedCard(id=c["provider_id"], brand=c["brand"], last4=c["last4"], exp_month=c["exp_month"],
-                      exp_year=c["exp_year"], is_default=c["is_default"])
-            for c in _purchases().cards(principal.organization_id)]
+    return [
+        SavedCard(
+            id=c["provider_id"],
+            brand=c["brand"],
+            last4=c["last4"],
+            exp_month=c["exp_month"],
+            exp_year=c["exp_year"],
+            is_default=c["is_default"],
+        )
+        for c in _purchases().cards(principal.organization_id)
+    ]
 
 
-@router.delete("/payment-methods", status_code=204, responses=responses(400, 401, 403, 404, 503),
-               summary="Remove a saved card (detached at Stripe, deleted here)")
-def delete_payment_method(payment_method_id: str = Query(..., max_length=100),
-                          principal: Principal = Depends(owner_principal)):
+@router.delete(
+    "/payment-methods",
+    status_code=204,
+    responses=responses(400, 401, 403, 404, 503),
+    summary="Remove a saved card (detached at Stripe, deleted here)",
+)
+def delete_payment_method(
+    payment_method_id: str = Query(..., max_length=100), principal: Principal = Depends(owner_principal)
+):
     try:
         _purchases().remove_card(principal.organization_id, payment_method_id)
     except PurchaseError as exc:
@@ -174,25 +234,43 @@ class AutoRechargeUpdate(s.Strict):
 
 def _policy_json(policy) -> AutoRechargeSettings:
     return AutoRechargeSettings(
-        enabled=policy.enabled, threshold=f"{policy.threshold:.4f}", amount=f"{policy.amount:.4f}",
+        enabled=policy.enabled,
+        threshold=f"{policy.threshold:.4f}",
+        amount=f"{policy.amount:.4f}",
         monthly_cap=f"{policy.monthly_cap:.4f}" if policy.monthly_cap is not None else None,
-        consecutive_failures=policy.consecutive_failures, disabled_reason=policy.disabled_reason)
+        consecutive_failures=policy.consecutive_failures,
+        disabled_reason=policy.disabled_reason,
+    )
 
 
-@router.get("/auto-recharge", response_model=AutoRechargeSettings, responses=responses(400, 401),
-            summary="Auto-recharge settings")
+@router.get(
+    "/auto-recharge",
+    response_model=AutoRechargeSettings,
+    responses=responses(400, 401),
+    summary="Auto-recharge settings",
+)
 def get_auto_recharge(principal: Principal = Depends(current_principal)) -> AutoRechargeSettings:
     return _policy_json(get_auto_recharger(get_engine()).get(principal.organization_id))
 
 
-@router.put("/auto-recharge", response_model=AutoRechargeSettings, responses=responses(400, 401, 403),
-            summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap)")
-def put_auto_recharge(body: AutoRechargeUpdate, request: Request,
-                      principal: Principal = Depends(owner_principal)) -> AutoRechargeSettings:
+@router.put(
+    "/auto-recharge",
+    response_model=AutoRechargeSettings,
+    responses=responses(400, 401, 403),
+    summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap)",
+)
+def put_auto_recharge(
+    body: AutoRechargeUpdate, request: Request, principal: Principal = Depends(owner_principal)
+) -> AutoRechargeSettings:
     try:
         policy = get_auto_recharger(get_engine()).update(
-            principal, enabled=body.enabled, threshold=body.threshold, amount=body.amount,
-            monthly_cap=body.monthly_cap, ip=client_ip(request))
+            principal,
+            enabled=body.enabled,
+            threshold=body.threshold,
+            amount=body.amount,
+            monthly_cap=body.monthly_cap,
+            ip=client_ip(request),
+        )
     except PurchaseError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     return _policy_json(policy)
@@ -203,8 +281,12 @@ class WebhookAck(BaseModel):
     outcome: str
 
 
-@router.post("/webhook", response_model=WebhookAck, responses=responses(400, 503),
-             summary="Stripe webhook (Stripe-Signature verified on the raw body)")
+@router.post(
+    "/webhook",
+    response_model=WebhookAck,
+    responses=responses(400, 503),
+    summary="Stripe webhook (Stripe-Signature verified on the raw body)",
+)
 async def stripe_webhook(request: Request) -> WebhookAck:
     payload = await request.body()
     purchases = _purchases()
@@ -219,8 +301,12 @@ async def stripe_webhook(request: Request) -> WebhookAck:
     return WebhookAck(received=True, outcome=outcome)
 
 
-@router.post("/lemonsqueezy/webhook", response_model=WebhookAck, responses=responses(400, 503),
-             summary="Lemon Squeezy order webhook (X-Signature verified on the raw body)")
+@router.post(
+    "/lemonsqueezy/webhook",
+    response_model=WebhookAck,
+    responses=responses(400, 503),
+    summary="Lemon Squeezy order webhook (X-Signature verified on the raw body)",
+)
 async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
     payload = await request.body()
     purchases = _lemon()
@@ -244,4 +330,5 @@ def checkout_return(status: str = "success") -> HTMLResponse:
     text = "Payment received. You can close this window." if status == "success" else "Checkout cancelled."
     return HTMLResponse(
         f"<!doctype html><title>OrcaPulse checkout</title><body style='font-family:system-ui;padding:40px'>"
-        f"<p data-testid='checkout-return'>{text}</p><script>setTimeout(function(){{window.close()}}, 300)</script>")
+        f"<p data-testid='checkout-return'>{text}</p><script>setTimeout(function(){{window.close()}}, 300)</script>"
+    )

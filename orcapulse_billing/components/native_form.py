@@ -30,18 +30,23 @@ def backend_url(path: str) -> Var:
         _js_expr=f"(getBackendURL(env.UPLOAD).origin + {path!r})",
         _var_type=str,
         _var_data=VarData(
-            imports={"$/utils/state": [ImportVar(tag="getBackendURL")], "$/env.json": [ImportVar(tag="env", is_default=True)]}
+            imports={
+                "$/utils/state": [ImportVar(tag="getBackendURL")],
+                "$/env.json": [ImportVar(tag="env", is_default=True)],
+            }
         ),
     ).to(str)
 
 
 def resolve_on_use(attribute: str, url: Var) -> Var:
     """An event handler that sets the element's `attribute` to `url` as evaluated now, in the page."""
-    return Var(_js_expr=f"((event) => {{ event.currentTarget.{attribute} = {url}; }})",
-               _var_data=url._get_all_var_data())
+    return Var(
+        _js_expr=f"((event) => {{ event.currentTarget.{attribute} = {url}; }})", _var_data=url._get_all_var_data()
+    )
 
 
 def native_form(*children: rx.Component, path: str, **props) -> rx.Component:
     action = backend_url(path)
-    return NativeForm.create(*children, action=action, method="post",
-                             custom_attrs={"onSubmit": resolve_on_use("action", action)}, **props)
+    return NativeForm.create(
+        *children, action=action, method="post", custom_attrs={"onSubmit": resolve_on_use("action", action)}, **props
+    )

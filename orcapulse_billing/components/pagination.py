@@ -40,11 +40,25 @@ def pagination(*, page, total_pages, labels, on_prev, on_next, on_page) -> rx.Co
         )
 
     return rx.hstack(
-        rx.button(rx.icon("chevron-left", size=14), "Previous", size="1", variant="outline",
-                  disabled=page <= 1, on_click=on_prev, data_testid="pagination-prev"),
+        rx.button(
+            rx.icon("chevron-left", size=14),
+            "Previous",
+            size="1",
+            variant="outline",
+            disabled=page <= 1,
+            on_click=on_prev,
+            data_testid="pagination-prev",
+        ),
         rx.foreach(labels, button),
-        rx.button("Next", rx.icon("chevron-right", size=14), size="1", variant="outline",
-                  disabled=page >= total_pages, on_click=on_next, data_testid="pagination-next"),
+        rx.button(
+            "Next",
+            rx.icon("chevron-right", size=14),
+            size="1",
+            variant="outline",
+            disabled=page >= total_pages,
+            on_click=on_next,
+            data_testid="pagination-next",
+        ),
         spacing="1",
         align="center",
         wrap="wrap",

@@ -24,7 +24,9 @@ def stat_card(
                 width="100%",
                 align="center",
             ),
-            rx.text(value, size="7", weight="bold", data_testid=testid, color=color if value_color is None else value_color),
+            rx.text(
+                value, size="7", weight="bold", data_testid=testid, color=color if value_color is None else value_color
+            ),
             rx.text(label, size="1", opacity="0.8"),
             spacing="2",
         ),

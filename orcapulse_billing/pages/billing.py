@@ -51,10 +51,26 @@ BLACK = "linear-gradient(135deg, #0f172a 0%, #334155 100%)"
 GREEN = "#16a34a"
 RED = "#dc2626"
 CHART_DAYS = 30
-TYPE_BADGES = {"purchase": "Top-up", "bonus": "Top-up", "usage": "Usage", "refund": "Refund", "adjustment": "Adjustment"}
-CATEGORY_LABELS = {"ai_call": "AI calls", "call_recording": "Recording", "whatsapp": "WhatsApp", "sms": "SMS",
-                   "email": "Email", "transcription": "Transcription", "tts": "TTS", "llm_tokens": "LLM tokens",
-                   "chat": "Chat", "phone_rental": "Phone numbers", "other": "Other"}
+TYPE_BADGES = {
+    "purchase": "Top-up",
+    "bonus": "Top-up",
+    "usage": "Usage",
+    "refund": "Refund",
+    "adjustment": "Adjustment",
+}
+CATEGORY_LABELS = {
+    "ai_call": "AI calls",
+    "call_recording": "Recording",
+    "whatsapp": "WhatsApp",
+    "sms": "SMS",
+    "email": "Email",
+    "transcription": "Transcription",
+    "tts": "TTS",
+    "llm_tokens": "LLM tokens",
+    "chat": "Chat",
+    "phone_rental": "Phone numbers",
+    "other": "Other",
+}
 
 
 def format_when(value: datetime) -> str:
@@ -87,8 +103,9 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
         org_name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
         result = history_page(conn, acct.id, HistoryQuery(type_filter), page=page, page_size=page_size)
         if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
-            result = history_page(conn, acct.id, HistoryQuery(type_filter), page=result.total_pages,
-                                          page_size=page_size)
+            result = history_page(
+                conn, acct.id, HistoryQuery(type_filter), page=result.total_pages, page_size=page_size
+            )
         spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
     return {
         "org_name": org_name or "",
@@ -103,10 +120,13 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
         "total": result.total,
         "total_pages": result.total_pages,
         "spend": [
-            {"category": CATEGORY_LABELS.get(r.category, r.category), "amount": fmt_money4(r.amount_units),
-             "count": f"({r.count:,})",
-             # chart bar height only; every figure shown as text comes from the exact string above
-             "value": float(from_units(r.amount_units))}  # ok: chart
+            {
+                "category": CATEGORY_LABELS.get(r.category, r.category),
+                "amount": fmt_money4(r.amount_units),
+                "count": f"({r.count:,})",
+                # chart bar height only; every figure shown as text comes from the exact string above
+                "value": float(from_units(r.amount_units)),
+            }  # ok: chart
             for r in spend
         ],
         "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
@@ -131,15 +151,27 @@ def _load_session(organization_id: int, session_id: str) -> dict | None:
     if row is None:
         return None
     when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or UTC)) if v else ""  # noqa: E731
-    duration = f"{row['duration_minutes']} min" if row["duration_minutes"] else (
-        f"{row['message_count']} messages" if row["message_count"] is not None else "")
+    duration = (
+        f"{row['duration_minutes']} min"
+        if row["duration_minutes"]
+        else (f"{row['message_count']} messages" if row["message_count"] is not None else "")
+    )
     return {
-        "id": row["external_id"], "agent": row["agent_name"] or row["agent_id"] or "Unknown agent",
-        "agent_id": row["agent_id"] or "", "architecture": (row["architecture"] or row["operation"]).title(),
-        "duration": duration, "base": "$" + fmt4(row["cost_base"]), "llm": "$" + fmt4(row["cost_llm"]),
-        "stt": "$" + fmt4(row["cost_stt"]), "tts": "$" + fmt4(row["cost_tts"]), "total": "$" + fmt4(row["cost_total"]),
-        "started": when(row["started_at"]), "ended": when(row["ended_at"]), "billed": when(row["created_at"]),
-        "transcript": row["transcript"] or "", "recording": row["recording_url"] or "",
+        "id": row["external_id"],
+        "agent": row["agent_name"] or row["agent_id"] or "Unknown agent",
+        "agent_id": row["agent_id"] or "",
+        "architecture": (row["architecture"] or row["operation"]).title(),
+        "duration": duration,
+        "base": "$" + fmt4(row["cost_base"]),
+        "llm": "$" + fmt4(row["cost_llm"]),
+        "stt": "$" + fmt4(row["cost_stt"]),
+        "tts": "$" + fmt4(row["cost_tts"]),
+        "total": "$" + fmt4(row["cost_total"]),
+        "started": when(row["started_at"]),
+        "ended": when(row["ended_at"]),
+        "billed": when(row["created_at"]),
+        "transcript": row["transcript"] or "",
+        "recording": row["recording_url"] or "",
         "analysis": "\n".join(f"{k}: {v}" for k, v in (row["analysis"] or {}).items()),
     }
 
@@ -235,7 +267,12 @@ class BillingState(SessionState):
         self.added = ("+" if data["added_units"] else "") + fmt_balance(data["added_units"])
         self.consumed = ("-" if data["consumed_units"] else "") + fmt_balance(data["consumed_units"])
         self.transactions = data["transactions"]
-        self.rows, self.page, self.total, self.total_pages = data["rows"], data["page"], data["total"], data["total_pages"]
+        self.rows, self.page, self.total, self.total_pages = (
+            data["rows"],
+            data["page"],
+            data["total"],
+            data["total_pages"],
+        )
         self.spend, self.spend_total = data["spend"], data["spend_total"]
         policy = data["auto"]
         self.auto_enabled = policy.enabled
@@ -472,13 +509,17 @@ class BillingState(SessionState):
                     self.waiting, self._checkout_session = False, ""
                     await self._reload()
                     self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
-                    yield rx.toast.success("Credits added successfully!" if self._checkout_mode == "payment"
-                                           else "Card saved")
+                    yield rx.toast.success(
+                        "Credits added successfully!" if self._checkout_mode == "payment" else "Card saved"
+                    )
                     return
                 if status in ("failed", "expired"):
                     self.waiting, self._checkout_session = False, ""
-                    yield rx.toast.error("The payment failed. Nothing was charged." if status == "failed"
-                                         else "The checkout expired. Nothing was charged.")
+                    yield rx.toast.error(
+                        "The payment failed. Nothing was charged."
+                        if status == "failed"
+                        else "The checkout expired. Nothing was charged."
+                    )
                     return
         async with self:
             self.waiting = False
@@ -523,8 +564,15 @@ class BillingState(SessionState):
             values = [parse_amount(v) if v else None for v in (self.auto_threshold, self.auto_amount, self.auto_cap)]
             if values[0] is None or values[1] is None:
                 raise PurchaseError("invalid_request", "Enter a threshold and an amount.")
-            await asyncio.to_thread(get_auto_recharger(get_engine()).update, principal, enabled=self.auto_enabled,
-                                    threshold=values[0], amount=values[1], monthly_cap=values[2], ip=None)
+            await asyncio.to_thread(
+                get_auto_recharger(get_engine()).update,
+                principal,
+                enabled=self.auto_enabled,
+                threshold=values[0],
+                amount=values[1],
+                monthly_cap=values[2],
+                ip=None,
+            )
         except MoneyError as exc:
             self.auto_error = f"Amounts: {exc}"
             return
@@ -588,8 +636,14 @@ def _package_rows() -> list[dict[str, str]]:
     rows = []
     for package in PACKAGES:
         c = choose(settings, package_id=package.id)
-        rows.append({"id": package.id, "price": f"${package.price:,.0f}", "credits": f"{package.credits:,.0f} credits",
-                     "bonus": f"+{c.bonus:,.0f} bonus credits ({c.bonus_percent.normalize():f}%)" if c.bonus else ""})
+        rows.append(
+            {
+                "id": package.id,
+                "price": f"${package.price:,.0f}",
+                "credits": f"{package.credits:,.0f} credits",
+                "bonus": f"+{c.bonus:,.0f} bonus credits ({c.bonus_percent.normalize():f}%)" if c.bonus else "",
+            }
+        )
     return rows
 
 
@@ -598,9 +652,15 @@ def _card_rows(organization_id: int) -> list[dict[str, str]]:
         purchases = get_stripe_purchases()
     except PaymentError:
         return []
-    return [{"id": c["provider_id"], "label": f"{c['brand'].title()} •••• {c['last4']}",
-             "expiry": f"{c['exp_month']:02d}/{c['exp_year'] % 100:02d}", "default": "1" if c["is_default"] else ""}
-            for c in purchases.cards(organization_id)]
+    return [
+        {
+            "id": c["provider_id"],
+            "label": f"{c['brand'].title()} •••• {c['last4']}",
+            "expiry": f"{c['exp_month']:02d}/{c['exp_year'] % 100:02d}",
+            "default": "1" if c["is_default"] else "",
+        }
+        for c in purchases.cards(organization_id)
+    ]
 
 
 def _start_checkout(principal: Principal, choice, provider: str, page_origin: str) -> dict:
@@ -609,8 +669,9 @@ def _start_checkout(principal: Principal, choice, provider: str, page_origin: st
         return get_lemon_purchases().start_checkout(principal, choice, ip=None, redirect_url=redirect)
     # the popup lands on the backend's own return page, which closes the window
     success, cancel = return_urls(rx.config.get_config().api_url)
-    return get_stripe_purchases().start_checkout(principal, choice, ip=None, success_url=success, cancel_url=cancel,
-                                                 request_key=uuid.uuid4().hex)
+    return get_stripe_purchases().start_checkout(
+        principal, choice, ip=None, success_url=success, cancel_url=cancel, request_key=uuid.uuid4().hex
+    )
 
 
 def _checkout_status(organization_id: int, provider: str, session_id: str) -> str | None:
@@ -619,8 +680,9 @@ def _checkout_status(organization_id: int, provider: str, session_id: str) -> st
 
 
 def _quick_purchase(principal: Principal, choice) -> None:
-    get_stripe_purchases().quick_purchase(principal, choice, payment_method_id=None,
-                                          request_key=uuid.uuid4().hex, ip=None)
+    get_stripe_purchases().quick_purchase(
+        principal, choice, payment_method_id=None, request_key=uuid.uuid4().hex, ip=None
+    )
 
 
 def _remove_card(organization_id: int, card_id: str) -> None:
@@ -631,22 +693,38 @@ def _remove_card(organization_id: int, card_id: str) -> None:
 
 
 def header() -> rx.Component:
-    add = rx.button(rx.icon("plus", size=16), "Add Credits", color_scheme="green", size="3",
-                    on_click=BillingState.open_add_credits, disabled=~BillingState.is_owner,
-                    data_testid="add-credits-button")
+    add = rx.button(
+        rx.icon("plus", size=16),
+        "Add Credits",
+        color_scheme="green",
+        size="3",
+        on_click=BillingState.open_add_credits,
+        disabled=~BillingState.is_owner,
+        data_testid="add-credits-button",
+    )
     return rx.flex(
         rx.vstack(
-            rx.heading("Billing & Credits", size="8",
-                       style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"}),
+            rx.heading(
+                "Billing & Credits",
+                size="8",
+                style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"},
+            ),
             rx.text("Manage your credits and view transaction history", color_scheme="gray", size="3"),
             rx.text(BillingState.org_name, size="2", color_scheme="gray", data_testid="org-name"),
             spacing="1",
         ),
         rx.spacer(),
         rx.hstack(
-            rx.button(rx.icon("refresh-cw", size=16, class_name=rx.cond(BillingState.refreshing, "animate-spin", "")),
-                      "Refresh", variant="outline", size="3", on_click=BillingState.refresh,
-                      disabled=BillingState.refreshing, loading=BillingState.refreshing, data_testid="refresh-button"),
+            rx.button(
+                rx.icon("refresh-cw", size=16, class_name=rx.cond(BillingState.refreshing, "animate-spin", "")),
+                "Refresh",
+                variant="outline",
+                size="3",
+                on_click=BillingState.refresh,
+                disabled=BillingState.refreshing,
+                loading=BillingState.refreshing,
+                data_testid="refresh-button",
+            ),
             rx.cond(BillingState.is_owner, add, rx.tooltip(rx.box(add), content="Only owners can add credits")),
             spacing="3",
         ),
@@ -659,14 +737,42 @@ def header() -> rx.Component:
 
 def stats() -> rx.Component:
     return rx.grid(
-        stat_card("Current Balance", BillingState.balance, "Available credits", "wallet", testid="balance-value",
-                  background=PURPLE, value_color=rx.cond(BillingState.negative, "#fecaca", "white")),
-        stat_card("Credits Added", BillingState.added, "Credits added", "trending-up",
-                  testid="credits-added-value", background=GRAY, value_color="#bbf7d0"),
-        stat_card("Credits Consumed", BillingState.consumed, "Credits consumed", "arrow-down-right",
-                  testid="credits-consumed-value", background="white", color="black", value_color=RED),
-        stat_card("Transactions", BillingState.transactions, "All time", "credit-card",
-                  testid="transaction-count-value", background=BLACK),
+        stat_card(
+            "Current Balance",
+            BillingState.balance,
+            "Available credits",
+            "wallet",
+            testid="balance-value",
+            background=PURPLE,
+            value_color=rx.cond(BillingState.negative, "#fecaca", "white"),
+        ),
+        stat_card(
+            "Credits Added",
+            BillingState.added,
+            "Credits added",
+            "trending-up",
+            testid="credits-added-value",
+            background=GRAY,
+            value_color="#bbf7d0",
+        ),
+        stat_card(
+            "Credits Consumed",
+            BillingState.consumed,
+            "Credits consumed",
+            "arrow-down-right",
+            testid="credits-consumed-value",
+            background="white",
+            color="black",
+            value_color=RED,
+        ),
+        stat_card(
+            "Transactions",
+            BillingState.transactions,
+            "All time",
+            "credit-card",
+            testid="transaction-count-value",
+            background=BLACK,
+        ),
         columns=rx.breakpoints(initial="1", sm="2", lg="4"),
         spacing="4",
         width="100%",
@@ -680,21 +786,41 @@ def low_balance_banner() -> rx.Component:
             rx.callout.icon(rx.icon("triangle-alert")),
             rx.flex(
                 rx.vstack(
-                    rx.text(rx.cond(BillingState.negative, "Your balance is negative",
-                                    "Low balance: below " + BillingState.threshold), weight="bold"),
-                    rx.text(rx.cond(
-                        BillingState.negative,
-                        "You are in the grace period (down to -" + BillingState.grace_limit
-                        + "). Calls already running finish normally; new calls are blocked until credits are added.",
-                        "New calls stop when the balance reaches $0.00. Add credits to keep your agents running.",
-                    ), size="2"),
+                    rx.text(
+                        rx.cond(
+                            BillingState.negative,
+                            "Your balance is negative",
+                            "Low balance: below " + BillingState.threshold,
+                        ),
+                        weight="bold",
+                    ),
+                    rx.text(
+                        rx.cond(
+                            BillingState.negative,
+                            "You are in the grace period (down to -"
+                            + BillingState.grace_limit
+                            + "). Calls already running finish normally; new calls are blocked until credits are added.",
+                            "New calls stop when the balance reaches $0.00. Add credits to keep your agents running.",
+                        ),
+                        size="2",
+                    ),
                     spacing="1",
                 ),
                 rx.spacer(),
-                rx.cond(BillingState.is_owner,
-                        rx.button(rx.icon("plus", size=14), "Add Credits", color_scheme="green",
-                                  on_click=BillingState.open_add_credits, class_name="pulse-ring")),
-                gap="3", width="100%", align="center", direction=rx.breakpoints(initial="column", sm="row"),
+                rx.cond(
+                    BillingState.is_owner,
+                    rx.button(
+                        rx.icon("plus", size=14),
+                        "Add Credits",
+                        color_scheme="green",
+                        on_click=BillingState.open_add_credits,
+                        class_name="pulse-ring",
+                    ),
+                ),
+                gap="3",
+                width="100%",
+                align="center",
+                direction=rx.breakpoints(initial="column", sm="row"),
             ),
             color_scheme=rx.cond(BillingState.negative, "red", "amber"),
             width="100%",
@@ -705,12 +831,31 @@ def low_balance_banner() -> rx.Component:
 
 def skeleton() -> rx.Component:
     return rx.vstack(
-        rx.grid(*[rx.box(height="118px", border_radius="14px", background="var(--gray-4)", class_name="animate-pulse")
-                  for _ in range(4)], columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%",
-                data_testid="skeleton-cards"),
-        rx.vstack(*[rx.box(height="44px", width="100%", border_radius="8px", background="var(--gray-3)",
-                           class_name="animate-pulse", data_testid="skeleton-row") for _ in range(5)],
-                  width="100%", spacing="2"),
+        rx.grid(
+            *[
+                rx.box(height="118px", border_radius="14px", background="var(--gray-4)", class_name="animate-pulse")
+                for _ in range(4)
+            ],
+            columns=rx.breakpoints(initial="1", sm="2", lg="4"),
+            spacing="4",
+            width="100%",
+            data_testid="skeleton-cards",
+        ),
+        rx.vstack(
+            *[
+                rx.box(
+                    height="44px",
+                    width="100%",
+                    border_radius="8px",
+                    background="var(--gray-3)",
+                    class_name="animate-pulse",
+                    data_testid="skeleton-row",
+                )
+                for _ in range(5)
+            ],
+            width="100%",
+            spacing="2",
+        ),
         width="100%",
         spacing="5",
     )
@@ -730,10 +875,21 @@ def history_row(row) -> rx.Component:
         rx.table.cell(row["when"], white_space="nowrap"),
         rx.table.cell(type_badge(row)),
         rx.table.cell(row["description"], min_width="220px"),
-        rx.table.cell(rx.text(row["amount"], color=rx.cond(row["credit"] == "1", GREEN, RED), weight="medium",
-                              font_family="var(--code-font-family)"), text_align="right", white_space="nowrap"),
-        rx.table.cell(rx.text(row["balance_after"], font_family="var(--code-font-family)"), text_align="right",
-                      white_space="nowrap"),
+        rx.table.cell(
+            rx.text(
+                row["amount"],
+                color=rx.cond(row["credit"] == "1", GREEN, RED),
+                weight="medium",
+                font_family="var(--code-font-family)",
+            ),
+            text_align="right",
+            white_space="nowrap",
+        ),
+        rx.table.cell(
+            rx.text(row["balance_after"], font_family="var(--code-font-family)"),
+            text_align="right",
+            white_space="nowrap",
+        ),
         on_click=BillingState.open_row(row),
         cursor="pointer",
         _hover={"background": "var(--gray-a2)"},
@@ -781,12 +937,22 @@ def controls() -> rx.Component:
 def empty_state() -> rx.Component:
     return rx.center(
         rx.vstack(
-            rx.center(rx.icon("credit-card", size=40, color="var(--gray-9)"), width="80px", height="80px",
-                      border_radius="50%", background="var(--gray-3)"),
+            rx.center(
+                rx.icon("credit-card", size=40, color="var(--gray-9)"),
+                width="80px",
+                height="80px",
+                border_radius="50%",
+                background="var(--gray-3)",
+            ),
             rx.heading("No transactions found", size="4"),
-            rx.text(rx.cond(BillingState.type_filter == "all", "Your transaction history is empty",
-                            "No " + BillingState.filter_label + " transactions in your history"),
-                    color_scheme="gray"),
+            rx.text(
+                rx.cond(
+                    BillingState.type_filter == "all",
+                    "Your transaction history is empty",
+                    "No " + BillingState.filter_label + " transactions in your history",
+                ),
+                color_scheme="gray",
+            ),
             rx.button(rx.icon("refresh-cw", size=14), "Refresh", variant="outline", on_click=BillingState.refresh),
             align="center",
             spacing="3",
@@ -801,12 +967,22 @@ def error_state() -> rx.Component:
     return rx.callout.root(
         rx.callout.icon(rx.icon("circle-alert")),
         rx.flex(
-            rx.vstack(rx.text("Failed to load transaction history", weight="bold"),
-                      rx.text("Please try again later", size="2"), spacing="1"),
+            rx.vstack(
+                rx.text("Failed to load transaction history", weight="bold"),
+                rx.text("Please try again later", size="2"),
+                spacing="1",
+            ),
             rx.spacer(),
-            rx.button(rx.icon("refresh-cw", size=14), "Refresh", variant="outline", color_scheme="red",
-                      on_click=BillingState.refresh),
-            width="100%", align="center", gap="3",
+            rx.button(
+                rx.icon("refresh-cw", size=14),
+                "Refresh",
+                variant="outline",
+                color_scheme="red",
+                on_click=BillingState.refresh,
+            ),
+            width="100%",
+            align="center",
+            gap="3",
         ),
         color_scheme="red",
         width="100%",
@@ -824,13 +1000,15 @@ def history_table() -> rx.Component:
                 rx.vstack(
                     rx.box(
                         rx.table.root(
-                            rx.table.header(rx.table.row(
-                                rx.table.column_header_cell("Date & Time (UTC)"),
-                                rx.table.column_header_cell("Type"),
-                                rx.table.column_header_cell("Description"),
-                                rx.table.column_header_cell("Amount", text_align="right"),
-                                rx.table.column_header_cell("Balance", text_align="right"),
-                            )),
+                            rx.table.header(
+                                rx.table.row(
+                                    rx.table.column_header_cell("Date & Time (UTC)"),
+                                    rx.table.column_header_cell("Type"),
+                                    rx.table.column_header_cell("Description"),
+                                    rx.table.column_header_cell("Amount", text_align="right"),
+                                    rx.table.column_header_cell("Balance", text_align="right"),
+                                )
+                            ),
                             rx.table.body(rx.foreach(BillingState.rows, history_row)),
                             variant="ghost",
                             size="2",
@@ -845,9 +1023,14 @@ def history_table() -> rx.Component:
                     rx.flex(
                         rx.text(BillingState.range_text, size="2", color_scheme="gray", data_testid="pagination-total"),
                         rx.spacer(),
-                        pagination(page=BillingState.page, total_pages=BillingState.total_pages,
-                                   labels=BillingState.page_labels, on_prev=BillingState.previous_page,
-                                   on_next=BillingState.next_page, on_page=BillingState.go_to_page),
+                        pagination(
+                            page=BillingState.page,
+                            total_pages=BillingState.total_pages,
+                            labels=BillingState.page_labels,
+                            on_prev=BillingState.previous_page,
+                            on_next=BillingState.next_page,
+                            on_page=BillingState.go_to_page,
+                        ),
                         direction=rx.breakpoints(initial="column", sm="row"),
                         gap="3",
                         width="100%",
@@ -882,10 +1065,15 @@ def usage_chart() -> rx.Component:
                 rx.flex(
                     rx.box(
                         rx.recharts.bar_chart(
-                            rx.recharts.bar(data_key="value", fill="#8b5cf6", radius=[6, 6, 0, 0], name="Spend ($)",
-                                            # a live update redraws at once: no replayed animation
-                                            # in every open tab on every posting
-                                            is_animation_active=False),
+                            rx.recharts.bar(
+                                data_key="value",
+                                fill="#8b5cf6",
+                                radius=[6, 6, 0, 0],
+                                name="Spend ($)",
+                                # a live update redraws at once: no replayed animation
+                                # in every open tab on every posting
+                                is_animation_active=False,
+                            ),
                             rx.recharts.x_axis(data_key="category", tick_line=False, font_size=12),
                             rx.recharts.y_axis(width=48, font_size=12),
                             rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
@@ -899,11 +1087,17 @@ def usage_chart() -> rx.Component:
                         width="100%",
                     ),
                     rx.vstack(
-                        rx.foreach(BillingState.spend, lambda r: rx.hstack(
-                            rx.text(r["category"], size="2"), rx.spacer(),
-                            rx.text(r["amount"], size="2", font_family="var(--code-font-family)"),
-                            rx.text(r["count"], size="1", color_scheme="gray"),
-                            width="100%", data_testid="usage-category")),
+                        rx.foreach(
+                            BillingState.spend,
+                            lambda r: rx.hstack(
+                                rx.text(r["category"], size="2"),
+                                rx.spacer(),
+                                rx.text(r["amount"], size="2", font_family="var(--code-font-family)"),
+                                rx.text(r["count"], size="1", color_scheme="gray"),
+                                width="100%",
+                                data_testid="usage-category",
+                            ),
+                        ),
                         flex="1",
                         min_width="220px",
                         spacing="1",
@@ -924,8 +1118,12 @@ def usage_chart() -> rx.Component:
 
 
 def _detail(label: str, value) -> rx.Component:
-    return rx.cond(value != "", rx.hstack(rx.text(label, size="2", color_scheme="gray", min_width="130px"),
-                                          rx.text(value, size="2"), width="100%"))
+    return rx.cond(
+        value != "",
+        rx.hstack(
+            rx.text(label, size="2", color_scheme="gray", min_width="130px"), rx.text(value, size="2"), width="100%"
+        ),
+    )
 
 
 def session_panel() -> rx.Component:
@@ -961,26 +1159,51 @@ def session_panel() -> rx.Component:
                         _detail("Model / LLM", s["llm"]),
                         _detail("Speech-to-text", s["stt"]),
                         _detail("Text-to-speech", s["tts"]),
-                        rx.hstack(rx.text("Total", weight="bold", min_width="130px"),
-                                  rx.text(s["total"], weight="bold"), width="100%"),
-                        rx.cond(s["recording"] != "", rx.vstack(
-                            rx.heading("Recording", size="3", padding_top="2"),
-                            rx.audio(src=s["recording"], controls=True, width="100%", height="40px"),
-                            width="100%")),
-                        rx.cond(s["transcript"] != "", rx.vstack(
-                            rx.heading("Transcript", size="3", padding_top="2"),
-                            rx.box(rx.text(s["transcript"], size="2", white_space="pre-wrap"),
-                                   background="var(--gray-2)", padding="3", border_radius="8px", width="100%",
-                                   max_height="220px", overflow_y="auto"),
-                            width="100%")),
-                        rx.cond(s["analysis"] != "", rx.vstack(
-                            rx.heading("Post-call analysis", size="3", padding_top="2"),
-                            rx.text(s["analysis"], size="2", white_space="pre-wrap"), width="100%")),
+                        rx.hstack(
+                            rx.text("Total", weight="bold", min_width="130px"),
+                            rx.text(s["total"], weight="bold"),
+                            width="100%",
+                        ),
+                        rx.cond(
+                            s["recording"] != "",
+                            rx.vstack(
+                                rx.heading("Recording", size="3", padding_top="2"),
+                                rx.audio(src=s["recording"], controls=True, width="100%", height="40px"),
+                                width="100%",
+                            ),
+                        ),
+                        rx.cond(
+                            s["transcript"] != "",
+                            rx.vstack(
+                                rx.heading("Transcript", size="3", padding_top="2"),
+                                rx.box(
+                                    rx.text(s["transcript"], size="2", white_space="pre-wrap"),
+                                    background="var(--gray-2)",
+                                    padding="3",
+                                    border_radius="8px",
+                                    width="100%",
+                                    max_height="220px",
+                                    overflow_y="auto",
+                                ),
+                                width="100%",
+                            ),
+                        ),
+                        rx.cond(
+                            s["analysis"] != "",
+                            rx.vstack(
+                                rx.heading("Post-call analysis", size="3", padding_top="2"),
+                                rx.text(s["analysis"], size="2", white_space="pre-wrap"),
+                                width="100%",
+                            ),
+                        ),
                         width="100%",
                         spacing="2",
                     ),
-                    rx.text(rx.cond(r["type"] == "usage", "No session details were reported for this charge.", ""),
-                            size="2", color_scheme="gray"),
+                    rx.text(
+                        rx.cond(r["type"] == "usage", "No session details were reported for this charge.", ""),
+                        size="2",
+                        color_scheme="gray",
+                    ),
                 ),
                 spacing="3",
                 width="100%",
@@ -998,13 +1221,30 @@ def package_card(p) -> rx.Component:
         rx.vstack(
             rx.text(p["price"], size="6", weight="bold"),
             rx.text(p["credits"], size="2", color_scheme="gray"),
-            rx.cond(p["bonus"] != "", rx.badge(p["bonus"], color_scheme="green", variant="soft"), rx.box(height="20px")),
-            rx.button("Checkout", width="100%", color_scheme="purple", on_click=BillingState.checkout_package(p["id"]),
-                      loading=BillingState.buying, data_testid="checkout-" + p["id"].to(str)),
-            rx.cond((BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
-                    rx.button("Pay now with ", BillingState.cards[0]["label"], width="100%", variant="soft",
-                              color_scheme="green", on_click=BillingState.quick_purchase(p["id"]),
-                              loading=BillingState.buying, data_testid="quick-" + p["id"].to(str))),
+            rx.cond(
+                p["bonus"] != "", rx.badge(p["bonus"], color_scheme="green", variant="soft"), rx.box(height="20px")
+            ),
+            rx.button(
+                "Checkout",
+                width="100%",
+                color_scheme="purple",
+                on_click=BillingState.checkout_package(p["id"]),
+                loading=BillingState.buying,
+                data_testid="checkout-" + p["id"].to(str),
+            ),
+            rx.cond(
+                (BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
+                rx.button(
+                    "Pay now with ",
+                    BillingState.cards[0]["label"],
+                    width="100%",
+                    variant="soft",
+                    color_scheme="green",
+                    on_click=BillingState.quick_purchase(p["id"]),
+                    loading=BillingState.buying,
+                    data_testid="quick-" + p["id"].to(str),
+                ),
+            ),
             spacing="2",
             width="100%",
         ),
@@ -1016,44 +1256,113 @@ def add_credits_dialog() -> rx.Component:
         rx.dialog.content(
             rx.dialog.title("Add Credits"),
             rx.dialog.description("1 credit = $1.00. Larger packages come with bonus credits.", size="2"),
-            rx.cond(BillingState.providers.length() > 1, rx.hstack(
-                rx.text("Pay with", size="2", color_scheme="gray"),
-                rx.segmented_control.root(
-                    rx.segmented_control.item("Card (Stripe)", value="stripe"),
-                    rx.segmented_control.item("Lemon Squeezy", value="lemonsqueezy"),
-                    value=BillingState.provider, on_change=BillingState.set_provider, data_testid="provider-choice"),
-                align="center", padding_top="3")),
-            rx.grid(rx.foreach(BillingState.packages, package_card),
-                    columns=rx.breakpoints(initial="1", sm="2"), spacing="3", padding_y="3"),
+            rx.cond(
+                BillingState.providers.length() > 1,
+                rx.hstack(
+                    rx.text("Pay with", size="2", color_scheme="gray"),
+                    rx.segmented_control.root(
+                        rx.segmented_control.item("Card (Stripe)", value="stripe"),
+                        rx.segmented_control.item("Lemon Squeezy", value="lemonsqueezy"),
+                        value=BillingState.provider,
+                        on_change=BillingState.set_provider,
+                        data_testid="provider-choice",
+                    ),
+                    align="center",
+                    padding_top="3",
+                ),
+            ),
+            rx.grid(
+                rx.foreach(BillingState.packages, package_card),
+                columns=rx.breakpoints(initial="1", sm="2"),
+                spacing="3",
+                padding_y="3",
+            ),
             rx.text(f"Custom amount (${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f})", size="2", weight="medium"),
             rx.hstack(
-                rx.input(placeholder="25.00", value=BillingState.custom_amount, on_change=BillingState.set_custom_amount,
-                         type="text", input_mode="decimal", width="100%", data_testid="custom-amount"),
-                rx.button("Checkout", on_click=BillingState.checkout_custom, loading=BillingState.buying,
-                          data_testid="custom-checkout"),
-                rx.cond((BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
-                        rx.button("Pay now", variant="soft", color_scheme="green", loading=BillingState.buying,
-                                  on_click=BillingState.quick_purchase(""), data_testid="custom-quick")),
+                rx.input(
+                    placeholder="25.00",
+                    value=BillingState.custom_amount,
+                    on_change=BillingState.set_custom_amount,
+                    type="text",
+                    input_mode="decimal",
+                    width="100%",
+                    data_testid="custom-amount",
+                ),
+                rx.button(
+                    "Checkout",
+                    on_click=BillingState.checkout_custom,
+                    loading=BillingState.buying,
+                    data_testid="custom-checkout",
+                ),
+                rx.cond(
+                    (BillingState.cards.length() > 0) & (BillingState.provider == "stripe"),
+                    rx.button(
+                        "Pay now",
+                        variant="soft",
+                        color_scheme="green",
+                        loading=BillingState.buying,
+                        on_click=BillingState.quick_purchase(""),
+                        data_testid="custom-quick",
+                    ),
+                ),
                 width="100%",
             ),
-            rx.cond(BillingState.purchase_error != "",
-                    rx.callout(BillingState.purchase_error, icon="circle-alert", color_scheme="red", size="1",
-                               margin_top="2", data_testid="purchase-error")),
+            rx.cond(
+                BillingState.purchase_error != "",
+                rx.callout(
+                    BillingState.purchase_error,
+                    icon="circle-alert",
+                    color_scheme="red",
+                    size="1",
+                    margin_top="2",
+                    data_testid="purchase-error",
+                ),
+            ),
             rx.divider(margin_y="3"),
-            rx.hstack(rx.text("Saved cards", size="2", weight="medium"), rx.spacer(),
-                      rx.button(rx.icon("credit-card", size=14), "Save a card", size="1", variant="soft",
-                                on_click=BillingState.save_card, data_testid="save-card-button"), width="100%"),
-            rx.foreach(BillingState.cards, lambda c: rx.hstack(
-                rx.icon("credit-card", size=16), rx.text(c["label"], size="2"),
-                rx.text(c["expiry"], size="1", color_scheme="gray"),
-                rx.cond(c["default"] == "1", rx.badge("default", size="1")), rx.spacer(),
-                rx.icon_button(rx.icon("trash-2", size=14), size="1", variant="ghost", color_scheme="red",
-                               on_click=BillingState.remove_card(c["id"]), data_testid="remove-card"),
-                width="100%", align="center", padding_top="2", data_testid="saved-card")),
-            rx.text("Payments are processed by Stripe or Lemon Squeezy; card numbers never reach OrcaPulse.", size="1",
-                    color_scheme="gray", margin_top="3"),
-            rx.flex(rx.dialog.close(rx.button("Close", variant="soft", color_scheme="gray")), justify="end",
-                    margin_top="3"),
+            rx.hstack(
+                rx.text("Saved cards", size="2", weight="medium"),
+                rx.spacer(),
+                rx.button(
+                    rx.icon("credit-card", size=14),
+                    "Save a card",
+                    size="1",
+                    variant="soft",
+                    on_click=BillingState.save_card,
+                    data_testid="save-card-button",
+                ),
+                width="100%",
+            ),
+            rx.foreach(
+                BillingState.cards,
+                lambda c: rx.hstack(
+                    rx.icon("credit-card", size=16),
+                    rx.text(c["label"], size="2"),
+                    rx.text(c["expiry"], size="1", color_scheme="gray"),
+                    rx.cond(c["default"] == "1", rx.badge("default", size="1")),
+                    rx.spacer(),
+                    rx.icon_button(
+                        rx.icon("trash-2", size=14),
+                        size="1",
+                        variant="ghost",
+                        color_scheme="red",
+                        on_click=BillingState.remove_card(c["id"]),
+                        data_testid="remove-card",
+                    ),
+                    width="100%",
+                    align="center",
+                    padding_top="2",
+                    data_testid="saved-card",
+                ),
+            ),
+            rx.text(
+                "Payments are processed by Stripe or Lemon Squeezy; card numbers never reach OrcaPulse.",
+                size="1",
+                color_scheme="gray",
+                margin_top="3",
+            ),
+            rx.flex(
+                rx.dialog.close(rx.button("Close", variant="soft", color_scheme="gray")), justify="end", margin_top="3"
+            ),
             max_width="620px",
             data_testid="add-credits-dialog",
         ),
@@ -1066,9 +1375,15 @@ def auto_recharge_panel() -> rx.Component:
     def field(label: str, name: str, value, placeholder: str) -> rx.Component:
         return rx.vstack(
             rx.text(label, size="1", color_scheme="gray"),
-            rx.input(value=value, on_change=lambda v: BillingState.set_auto_field(name, v), placeholder=placeholder,
-                     input_mode="decimal", disabled=~BillingState.is_owner, width="120px",
-                     data_testid=f"auto-{name.split('_')[1]}"),
+            rx.input(
+                value=value,
+                on_change=lambda v: BillingState.set_auto_field(name, v),
+                placeholder=placeholder,
+                input_mode="decimal",
+                disabled=~BillingState.is_owner,
+                width="120px",
+                data_testid=f"auto-{name.split('_')[1]}",
+            ),
             spacing="1",
         )
 
@@ -1076,23 +1391,42 @@ def auto_recharge_panel() -> rx.Component:
         rx.flex(
             rx.vstack(
                 rx.hstack(rx.icon("refresh-ccw-dot", size=18), rx.heading("Auto-recharge", size="4"), align="center"),
-                rx.text("Buy credits with your saved card when the balance drops below a threshold.", size="2",
-                        color_scheme="gray"),
-                rx.cond(BillingState.auto_note != "", rx.callout(BillingState.auto_note, icon="circle-alert",
-                                                                  color_scheme="red", size="1",
-                                                                  data_testid="auto-disabled-note")),
+                rx.text(
+                    "Buy credits with your saved card when the balance drops below a threshold.",
+                    size="2",
+                    color_scheme="gray",
+                ),
+                rx.cond(
+                    BillingState.auto_note != "",
+                    rx.callout(
+                        BillingState.auto_note,
+                        icon="circle-alert",
+                        color_scheme="red",
+                        size="1",
+                        data_testid="auto-disabled-note",
+                    ),
+                ),
                 spacing="1",
             ),
             rx.spacer(),
             rx.hstack(
-                rx.vstack(rx.text("On", size="1", color_scheme="gray"),
-                          rx.switch(checked=BillingState.auto_enabled, on_change=BillingState.set_auto_enabled,
-                                    disabled=~BillingState.is_owner, data_testid="auto-enabled"), spacing="2"),
+                rx.vstack(
+                    rx.text("On", size="1", color_scheme="gray"),
+                    rx.switch(
+                        checked=BillingState.auto_enabled,
+                        on_change=BillingState.set_auto_enabled,
+                        disabled=~BillingState.is_owner,
+                        data_testid="auto-enabled",
+                    ),
+                    spacing="2",
+                ),
                 field("Below (credits)", "auto_threshold", BillingState.auto_threshold, "10.00"),
                 field("Add ($)", "auto_amount", BillingState.auto_amount, "50.00"),
                 field("Monthly cap ($)", "auto_cap", BillingState.auto_cap, "none"),
-                rx.cond(BillingState.is_owner, rx.button("Save", on_click=BillingState.save_auto_recharge,
-                                                         data_testid="auto-save")),
+                rx.cond(
+                    BillingState.is_owner,
+                    rx.button("Save", on_click=BillingState.save_auto_recharge, data_testid="auto-save"),
+                ),
                 align="end",
                 spacing="3",
                 wrap="wrap",
@@ -1101,8 +1435,10 @@ def auto_recharge_panel() -> rx.Component:
             width="100%",
             direction=rx.breakpoints(initial="column", md="row"),
         ),
-        rx.cond(BillingState.auto_error != "", rx.text(BillingState.auto_error, color_scheme="red", size="2",
-                                                       data_testid="auto-error", padding_top="2")),
+        rx.cond(
+            BillingState.auto_error != "",
+            rx.text(BillingState.auto_error, color_scheme="red", size="2", data_testid="auto-error", padding_top="2"),
+        ),
         width="100%",
         data_testid="auto-recharge-panel",
     )
@@ -1116,17 +1452,31 @@ def waiting_banner() -> rx.Component:
             rx.flex(
                 rx.vstack(
                     rx.text("Waiting for payment confirmation…", weight="bold"),
-                    rx.cond(BillingState.popup_blocked,
-                            rx.text("Your browser blocked the checkout window. ",
-                                    rx.link("Open the checkout", href=BillingState.checkout_url, is_external=True,
-                                            data_testid="checkout-link"), size="2"),
-                            rx.text("Complete the payment in the checkout window; credits appear as soon as the "
-                                    "payment provider confirms it.", size="2")),
+                    rx.cond(
+                        BillingState.popup_blocked,
+                        rx.text(
+                            "Your browser blocked the checkout window. ",
+                            rx.link(
+                                "Open the checkout",
+                                href=BillingState.checkout_url,
+                                is_external=True,
+                                data_testid="checkout-link",
+                            ),
+                            size="2",
+                        ),
+                        rx.text(
+                            "Complete the payment in the checkout window; credits appear as soon as the "
+                            "payment provider confirms it.",
+                            size="2",
+                        ),
+                    ),
                     spacing="1",
                 ),
                 rx.spacer(),
                 rx.button("Stop waiting", variant="ghost", size="1", on_click=BillingState.cancel_waiting),
-                width="100%", align="center", gap="3",
+                width="100%",
+                align="center",
+                gap="3",
             ),
             color_scheme="purple",
             width="100%",
@@ -1144,15 +1494,27 @@ def billing() -> rx.Component:
             ".pulse-ring{box-shadow:0 0 0 0 rgba(22,163,74,.6);animation:ring 1.8s infinite}"
             "@keyframes ring{70%{box-shadow:0 0 0 10px rgba(22,163,74,0)}100%{box-shadow:0 0 0 0 rgba(22,163,74,0)}}"
         ),
-        *([rx.script(src=get_settings().lemonsqueezy_js_url)] if "lemonsqueezy" in get_settings().payment_providers else []),
+        *(
+            [rx.script(src=get_settings().lemonsqueezy_js_url)]
+            if "lemonsqueezy" in get_settings().payment_providers
+            else []
+        ),
         header(),
         rx.cond(
             BillingState.loaded,
             rx.cond(
                 BillingState.load_failed,
                 error_state(),
-                rx.vstack(waiting_banner(), low_balance_banner(), stats(), usage_chart(), history_table(),
-                          auto_recharge_panel(), width="100%", spacing="5"),
+                rx.vstack(
+                    waiting_banner(),
+                    low_balance_banner(),
+                    stats(),
+                    usage_chart(),
+                    history_table(),
+                    auto_recharge_panel(),
+                    width="100%",
+                    spacing="5",
+                ),
             ),
             skeleton(),
         ),

@@ -30,24 +30,53 @@ def login() -> rx.Component:
     return rx.center(
         rx.card(
             rx.vstack(
-                rx.heading("OrcaPulse Billing", size="7",
-                           style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"}),
+                rx.heading(
+                    "OrcaPulse Billing",
+                    size="7",
+                    style={"background": PURPLE, "-webkit-background-clip": "text", "color": "transparent"},
+                ),
                 rx.text("Sign in to manage your credits", color_scheme="gray", size="2"),
                 rx.cond(
                     LoginState.error != "",
-                    rx.callout(LoginState.error, icon="triangle-alert", color_scheme="red", width="100%",
-                               data_testid="login-error"),
+                    rx.callout(
+                        LoginState.error,
+                        icon="triangle-alert",
+                        color_scheme="red",
+                        width="100%",
+                        data_testid="login-error",
+                    ),
                 ),
                 native_form(
                     rx.vstack(
                         rx.text("Email", size="2", weight="medium"),
-                        rx.input(name="email", type="email", placeholder="you@company.com", required=True,
-                                 auto_complete="username", width="100%", size="3", data_testid="login-email"),
+                        rx.input(
+                            name="email",
+                            type="email",
+                            placeholder="you@company.com",
+                            required=True,
+                            auto_complete="username",
+                            width="100%",
+                            size="3",
+                            data_testid="login-email",
+                        ),
                         rx.text("Password", size="2", weight="medium"),
-                        rx.input(name="password", type="password", required=True, auto_complete="current-password",
-                                 width="100%", size="3", data_testid="login-password"),
-                        rx.button("Sign in", type="submit", width="100%", size="3", color_scheme="purple",
-                                  data_testid="login-submit"),
+                        rx.input(
+                            name="password",
+                            type="password",
+                            required=True,
+                            auto_complete="current-password",
+                            width="100%",
+                            size="3",
+                            data_testid="login-password",
+                        ),
+                        rx.button(
+                            "Sign in",
+                            type="submit",
+                            width="100%",
+                            size="3",
+                            color_scheme="purple",
+                            data_testid="login-submit",
+                        ),
                         spacing="2",
                         width="100%",
                     ),

@@ -59,17 +59,23 @@ class AutoRecharger:
 
     def wants(self, entries) -> bool:
         """Cheap check on the posting's thread: might one of these debits need a recharge?"""
-        return any(e.amount_units < 0 and self._threshold(e.account_id) is not None
-                   and e.balance_after_units < self._threshold(e.account_id) for e in entries)
+        return any(
+            e.amount_units < 0
+            and self._threshold(e.account_id) is not None
+            and e.balance_after_units < self._threshold(e.account_id)
+            for e in entries
+        )
 
     def _threshold(self, account_id: int) -> int | None:
         cached = self._thresholds.get(account_id)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(AutoRechargePolicy.threshold).join(
-                CreditAccount, CreditAccount.organization_id == AutoRechargePolicy.organization_id).where(
-                CreditAccount.id == account_id, AutoRechargePolicy.enabled.is_(True))).first()
+            row = conn.execute(
+                sa.select(AutoRechargePolicy.threshold)
+                .join(CreditAccount, CreditAccount.organization_id == AutoRechargePolicy.organization_id)
+                .where(CreditAccount.id == account_id, AutoRechargePolicy.enabled.is_(True))
+            ).first()
         threshold = row[0] if row else None
         self._thresholds[account_id] = (threshold, time.monotonic() + THRESHOLD_CACHE_SECONDS)
         return threshold
@@ -78,57 +84,99 @@ class AutoRecharger:
 
     def get(self, organization_id: int) -> Policy:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(AutoRechargePolicy).where(
-                AutoRechargePolicy.organization_id == organization_id)).first()
+            row = conn.execute(
+                sa.select(AutoRechargePolicy).where(AutoRechargePolicy.organization_id == organization_id)
+            ).first()
         if row is None:
             return Policy(False, Decimal(10), Decimal(50), None, 0, None)
-        return Policy(row.enabled, from_units(row.threshold), from_units(row.amount),
-                      from_units(row.monthly_cap) if row.monthly_cap is not None else None,
-                      row.consecutive_failures, row.disabled_reason)
+        return Policy(
+            row.enabled,
+            from_units(row.threshold),
+            from_units(row.amount),
+            from_units(row.monthly_cap) if row.monthly_cap is not None else None,
+            row.consecutive_failures,
+            row.disabled_reason,
+        )
 
-    def update(self, principal: Principal, *, enabled: bool, threshold: Decimal, amount: Decimal,
-               monthly_cap: Decimal | None, ip: str | None) -> Policy:
+    def update(
+        self,
+        principal: Principal,
+        *,
+        enabled: bool,
+        threshold: Decimal,
+        amount: Decimal,
+        monthly_cap: Decimal | None,
+        ip: str | None,
+    ) -> Policy:
         from ..auth import audit
 
         if not MIN_THRESHOLD <= threshold <= MAX_THRESHOLD:
-            raise PurchaseError("invalid_request", f"the threshold must be {MIN_THRESHOLD} to {MAX_THRESHOLD:,} credits")
+            raise PurchaseError(
+                "invalid_request", f"the threshold must be {MIN_THRESHOLD} to {MAX_THRESHOLD:,} credits"
+            )
         if not MIN_AMOUNT <= amount <= MAX_AMOUNT or amount != amount.quantize(Decimal("0.01")):
-            raise PurchaseError("invalid_request", f"the amount must be ${MIN_AMOUNT} to ${MAX_AMOUNT:,}, in whole cents")
+            raise PurchaseError(
+                "invalid_request", f"the amount must be ${MIN_AMOUNT} to ${MAX_AMOUNT:,}, in whole cents"
+            )
         if monthly_cap is not None and monthly_cap < amount:
             raise PurchaseError("invalid_request", "the monthly cap must be at least one recharge amount")
         with self.engine.begin() as conn:
-            has_card = conn.execute(sa.select(PaymentMethod.id).where(
-                PaymentMethod.organization_id == principal.organization_id)).first()
+            has_card = conn.execute(
+                sa.select(PaymentMethod.id).where(PaymentMethod.organization_id == principal.organization_id)
+            ).first()
             if enabled and not has_card:
                 raise PurchaseError("no_saved_card", "auto-recharge needs a saved card: save one first")
-            values = dict(enabled=enabled, threshold=to_units(threshold), amount=to_units(amount),
-                          monthly_cap=to_units(monthly_cap) if monthly_cap is not None else None,
-                          owner_user_id=principal.user_id, updated_at=_now())
+            values = dict(
+                enabled=enabled,
+                threshold=to_units(threshold),
+                amount=to_units(amount),
+                monthly_cap=to_units(monthly_cap) if monthly_cap is not None else None,
+                owner_user_id=principal.user_id,
+                updated_at=_now(),
+            )
             if enabled:
                 values.update(consecutive_failures=0, disabled_reason=None)
             t = AutoRechargePolicy.__table__
-            if conn.execute(sa.update(t).where(t.c.organization_id == principal.organization_id).values(**values)).rowcount == 0:
+            if (
+                conn.execute(
+                    sa.update(t).where(t.c.organization_id == principal.organization_id).values(**values)
+                ).rowcount
+                == 0
+            ):
                 conn.execute(sa.insert(t).values(organization_id=principal.organization_id, **values))
             self._thresholds.clear()
-            audit(conn, "auto_recharge_updated", organization_id=principal.organization_id, user_id=principal.user_id,
-                  ip=ip, enabled=enabled, threshold=str(threshold), amount=str(amount),
-                  monthly_cap=str(monthly_cap) if monthly_cap is not None else None)
+            audit(
+                conn,
+                "auto_recharge_updated",
+                organization_id=principal.organization_id,
+                user_id=principal.user_id,
+                ip=ip,
+                enabled=enabled,
+                threshold=str(threshold),
+                amount=str(amount),
+                monthly_cap=str(monthly_cap) if monthly_cap is not None else None,
+            )
         return self.get(principal.organization_id)
 
     # -- triggers ------------------------------------------------------------------------------
 
     def on_postings(self, entries) -> None:
         """Ledger listener: did a debit leave a balance below what any threshold can be?"""
-        for account_id in {e.account_id for e in entries
-                           if e.amount_units < 0 and e.balance_after_units < to_units(MAX_THRESHOLD)}:
+        for account_id in {
+            e.account_id for e in entries if e.amount_units < 0 and e.balance_after_units < to_units(MAX_THRESHOLD)
+        }:
             with self.engine.connect() as conn:
                 organization_id = get_account(conn, account_id=account_id).organization_id
             self.maybe_recharge(organization_id)
 
     def sweep(self) -> int:
         with self.engine.connect() as conn:
-            orgs = [r[0] for r in conn.execute(sa.select(AutoRechargePolicy.organization_id)
-                                               .where(AutoRechargePolicy.enabled.is_(True)))]
+            orgs = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(AutoRechargePolicy.organization_id).where(AutoRechargePolicy.enabled.is_(True))
+                )
+            ]
         return sum(1 for org in orgs if self.maybe_recharge(org) == "charged")
 
     def maybe_recharge(self, organization_id: int) -> str:
@@ -141,10 +189,15 @@ class AutoRecharger:
                 return "not_needed"
         now = _now()
         with self.engine.begin() as conn:  # the claim: one trigger wins, on any worker
-            claimed = conn.execute(sa.update(t).where(
-                t.c.organization_id == organization_id, t.c.enabled.is_(True),
-                sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
-            ).values(claimed_until=now + CLAIM_FOR, attempts=t.c.attempts + 1)).rowcount
+            claimed = conn.execute(
+                sa.update(t)
+                .where(
+                    t.c.organization_id == organization_id,
+                    t.c.enabled.is_(True),
+                    sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
+                )
+                .values(claimed_until=now + CLAIM_FOR, attempts=t.c.attempts + 1)
+            ).rowcount
         if not claimed:
             return "in_flight"
         try:
@@ -160,9 +213,13 @@ class AutoRecharger:
             balance = get_account(conn, organization_id=organization_id).balance_units
             owner = conn.execute(sa.select(User.email).where(User.id == policy.owner_user_id)).scalar()
             month_start = _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            this_month = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(CheckoutSession.amount), 0)).where(
-                CheckoutSession.organization_id == organization_id, CheckoutSession.mode == "auto",
-                CheckoutSession.created_at >= month_start)).scalar()
+            this_month = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(CheckoutSession.amount), 0)).where(
+                    CheckoutSession.organization_id == organization_id,
+                    CheckoutSession.mode == "auto",
+                    CheckoutSession.created_at >= month_start,
+                )
+            ).scalar()
         if balance >= policy.threshold:
             return "not_needed"  # another trigger's recharge landed first
         if policy.monthly_cap is not None and this_month + policy.amount > policy.monthly_cap:
@@ -171,20 +228,34 @@ class AutoRecharger:
         principal = Principal(policy.owner_user_id, owner or "", organization_id, "owner", "auto_recharge")
         try:
             entries = self.purchases_factory().quick_purchase(
-                principal, Choice(None, amount, amount, Decimal(0), Decimal(0)), payment_method_id=None,
-                request_key=f"auto-{organization_id}-{policy.attempts}", ip=None, auto_recharge=True)
+                principal,
+                Choice(None, amount, amount, Decimal(0), Decimal(0)),
+                payment_method_id=None,
+                request_key=f"auto-{organization_id}-{policy.attempts}",
+                ip=None,
+                auto_recharge=True,
+            )
         except (PaymentError, PurchaseError) as exc:
             return self._failed(organization_id, policy, exc.message)
         with self.engine.begin() as conn:
             conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(consecutive_failures=0))
-            conn.execute(sa.update(CheckoutSession).where(
-                CheckoutSession.organization_id == organization_id, CheckoutSession.mode == "quick",
-                CheckoutSession.payment_intent_id == entries[0].metadata.get("stripePaymentIntentId")).values(mode="auto"))
+            conn.execute(
+                sa.update(CheckoutSession)
+                .where(
+                    CheckoutSession.organization_id == organization_id,
+                    CheckoutSession.mode == "quick",
+                    CheckoutSession.payment_intent_id == entries[0].metadata.get("stripePaymentIntentId"),
+                )
+                .values(mode="auto")
+            )
         self.notifier.notify_owners(
-            organization_id, "auto_recharge_succeeded", f"auto-recharge:{organization_id}:{policy.attempts}:ok",
+            organization_id,
+            "auto_recharge_succeeded",
+            f"auto-recharge:{organization_id}:{policy.attempts}:ok",
             f"Auto-recharge added {fmt_balance(policy.amount)} of credits",
             f"Your balance dropped below {fmt_balance(policy.threshold)}, so we charged your saved card "
-            f"{fmt_balance(policy.amount)}. New balance: {fmt_balance(entries[-1].balance_after_units)}.\n")
+            f"{fmt_balance(policy.amount)}. New balance: {fmt_balance(entries[-1].balance_after_units)}.\n",
+        )
         return "charged"
 
     def _failed(self, organization_id: int, policy, reason: str) -> str:
@@ -192,17 +263,33 @@ class AutoRecharger:
         failures = policy.consecutive_failures + 1
         disable = failures >= MAX_FAILURES
         with self.engine.begin() as conn:
-            conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(
-                consecutive_failures=failures,
-                **({"enabled": False, "disabled_reason": f"turned off after {failures} failed charges: {reason}"}
-                   if disable else {})))
-        subject = ("Auto-recharge is now off after 3 failed charges" if disable
-                   else f"Auto-recharge failed: {reason}")
+            conn.execute(
+                sa.update(t)
+                .where(t.c.organization_id == organization_id)
+                .values(
+                    consecutive_failures=failures,
+                    **(
+                        {"enabled": False, "disabled_reason": f"turned off after {failures} failed charges: {reason}"}
+                        if disable
+                        else {}
+                    ),
+                )
+            )
+        subject = "Auto-recharge is now off after 3 failed charges" if disable else f"Auto-recharge failed: {reason}"
         self.notifier.notify_owners(
-            organization_id, "auto_recharge_failed", f"auto-recharge:{organization_id}:{policy.attempts}:failed",
-            subject, f"We could not charge your saved card {fmt_balance(policy.amount)}: {reason}.\n"
-            + ("Auto-recharge is turned off; update your card and turn it back on in Billing & Credits.\n" if disable
-               else f"We will try again when the balance is below {fmt_balance(policy.threshold)} "
-                    f"({failures} of {MAX_FAILURES} attempts).\n"))
-        log.warning("auto-recharge for organization %s failed (%s of %s): %s", organization_id, failures, MAX_FAILURES, reason)
+            organization_id,
+            "auto_recharge_failed",
+            f"auto-recharge:{organization_id}:{policy.attempts}:failed",
+            subject,
+            f"We could not charge your saved card {fmt_balance(policy.amount)}: {reason}.\n"
+            + (
+                "Auto-recharge is turned off; update your card and turn it back on in Billing & Credits.\n"
+                if disable
+                else f"We will try again when the balance is below {fmt_balance(policy.threshold)} "
+                f"({failures} of {MAX_FAILURES} attempts).\n"
+            ),
+        )
+        log.warning(
+            "auto-recharge for organization %s failed (%s of %s): %s", organization_id, failures, MAX_FAILURES, reason
+        )
         return "disabled" if disable else "failed"

@@ -38,8 +38,15 @@ class LemonOrder:
 class LemonSqueezyGateway:
     provider = "lemonsqueezy"
 
-    def __init__(self, settings: Settings, *, retries: int = 3, backoff: float = 0.5, timeout: float = 10.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retries: int = 3,
+        backoff: float = 0.5,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         if not (settings.lemonsqueezy_api_key and settings.lemonsqueezy_store_id and settings.lemonsqueezy_variant_id):
             raise PaymentError("payments_unavailable", "Lemon Squeezy is not configured")
         self.store_id, self.variant_id = settings.lemonsqueezy_store_id, settings.lemonsqueezy_variant_id
@@ -47,8 +54,14 @@ class LemonSqueezyGateway:
         self.test_mode = settings.lemonsqueezy_test_mode
         self.retries, self.backoff = retries, backoff
         self.http = httpx.Client(
-            base_url=settings.lemonsqueezy_api_base.rstrip("/"), timeout=timeout, transport=transport,
-            headers={"Accept": JSONAPI, "Content-Type": JSONAPI, "Authorization": f"Bearer {settings.lemonsqueezy_api_key}"},
+            base_url=settings.lemonsqueezy_api_base.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={
+                "Accept": JSONAPI,
+                "Content-Type": JSONAPI,
+                "Authorization": f"Bearer {settings.lemonsqueezy_api_key}",
+            },
         )
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -59,41 +72,53 @@ class LemonSqueezyGateway:
                 if attempt < self.retries:
                     time.sleep(self.backoff * 2**attempt)
                     continue
-                raise PaymentError("payment_provider_unreachable", "Lemon Squeezy did not answer in time",
-                                   retryable=True) from None
+                raise PaymentError(
+                    "payment_provider_unreachable", "Lemon Squeezy did not answer in time", retryable=True
+                ) from None
             except httpx.HTTPError:
                 if attempt < self.retries:
                     time.sleep(self.backoff * 2**attempt)
                     continue
-                raise PaymentError("payment_provider_unreachable", "could not reach Lemon Squeezy", retryable=True) from None
+                raise PaymentError(
+                    "payment_provider_unreachable", "could not reach Lemon Squeezy", retryable=True
+                ) from None
             if r.status_code == 429 or r.status_code >= 500:
                 if attempt < self.retries:
                     retry_after = r.headers.get("retry-after", "")
-                    wait_seconds = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.backoff * 2**attempt
+                    wait_seconds = (
+                        float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.backoff * 2**attempt
+                    )
                     time.sleep(min(wait_seconds, 30))
                     continue
-                raise PaymentError("payment_provider_unreachable",
-                                   f"Lemon Squeezy is unavailable (HTTP {r.status_code}); try again", retryable=True)
+                raise PaymentError(
+                    "payment_provider_unreachable",
+                    f"Lemon Squeezy is unavailable (HTTP {r.status_code}); try again",
+                    retryable=True,
+                )
             if r.status_code >= 400:
                 raise PaymentError("payment_failed", _error_detail(r))
             return r.json()
         raise AssertionError("unreachable")
 
-    def create_checkout(self, *, amount_cents: int, custom: dict[str, str], redirect_url: str, product_name: str) -> LemonCheckout:
-        body = {"data": {
-            "type": "checkouts",
-            "attributes": {
-                "custom_price": amount_cents,
-                "product_options": {"name": product_name, "redirect_url": redirect_url},
-                "checkout_options": {"embed": True},
-                "checkout_data": {"custom": custom},
-                "test_mode": self.test_mode,
-            },
-            "relationships": {
-                "store": {"data": {"type": "stores", "id": str(self.store_id)}},
-                "variant": {"data": {"type": "variants", "id": str(self.variant_id)}},
-            },
-        }}
+    def create_checkout(
+        self, *, amount_cents: int, custom: dict[str, str], redirect_url: str, product_name: str
+    ) -> LemonCheckout:
+        body = {
+            "data": {
+                "type": "checkouts",
+                "attributes": {
+                    "custom_price": amount_cents,
+                    "product_options": {"name": product_name, "redirect_url": redirect_url},
+                    "checkout_options": {"embed": True},
+                    "checkout_data": {"custom": custom},
+                    "test_mode": self.test_mode,
+                },
+                "relationships": {
+                    "store": {"data": {"type": "stores", "id": str(self.store_id)}},
+                    "variant": {"data": {"type": "variants", "id": str(self.variant_id)}},
+                },
+            }
+        }
         data = self._request("POST", "/checkouts", body)["data"]
         return LemonCheckout(str(data["id"]), data["attributes"]["url"])
 
@@ -118,8 +143,13 @@ class LemonSqueezyGateway:
 
 def order_from(data: dict, custom: dict) -> LemonOrder:
     a = data.get("attributes") or {}
-    return LemonOrder(str(data.get("id")), str(a.get("status")), int(a.get("total") or 0),
-                      int(a.get("refunded_amount") or 0), dict(custom))
+    return LemonOrder(
+        str(data.get("id")),
+        str(a.get("status")),
+        int(a.get("total") or 0),
+        int(a.get("refunded_amount") or 0),
+        dict(custom),
+    )
 
 
 def _error_detail(r: httpx.Response) -> str:

@@ -70,35 +70,70 @@ def choose(settings: Settings, package_id: str | None = None, amount: str | Deci
     except MoneyError as exc:
         raise PurchaseError("invalid_amount", f"amount: {exc} (whole cents)") from None
     if not CUSTOM_MIN <= value <= CUSTOM_MAX:
-        raise PurchaseError("invalid_amount", f"a custom amount must be between ${CUSTOM_MIN:,.2f} and ${CUSTOM_MAX:,.2f}")
+        raise PurchaseError(
+            "invalid_amount", f"a custom amount must be between ${CUSTOM_MIN:,.2f} and ${CUSTOM_MAX:,.2f}"
+        )
     return Choice(None, value, value, Decimal(0), Decimal(0))
 
 
 def return_urls(backend_base: str) -> tuple[str, str]:
     """Where the checkout window lands: the backend's return page, which closes the window."""
     base = backend_base.rstrip("/")
-    return (f"{base}/api/credits/checkout-return?status=success&session_id={{CHECKOUT_SESSION_ID}}",
-            f"{base}/api/credits/checkout-return?status=cancel")
+    return (
+        f"{base}/api/credits/checkout-return?status=success&session_id={{CHECKOUT_SESSION_ID}}",
+        f"{base}/api/credits/checkout-return?status=cancel",
+    )
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _credit_postings(account_id: int, choice_credits: int, bonus: int, *, provider: str, key: str, label: str,
-                     metadata: dict, actor_user_id: int | None, actor_ip: str | None, package_id: str | None,
-                     auto_recharge: bool = False) -> list[Posting]:
+def _credit_postings(
+    account_id: int,
+    choice_credits: int,
+    bonus: int,
+    *,
+    provider: str,
+    key: str,
+    label: str,
+    metadata: dict,
+    actor_user_id: int | None,
+    actor_ip: str | None,
+    package_id: str | None,
+    auto_recharge: bool = False,
+) -> list[Posting]:
     provider_name = PROVIDER_NAMES.get(provider, provider)
     meta = {**metadata, "provider": provider, "package": package_id}
     if auto_recharge:
         meta["autoRecharge"] = True
-    postings = [Posting(account_id, EntryType.purchase, Decimal(choice_credits) / 10_000,
-                        f"Credit top-up via {provider_name} - {label}", source=CreditSource.purchase, metadata=meta,
-                        actor_user_id=actor_user_id, actor_ip=actor_ip, idempotency_key=key)]
+    postings = [
+        Posting(
+            account_id,
+            EntryType.purchase,
+            Decimal(choice_credits) / 10_000,
+            f"Credit top-up via {provider_name} - {label}",
+            source=CreditSource.purchase,
+            metadata=meta,
+            actor_user_id=actor_user_id,
+            actor_ip=actor_ip,
+            idempotency_key=key,
+        )
+    ]
     if bonus:
-        postings.append(Posting(account_id, EntryType.bonus, Decimal(bonus) / 10_000,
-                                f"Volume bonus - {label} package", source=CreditSource.bonus, metadata=meta,
-                                actor_user_id=actor_user_id, actor_ip=actor_ip, idempotency_key=f"{key}:bonus"))
+        postings.append(
+            Posting(
+                account_id,
+                EntryType.bonus,
+                Decimal(bonus) / 10_000,
+                f"Volume bonus - {label} package",
+                source=CreditSource.bonus,
+                metadata=meta,
+                actor_user_id=actor_user_id,
+                actor_ip=actor_ip,
+                idempotency_key=f"{key}:bonus",
+            )
+        )
     return postings
 
 
@@ -107,8 +142,12 @@ PROVIDER_NAMES = {"stripe": "Stripe", "lemonsqueezy": "Lemon Squeezy"}
 
 def event_seen(engine: Engine, provider: str, event_id: str) -> bool:
     with engine.connect() as conn:
-        return conn.execute(sa.select(WebhookEvent.id).where(
-            WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)).first() is not None
+        return (
+            conn.execute(
+                sa.select(WebhookEvent.id).where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+            ).first()
+            is not None
+        )
 
 
 def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply) -> str:
@@ -117,13 +156,19 @@ def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply
     with ledger.transaction() as conn:
         try:
             with conn.begin_nested():
-                conn.execute(sa.insert(WebhookEvent).values(provider=provider, event_id=event_id, type=kind,
-                                                            outcome="received", received_at=_now()))
+                conn.execute(
+                    sa.insert(WebhookEvent).values(
+                        provider=provider, event_id=event_id, type=kind, outcome="received", received_at=_now()
+                    )
+                )
         except IntegrityError:
             return "replay"
         outcome, detail, org_id = apply(conn)
-        conn.execute(sa.update(WebhookEvent).where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
-                     .values(outcome=outcome, detail=detail, organization_id=org_id))
+        conn.execute(
+            sa.update(WebhookEvent)
+            .where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+            .values(outcome=outcome, detail=detail, organization_id=org_id)
+        )
     log.info("%s event %s %s: %s %s", provider, event_id, kind, outcome, detail or "")
     return outcome
 
@@ -131,15 +176,26 @@ def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply
 def credit_checkout(ledger: Ledger, conn, row, *, provider_reference: str | None, metadata: dict) -> bool:
     """Marks our checkout completed and posts its purchase (and bonus), once: False if it already was."""
     t = CheckoutSession.__table__
-    claimed = conn.execute(sa.update(t).where(t.c.id == row.id, t.c.status.in_(("open", "failed")))
-                           .values(status="completed", completed_at=_now(), payment_intent_id=provider_reference)).rowcount
+    claimed = conn.execute(
+        sa.update(t)
+        .where(t.c.id == row.id, t.c.status.in_(("open", "failed")))
+        .values(status="completed", completed_at=_now(), payment_intent_id=provider_reference)
+    ).rowcount
     if not claimed:
         return False
     account_id = get_account(conn, organization_id=row.organization_id).id
     for posting in _credit_postings(
-            account_id, row.amount, row.bonus, provider=row.provider, key=f"{row.provider}:{row.provider_id}",
-            label=f"${Decimal(row.amount) / 10_000:,.2f}", metadata=metadata, actor_user_id=row.user_id,
-            actor_ip=row.actor_ip, package_id=row.package_id):
+        account_id,
+        row.amount,
+        row.bonus,
+        provider=row.provider,
+        key=f"{row.provider}:{row.provider_id}",
+        label=f"${Decimal(row.amount) / 10_000:,.2f}",
+        metadata=metadata,
+        actor_user_id=row.user_id,
+        actor_ip=row.actor_ip,
+        package_id=row.package_id,
+    ):
         ledger.post_in(conn, posting)
     return True
 
@@ -154,14 +210,19 @@ def refund_checkout(ledger: Ledger, conn, row, refunded_cents: int, *, key: str,
     conn.execute(sa.update(CheckoutSession).where(CheckoutSession.id == row.id).values(refunded=refunded_total))
     account_id = get_account(conn, organization_id=row.organization_id).id
     name = PROVIDER_NAMES.get(row.provider, row.provider)
-    ledger.post_in(conn, Posting(
-        account_id, EntryType.refund, -Decimal(delta) / 10_000,
-        f"Refund of credit top-up via {name} - ${Decimal(delta) / 10_000:,.2f}",
-        metadata={"provider": row.provider, "feature": "refund", **metadata},
-        idempotency_key=f"{key}:{refunded_total}",
-        # the money went back to the card: the credits go, even if that takes the balance below zero
-        floor=Decimal(-10**9),
-    ))
+    ledger.post_in(
+        conn,
+        Posting(
+            account_id,
+            EntryType.refund,
+            -Decimal(delta) / 10_000,
+            f"Refund of credit top-up via {name} - ${Decimal(delta) / 10_000:,.2f}",
+            metadata={"provider": row.provider, "feature": "refund", **metadata},
+            idempotency_key=f"{key}:{refunded_total}",
+            # the money went back to the card: the credits go, even if that takes the balance below zero
+            floor=Decimal(-(10**9)),
+        ),
+    )
     return "processed", "refunded", row.organization_id
 
 
@@ -173,22 +234,29 @@ class StripePurchases:
 
     def customer_for(self, organization_id: int) -> str:
         with self.engine.connect() as conn:
-            org = conn.execute(sa.select(Organization.name, Organization.stripe_customer_id)
-                               .where(Organization.id == organization_id)).one()
+            org = conn.execute(
+                sa.select(Organization.name, Organization.stripe_customer_id).where(Organization.id == organization_id)
+            ).one()
         if org.stripe_customer_id:
             return org.stripe_customer_id
         customer_id = self.gateway.create_customer(organization_id, org.name, f"customer-org-{organization_id}")
         with self.ledger.transaction() as conn:
-            conn.execute(sa.update(Organization).where(Organization.id == organization_id,
-                                                       Organization.stripe_customer_id.is_(None))
-                         .values(stripe_customer_id=customer_id))
-            return conn.execute(sa.select(Organization.stripe_customer_id)
-                                .where(Organization.id == organization_id)).scalar()
+            conn.execute(
+                sa.update(Organization)
+                .where(Organization.id == organization_id, Organization.stripe_customer_id.is_(None))
+                .values(stripe_customer_id=customer_id)
+            )
+            return conn.execute(
+                sa.select(Organization.stripe_customer_id).where(Organization.id == organization_id)
+            ).scalar()
 
     def cards(self, organization_id: int) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(PaymentMethod).where(PaymentMethod.organization_id == organization_id)
-                                .order_by(PaymentMethod.is_default.desc(), PaymentMethod.id.desc())).all()
+            rows = conn.execute(
+                sa.select(PaymentMethod)
+                .where(PaymentMethod.organization_id == organization_id)
+                .order_by(PaymentMethod.is_default.desc(), PaymentMethod.id.desc())
+            ).all()
         return [dict(r._mapping) for r in rows]
 
     def save_card(self, organization_id: int, card: Card, *, make_default: bool = True) -> None:
@@ -198,71 +266,129 @@ class StripePurchases:
     def remove_card(self, organization_id: int, card_id: str) -> None:
         t = PaymentMethod.__table__
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(t.c.organization_id == organization_id,
-                                                  t.c.provider_id == card_id)).first()
+            row = conn.execute(
+                sa.select(t).where(t.c.organization_id == organization_id, t.c.provider_id == card_id)
+            ).first()
         if row is None:
             raise PurchaseError("not_found", "no such saved card in this organization", status=404)
         self.gateway.detach(card_id)
         with self.ledger.transaction() as conn:
             conn.execute(sa.delete(t).where(t.c.id == row.id))
             if row.is_default:  # the newest remaining card becomes the default
-                newest = conn.execute(sa.select(t.c.id).where(t.c.organization_id == organization_id)
-                                      .order_by(t.c.id.desc()).limit(1)).scalar()
+                newest = conn.execute(
+                    sa.select(t.c.id).where(t.c.organization_id == organization_id).order_by(t.c.id.desc()).limit(1)
+                ).scalar()
                 if newest:
                     conn.execute(sa.update(t).where(t.c.id == newest).values(is_default=True))
 
     # -- hosted checkout ------------------------------------------------------------------------
 
-    def start_checkout(self, principal: Principal, choice: Choice | None, *, ip: str | None, success_url: str,
-                       cancel_url: str, request_key: str) -> dict:
+    def start_checkout(
+        self,
+        principal: Principal,
+        choice: Choice | None,
+        *,
+        ip: str | None,
+        success_url: str,
+        cancel_url: str,
+        request_key: str,
+    ) -> dict:
         """Creates the Stripe Checkout Session (payment mode, or setup mode when `choice` is None)
         and our record of it; returns its id and hosted URL."""
         customer_id = self.customer_for(principal.organization_id)
         mode = "payment" if choice else "setup"
-        metadata = {"organization_id": str(principal.organization_id), "user_id": str(principal.user_id),
-                    "package_id": (choice.package_id or "custom") if choice else "", "mode": mode}
+        metadata = {
+            "organization_id": str(principal.organization_id),
+            "user_id": str(principal.user_id),
+            "package_id": (choice.package_id or "custom") if choice else "",
+            "mode": mode,
+        }
         session_id, url = self.gateway.create_checkout(
-            mode=mode, customer_id=customer_id, amount_cents=choice.cents if choice else None,
+            mode=mode,
+            customer_id=customer_id,
+            amount_cents=choice.cents if choice else None,
             product_name=f"OrcaPulse credits - {choice.label}" if choice else "Save a card",
-            metadata=metadata, client_reference_id=f"org_{principal.organization_id}",
-            success_url=success_url, cancel_url=cancel_url,
+            metadata=metadata,
+            client_reference_id=f"org_{principal.organization_id}",
+            success_url=success_url,
+            cancel_url=cancel_url,
             idempotency_key=f"checkout-{principal.organization_id}-{request_key}",
         )
         with self.ledger.transaction() as conn:
-            exists = conn.execute(sa.select(CheckoutSession.id).where(CheckoutSession.provider == "stripe",
-                                                                      CheckoutSession.provider_id == session_id)).scalar()
+            exists = conn.execute(
+                sa.select(CheckoutSession.id).where(
+                    CheckoutSession.provider == "stripe", CheckoutSession.provider_id == session_id
+                )
+            ).scalar()
             if not exists:
-                conn.execute(sa.insert(CheckoutSession).values(
-                    organization_id=principal.organization_id, user_id=principal.user_id, provider="stripe",
-                    provider_id=session_id, mode=mode, package_id=choice.package_id if choice else None,
-                    amount=to_units(choice.credits) if choice else 0, bonus=to_units(choice.bonus) if choice else 0,
-                    status="open", url=url, actor_ip=ip, created_at=_now()))
+                conn.execute(
+                    sa.insert(CheckoutSession).values(
+                        organization_id=principal.organization_id,
+                        user_id=principal.user_id,
+                        provider="stripe",
+                        provider_id=session_id,
+                        mode=mode,
+                        package_id=choice.package_id if choice else None,
+                        amount=to_units(choice.credits) if choice else 0,
+                        bonus=to_units(choice.bonus) if choice else 0,
+                        status="open",
+                        url=url,
+                        actor_ip=ip,
+                        created_at=_now(),
+                    )
+                )
         return {"session_id": session_id, "url": url}
 
     def checkout_status(self, organization_id: int, session_id: str) -> str | None:
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(CheckoutSession.status).where(
-                CheckoutSession.organization_id == organization_id, CheckoutSession.provider == "stripe",
-                CheckoutSession.provider_id == session_id)).scalar()
+            return conn.execute(
+                sa.select(CheckoutSession.status).where(
+                    CheckoutSession.organization_id == organization_id,
+                    CheckoutSession.provider == "stripe",
+                    CheckoutSession.provider_id == session_id,
+                )
+            ).scalar()
 
     # -- one-click purchase -----------------------------------------------------------------------
 
-    def quick_purchase(self, principal: Principal, choice: Choice, *, payment_method_id: str | None,
-                       request_key: str, ip: str | None, auto_recharge: bool = False) -> list[PostedEntry]:
+    def quick_purchase(
+        self,
+        principal: Principal,
+        choice: Choice,
+        *,
+        payment_method_id: str | None,
+        request_key: str,
+        ip: str | None,
+        auto_recharge: bool = False,
+    ) -> list[PostedEntry]:
         cards = self.cards(principal.organization_id)
-        card = next((c for c in cards if c["provider_id"] == payment_method_id), None) if payment_method_id \
+        card = (
+            next((c for c in cards if c["provider_id"] == payment_method_id), None)
+            if payment_method_id
             else next((c for c in cards if c["is_default"]), None)
+        )
         if card is None:
-            raise PurchaseError("no_saved_card" if not payment_method_id else "not_found",
-                                "no saved card to charge: add one through checkout first",
-                                status=400 if not payment_method_id else 404)
+            raise PurchaseError(
+                "no_saved_card" if not payment_method_id else "not_found",
+                "no saved card to charge: add one through checkout first",
+                status=400 if not payment_method_id else 404,
+            )
         key = f"quick:{request_key}"
         with self.engine.connect() as conn:
             account_id = get_account(conn, organization_id=principal.organization_id).id
         postings_for = lambda pi: _credit_postings(  # noqa: E731
-            account_id, to_units(choice.credits), to_units(choice.bonus), provider="stripe", key=key, label=choice.label,
+            account_id,
+            to_units(choice.credits),
+            to_units(choice.bonus),
+            provider="stripe",
+            key=key,
+            label=choice.label,
             metadata={"feature": "auto_recharge" if auto_recharge else "quick_purchase", "stripePaymentIntentId": pi},
-            actor_user_id=principal.user_id, actor_ip=ip, package_id=choice.package_id, auto_recharge=auto_recharge)
+            actor_user_id=principal.user_id,
+            actor_ip=ip,
+            package_id=choice.package_id,
+            auto_recharge=auto_recharge,
+        )
         # A retry of a request that already went through returns its entries without charging again
         # (Stripe's idempotency key would also return the same PaymentIntent).
         done = self._entries_for_key(account_id, key)
@@ -270,20 +396,36 @@ class StripePurchases:
             return done
         customer_id = self.customer_for(principal.organization_id)
         charge = self.gateway.charge_saved_card(
-            customer_id=customer_id, payment_method_id=card["provider_id"], amount_cents=choice.cents,
-            metadata={"organization_id": str(principal.organization_id), "user_id": str(principal.user_id),
-                      "package_id": choice.package_id or "custom"},
+            customer_id=customer_id,
+            payment_method_id=card["provider_id"],
+            amount_cents=choice.cents,
+            metadata={
+                "organization_id": str(principal.organization_id),
+                "user_id": str(principal.user_id),
+                "package_id": choice.package_id or "custom",
+            },
             idempotency_key=f"quick-{principal.organization_id}-{request_key}",
         )
         with self.ledger.transaction() as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(sa.insert(CheckoutSession).values(
-                        organization_id=principal.organization_id, user_id=principal.user_id, provider="stripe",
-                        provider_id=charge.payment_intent_id, mode="quick", package_id=choice.package_id,
-                        amount=to_units(choice.credits), bonus=to_units(choice.bonus), status="completed",
-                        payment_intent_id=charge.payment_intent_id, actor_ip=ip, created_at=_now(),
-                        completed_at=_now()))
+                    conn.execute(
+                        sa.insert(CheckoutSession).values(
+                            organization_id=principal.organization_id,
+                            user_id=principal.user_id,
+                            provider="stripe",
+                            provider_id=charge.payment_intent_id,
+                            mode="quick",
+                            package_id=choice.package_id,
+                            amount=to_units(choice.credits),
+                            bonus=to_units(choice.bonus),
+                            status="completed",
+                            payment_intent_id=charge.payment_intent_id,
+                            actor_ip=ip,
+                            created_at=_now(),
+                            completed_at=_now(),
+                        )
+                    )
             except IntegrityError:
                 pass  # the same PaymentIntent, recorded by a concurrent retry
             return [self.ledger.post_in(conn, p) for p in postings_for(charge.payment_intent_id)]
@@ -312,8 +454,11 @@ class StripePurchases:
         try:
             if kind == "checkout.session.completed" and obj.get("mode") == "setup" and obj.get("setup_intent"):
                 return self.gateway.card_from_setup_intent(obj["setup_intent"])
-            if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded") \
-                    and obj.get("payment_status") == "paid" and obj.get("payment_intent"):
+            if (
+                kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+                and obj.get("payment_status") == "paid"
+                and obj.get("payment_intent")
+            ):
                 return self.gateway.card_from_payment_intent(obj["payment_intent"])
         except PaymentError as exc:
             if exc.retryable:
@@ -339,9 +484,17 @@ class StripePurchases:
                     return "pending", "payment not confirmed yet", row.organization_id
                 if int(obj.get("amount_total") or -1) * UNITS_PER_CENT != row.amount:
                     return "rejected", "amount does not match our session", row.organization_id
-                if not credit_checkout(self.ledger, conn, row, provider_reference=obj.get("payment_intent"),
-                                       metadata={"feature": "checkout", "stripeCheckoutSessionId": row.provider_id,
-                                                 "stripePaymentIntentId": obj.get("payment_intent")}):
+                if not credit_checkout(
+                    self.ledger,
+                    conn,
+                    row,
+                    provider_reference=obj.get("payment_intent"),
+                    metadata={
+                        "feature": "checkout",
+                        "stripeCheckoutSessionId": row.provider_id,
+                        "stripePaymentIntentId": obj.get("payment_intent"),
+                    },
+                ):
                     return "duplicate", "already credited", row.organization_id
                 if card is not None:
                     self._save_card_in(conn, row.organization_id, card, make_default=False)
@@ -359,22 +512,33 @@ class StripePurchases:
 
     def _refund(self, conn, charge: dict) -> tuple[str, str | None, int | None]:
         t = CheckoutSession.__table__
-        row = conn.execute(sa.select(t).where(t.c.provider == "stripe", t.c.payment_intent_id == charge.get("payment_intent"),
-                                              t.c.status == "completed")).first()
+        row = conn.execute(
+            sa.select(t).where(
+                t.c.provider == "stripe",
+                t.c.payment_intent_id == charge.get("payment_intent"),
+                t.c.status == "completed",
+            )
+        ).first()
         if row is None:
             return "rejected", "no purchase of ours matches this charge", None
-        return refund_checkout(self.ledger, conn, row, int(charge.get("amount_refunded") or 0),
-                               key=f"stripe-refund:{charge.get('id')}",
-                               metadata={"stripeChargeId": charge.get("id"),
-                                         "stripePaymentIntentId": charge.get("payment_intent")})
+        return refund_checkout(
+            self.ledger,
+            conn,
+            row,
+            int(charge.get("amount_refunded") or 0),
+            key=f"stripe-refund:{charge.get('id')}",
+            metadata={"stripeChargeId": charge.get("id"), "stripePaymentIntentId": charge.get("payment_intent")},
+        )
 
     @staticmethod
     def _save_card_in(conn, organization_id: int, card: Card, make_default: bool = True) -> None:
         t = PaymentMethod.__table__
-        exists = conn.execute(sa.select(t.c.id, t.c.is_default).where(t.c.provider == "stripe",
-                                                                       t.c.provider_id == card.id)).first()
-        has_default = conn.execute(sa.select(t.c.id).where(t.c.organization_id == organization_id,
-                                                           t.c.is_default.is_(True))).first()
+        exists = conn.execute(
+            sa.select(t.c.id, t.c.is_default).where(t.c.provider == "stripe", t.c.provider_id == card.id)
+        ).first()
+        has_default = conn.execute(
+            sa.select(t.c.id).where(t.c.organization_id == organization_id, t.c.is_default.is_(True))
+        ).first()
         make_default = make_default or has_default is None
         if make_default:
             conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(is_default=False))
@@ -382,14 +546,29 @@ class StripePurchases:
             if make_default:
                 conn.execute(sa.update(t).where(t.c.id == exists.id).values(is_default=True))
             return
-        conn.execute(sa.insert(t).values(
-            organization_id=organization_id, provider="stripe", provider_id=card.id, brand=card.brand,
-            last4=card.last4, exp_month=card.exp_month, exp_year=card.exp_year, is_default=make_default,
-            created_at=_now()))
+        conn.execute(
+            sa.insert(t).values(
+                organization_id=organization_id,
+                provider="stripe",
+                provider_id=card.id,
+                brand=card.brand,
+                last4=card.last4,
+                exp_month=card.exp_month,
+                exp_year=card.exp_year,
+                is_default=make_default,
+                created_at=_now(),
+            )
+        )
 
     def failed_payments(self, organization_id: int) -> list[dict]:
         t = CheckoutSession.__table__
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(
-                sa.select(t).where(t.c.organization_id == organization_id, t.c.status == "failed")
-                .order_by(t.c.id.desc()).limit(5))]
+            return [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.select(t)
+                    .where(t.c.organization_id == organization_id, t.c.status == "failed")
+                    .order_by(t.c.id.desc())
+                    .limit(5)
+                )
+            ]

@@ -65,22 +65,29 @@ class StripeGateway:
         except CardError as exc:
             code = getattr(exc, "code", None) or "card_declined"
             if code == "authentication_required":
-                raise PaymentError("authentication_required",
-                                   "your bank asks to confirm this payment: use checkout instead") from None
+                raise PaymentError(
+                    "authentication_required", "your bank asks to confirm this payment: use checkout instead"
+                ) from None
             raise PaymentError("card_declined", exc.user_message or "the card was declined") from None
         except APIConnectionError:
-            raise PaymentError("payment_provider_unreachable",
-                               "could not reach the payment provider; nothing was charged, try again",
-                               retryable=True) from None
+            raise PaymentError(
+                "payment_provider_unreachable",
+                "could not reach the payment provider; nothing was charged, try again",
+                retryable=True,
+            ) from None
         except StripeError as exc:
-            raise PaymentError("payment_failed", exc.user_message or "the payment provider refused the request") from None
+            raise PaymentError(
+                "payment_failed", exc.user_message or "the payment provider refused the request"
+            ) from None
 
     # -- customers and cards ------------------------------------------------------------------
 
     def create_customer(self, organization_id: int, name: str, idempotency_key: str) -> str:
-        customer = self._call(self.client.v1.customers.create,
-                              params={"name": name, "metadata": {"organization_id": str(organization_id)}},
-                              options={"idempotency_key": idempotency_key})
+        customer = self._call(
+            self.client.v1.customers.create,
+            params={"name": name, "metadata": {"organization_id": str(organization_id)}},
+            options={"idempotency_key": idempotency_key},
+        )
         return customer["id"]
 
     def card(self, payment_method_id: str) -> Card:
@@ -103,34 +110,73 @@ class StripeGateway:
 
     # -- checkout and charges ---------------------------------------------------------------
 
-    def create_checkout(self, *, mode: str, customer_id: str, amount_cents: int | None, product_name: str,
-                        metadata: dict[str, str], client_reference_id: str, success_url: str, cancel_url: str,
-                        idempotency_key: str) -> tuple[str, str]:
+    def create_checkout(
+        self,
+        *,
+        mode: str,
+        customer_id: str,
+        amount_cents: int | None,
+        product_name: str,
+        metadata: dict[str, str],
+        client_reference_id: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> tuple[str, str]:
         params: dict[str, Any] = {
-            "mode": mode, "customer": customer_id, "client_reference_id": client_reference_id,
-            "metadata": metadata, "success_url": success_url, "cancel_url": cancel_url,
+            "mode": mode,
+            "customer": customer_id,
+            "client_reference_id": client_reference_id,
+            "metadata": metadata,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
         }
         if mode == "payment":
-            params["line_items"] = [{"quantity": 1, "price_data": {
-                "currency": "usd", "unit_amount": amount_cents, "product_data": {"name": product_name}}}]
+            params["line_items"] = [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": amount_cents,
+                        "product_data": {"name": product_name},
+                    },
+                }
+            ]
             params["payment_intent_data"] = {"setup_future_usage": "off_session", "metadata": metadata}
         else:
             params["currency"] = "usd"
             params["setup_intent_data"] = {"metadata": metadata}
-        session = self._call(self.client.v1.checkout.sessions.create, params=params,
-                             options={"idempotency_key": idempotency_key})
+        session = self._call(
+            self.client.v1.checkout.sessions.create, params=params, options={"idempotency_key": idempotency_key}
+        )
         return session["id"], session["url"]
 
-    def charge_saved_card(self, *, customer_id: str, payment_method_id: str, amount_cents: int,
-                          metadata: dict[str, str], idempotency_key: str) -> Charge:
+    def charge_saved_card(
+        self,
+        *,
+        customer_id: str,
+        payment_method_id: str,
+        amount_cents: int,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> Charge:
         intent = self._call(
             self.client.v1.payment_intents.create,
-            params={"amount": amount_cents, "currency": "usd", "customer": customer_id,
-                    "payment_method": payment_method_id, "confirm": True, "off_session": True, "metadata": metadata},
+            params={
+                "amount": amount_cents,
+                "currency": "usd",
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "confirm": True,
+                "off_session": True,
+                "metadata": metadata,
+            },
             options={"idempotency_key": idempotency_key},
         )
         if intent["status"] == "requires_action":  # treated like Stripe's authentication_required error
-            raise PaymentError("authentication_required", "your bank asks to confirm this payment: use checkout instead")
+            raise PaymentError(
+                "authentication_required", "your bank asks to confirm this payment: use checkout instead"
+            )
         if intent["status"] != "succeeded":
             raise PaymentError("card_declined", f"the payment did not succeed ({intent['status']})")
         return Charge(intent["id"], intent["status"], int(intent["amount"]))

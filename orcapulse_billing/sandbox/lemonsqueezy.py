@@ -37,13 +37,24 @@ def _now() -> str:
 
 
 def jsonapi_error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"jsonapi": {"version": "1.0"}, "errors": [{"status": str(status), "title": "Error", "detail": detail}]},
-                        status_code=status, media_type=JSONAPI)
+    return JSONResponse(
+        {"jsonapi": {"version": "1.0"}, "errors": [{"status": str(status), "title": "Error", "detail": detail}]},
+        status_code=status,
+        media_type=JSONAPI,
+    )
 
 
 class LemonSandbox:
-    def __init__(self, public_url: str, api_key: str, store_id: str, variant_id: str,
-                 webhook_url: str | None, webhook_secret: str | None, retry_delays=(5, 25, 125)):
+    def __init__(
+        self,
+        public_url: str,
+        api_key: str,
+        store_id: str,
+        variant_id: str,
+        webhook_url: str | None,
+        webhook_secret: str | None,
+        retry_delays=(5, 25, 125),
+    ):
         self.public_url = public_url.rstrip("/")
         self.api_key, self.store_id, self.variant_id = api_key, store_id, variant_id
         self.webhook_url, self.webhook_secret = webhook_url, webhook_secret
@@ -58,8 +69,14 @@ class LemonSandbox:
 
     async def _guard(self, request: Request) -> Response | None:
         body = await request.body()
-        self.requests.append({"method": request.method, "path": request.url.path, "headers": dict(request.headers),
-                              "body": json.loads(body) if body else None})
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "body": json.loads(body) if body else None,
+            }
+        )
         if self.faults:
             status = self.faults.pop(0)
             response = jsonapi_error(status, "sandbox fault")
@@ -93,13 +110,24 @@ class LemonSandbox:
             return jsonapi_error(422, "checkout_data.custom values must be strings.")
         checkout_id = str(uuid.uuid4())
         embed = bool(attrs.get("checkout_options", {}).get("embed"))
-        checkout = {"type": "checkouts", "id": checkout_id, "attributes": {
-            "store_id": int(store), "variant_id": int(variant), "custom_price": price,
-            "product_options": attrs.get("product_options", {}), "checkout_options": attrs.get("checkout_options", {}),
-            "checkout_data": {"custom": custom}, "test_mode": bool(attrs.get("test_mode")), "expires_at": None,
-            "created_at": _now(), "updated_at": _now(),
-            "url": f"{self.public_url}/checkout/buy/{checkout_id}" + ("?embed=1" if embed else ""),
-        }, "links": {"self": f"{self.public_url}/v1/checkouts/{checkout_id}"}}
+        checkout = {
+            "type": "checkouts",
+            "id": checkout_id,
+            "attributes": {
+                "store_id": int(store),
+                "variant_id": int(variant),
+                "custom_price": price,
+                "product_options": attrs.get("product_options", {}),
+                "checkout_options": attrs.get("checkout_options", {}),
+                "checkout_data": {"custom": custom},
+                "test_mode": bool(attrs.get("test_mode")),
+                "expires_at": None,
+                "created_at": _now(),
+                "updated_at": _now(),
+                "url": f"{self.public_url}/checkout/buy/{checkout_id}" + ("?embed=1" if embed else ""),
+            },
+            "links": {"self": f"{self.public_url}/v1/checkouts/{checkout_id}"},
+        }
         self.checkouts[checkout_id] = checkout
         return JSONResponse({"jsonapi": {"version": "1.0"}, "data": checkout}, status_code=201, media_type=JSONAPI)
 
@@ -124,8 +152,13 @@ class LemonSandbox:
             return jsonapi_error(422, "The refund amount is invalid.")
         attrs["refunded_amount"] += amount
         full = attrs["refunded_amount"] == attrs["total"]
-        attrs.update(refunded=full, status="refunded" if full else "partial_refund",
-                     status_formatted="Refunded" if full else "Partial refund", refunded_at=_now(), updated_at=_now())
+        attrs.update(
+            refunded=full,
+            status="refunded" if full else "partial_refund",
+            status_formatted="Refunded" if full else "Partial refund",
+            refunded_at=_now(),
+            updated_at=_now(),
+        )
         self.send("order_refunded", order)
         return JSONResponse({"jsonapi": {"version": "1.0"}, "data": order["data"]}, media_type=JSONAPI)
 
@@ -136,8 +169,9 @@ class LemonSandbox:
         if checkout is None:
             return HTMLResponse("<h1>Checkout not found</h1>", status_code=404)
         cents = checkout["attributes"]["custom_price"]
-        return HTMLResponse(_CHECKOUT_PAGE.replace("AMOUNT", html.escape(f"${cents / 100:,.2f}"))
-                            .replace("CHECKOUT_ID", checkout["id"]))
+        return HTMLResponse(
+            _CHECKOUT_PAGE.replace("AMOUNT", html.escape(f"${cents / 100:,.2f}")).replace("CHECKOUT_ID", checkout["id"])
+        )
 
     async def pay(self, request: Request) -> Response:
         checkout = self.checkouts.get(request.path_params["id"])
@@ -149,17 +183,46 @@ class LemonSandbox:
         attrs = checkout["attributes"]
         order_id = str(len(self.orders) + 1000)
         cents = attrs["custom_price"]
-        order = {"meta": {"custom_data": attrs["checkout_data"]["custom"]}, "data": {
-            "type": "orders", "id": order_id, "attributes": {
-                "store_id": attrs["store_id"], "customer_id": 1, "identifier": str(uuid.uuid4()),
-                "order_number": int(order_id), "user_name": "Sandbox Buyer", "user_email": "buyer@sandbox.test",
-                "currency": "USD", "currency_rate": "1.00000000", "subtotal": cents, "discount_total": 0, "tax": 0,
-                "total": cents, "subtotal_usd": cents, "total_usd": cents, "tax_name": None, "tax_rate": "0.00",
-                "status": "paid", "status_formatted": "Paid", "refunded": False, "refunded_at": None,
-                "refunded_amount": 0, "first_order_item": {"order_id": int(order_id), "variant_id": attrs["variant_id"],
-                                                           "price": cents, "quantity": 1},
-                "test_mode": attrs["test_mode"], "created_at": _now(), "updated_at": _now()},
-            "links": {"self": f"{self.public_url}/v1/orders/{order_id}"}}}
+        order = {
+            "meta": {"custom_data": attrs["checkout_data"]["custom"]},
+            "data": {
+                "type": "orders",
+                "id": order_id,
+                "attributes": {
+                    "store_id": attrs["store_id"],
+                    "customer_id": 1,
+                    "identifier": str(uuid.uuid4()),
+                    "order_number": int(order_id),
+                    "user_name": "Sandbox Buyer",
+                    "user_email": "buyer@sandbox.test",
+                    "currency": "USD",
+                    "currency_rate": "1.00000000",
+                    "subtotal": cents,
+                    "discount_total": 0,
+                    "tax": 0,
+                    "total": cents,
+                    "subtotal_usd": cents,
+                    "total_usd": cents,
+                    "tax_name": None,
+                    "tax_rate": "0.00",
+                    "status": "paid",
+                    "status_formatted": "Paid",
+                    "refunded": False,
+                    "refunded_at": None,
+                    "refunded_amount": 0,
+                    "first_order_item": {
+                        "order_id": int(order_id),
+                        "variant_id": attrs["variant_id"],
+                        "price": cents,
+                        "quantity": 1,
+                    },
+                    "test_mode": attrs["test_mode"],
+                    "created_at": _now(),
+                    "updated_at": _now(),
+                },
+                "links": {"self": f"{self.public_url}/v1/orders/{order_id}"},
+            },
+        }
         self.orders[order_id] = order
         self.send("order_created", order)
         return JSONResponse({"order": {"id": order_id, "total": cents}})
@@ -170,8 +233,15 @@ class LemonSandbox:
     # -- webhooks --------------------------------------------------------------------------
 
     def send(self, event_name: str, order: dict) -> None:
-        body = {"meta": {"test_mode": True, "event_name": event_name, "custom_data": order["meta"]["custom_data"],
-                         "webhook_id": str(uuid.uuid4())}, "data": order["data"]}
+        body = {
+            "meta": {
+                "test_mode": True,
+                "event_name": event_name,
+                "custom_data": order["meta"]["custom_data"],
+                "webhook_id": str(uuid.uuid4()),
+            },
+            "data": order["data"],
+        }
         asyncio.get_running_loop().create_task(self.deliver(event_name, json.dumps(body).encode()))
 
     async def deliver(self, event_name: str, payload: bytes) -> None:
@@ -182,8 +252,11 @@ class LemonSandbox:
         for delay in (0, *self.retry_delays):
             await asyncio.sleep(delay)
             try:
-                r = await self.http.post(self.webhook_url, content=payload, headers={
-                    "Content-Type": "application/json", "X-Event-Name": event_name, "X-Signature": signature})
+                r = await self.http.post(
+                    self.webhook_url,
+                    content=payload,
+                    headers={"Content-Type": "application/json", "X-Event-Name": event_name, "X-Signature": signature},
+                )
                 if 200 <= r.status_code < 300:
                     return
                 log.warning("webhook %s answered %s", event_name, r.status_code)
@@ -267,16 +340,18 @@ _LEMON_JS = """/* lemon.js stand-in for the offline sandbox: the same globals an
 
 
 def create_app(sandbox: LemonSandbox) -> Starlette:
-    return Starlette(routes=[
-        Route("/v1/checkouts", sandbox.create_checkout, methods=["POST"]),
-        Route("/v1/orders/{id}", sandbox.get_order, methods=["GET"]),
-        Route("/v1/orders/{id}/refund", sandbox.refund_order, methods=["POST"]),
-        Route("/checkout/buy/{id}", sandbox.checkout_page, methods=["GET"]),
-        Route("/checkout/buy/{id}/pay", sandbox.pay, methods=["POST"]),
-        Route("/js/lemon.js", sandbox.lemon_js, methods=["GET"]),
-        Route("/_config", sandbox.configure, methods=["POST"]),
-        Route("/_config/requests", sandbox.recorded, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/checkouts", sandbox.create_checkout, methods=["POST"]),
+            Route("/v1/orders/{id}", sandbox.get_order, methods=["GET"]),
+            Route("/v1/orders/{id}/refund", sandbox.refund_order, methods=["POST"]),
+            Route("/checkout/buy/{id}", sandbox.checkout_page, methods=["GET"]),
+            Route("/checkout/buy/{id}/pay", sandbox.pay, methods=["POST"]),
+            Route("/js/lemon.js", sandbox.lemon_js, methods=["GET"]),
+            Route("/_config", sandbox.configure, methods=["POST"]),
+            Route("/_config/requests", sandbox.recorded, methods=["GET"]),
+        ]
+    )
 
 
 def main() -> None:
@@ -295,8 +370,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="lemonsqueezy-sandbox: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     public = args.public_url or f"http://localhost:{args.port}"
-    uvicorn.run(create_app(LemonSandbox(public, args.api_key, args.store_id, args.variant_id, args.webhook_url,
-                                        args.webhook_secret)), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(
+            LemonSandbox(public, args.api_key, args.store_id, args.variant_id, args.webhook_url, args.webhook_secret)
+        ),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -106,9 +106,17 @@ class Sandbox:
     # -- events ------------------------------------------------------------------------------
 
     def event(self, kind: str, obj: dict) -> dict:
-        return {"id": "evt_" + secrets.token_hex(12), "object": "event", "api_version": "2024-06-20",
-                "created": int(time.time()), "type": kind, "livemode": False, "pending_webhooks": 1,
-                "request": {"id": None, "idempotency_key": None}, "data": {"object": dict(obj)}}
+        return {
+            "id": "evt_" + secrets.token_hex(12),
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": int(time.time()),
+            "type": kind,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "data": {"object": dict(obj)},
+        }
 
     async def deliver(self, event: dict) -> None:
         if not (self.webhook_url and self.webhook_secret):
@@ -118,9 +126,15 @@ class Sandbox:
         for delay in (0, *self.retry_delays):
             await asyncio.sleep(delay)
             try:
-                r = await self.http.post(self.webhook_url, content=payload, headers={
-                    "Content-Type": "application/json", "Stripe-Signature": sign(payload, self.webhook_secret),
-                    "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"})
+                r = await self.http.post(
+                    self.webhook_url,
+                    content=payload,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Stripe-Signature": sign(payload, self.webhook_secret),
+                        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                    },
+                )
                 if 200 <= r.status_code < 300:
                     return
                 log.warning("webhook %s answered %s; retrying", event["type"], r.status_code)
@@ -149,13 +163,25 @@ class Sandbox:
                 return stripe_error(400, "Missing required param: line_items.", param="line_items")
         session_id = "cs_test_" + secrets.token_hex(16)
         session = {
-            "id": session_id, "object": "checkout.session", "mode": mode, "status": "open",
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": mode,
+            "status": "open",
             "payment_status": "unpaid" if mode == "payment" else "no_payment_required",
-            "amount_total": amount, "amount_subtotal": amount, "currency": p.get("currency", "usd"),
-            "customer": p.get("customer"), "client_reference_id": p.get("client_reference_id"),
-            "metadata": p.get("metadata", {}), "success_url": p["success_url"], "cancel_url": p["cancel_url"],
-            "payment_intent": None, "setup_intent": None, "livemode": False, "created": int(time.time()),
-            "expires_at": int(time.time()) + 24 * 3600, "url": f"{self.public_url}/pay/{session_id}",
+            "amount_total": amount,
+            "amount_subtotal": amount,
+            "currency": p.get("currency", "usd"),
+            "customer": p.get("customer"),
+            "client_reference_id": p.get("client_reference_id"),
+            "metadata": p.get("metadata", {}),
+            "success_url": p["success_url"],
+            "cancel_url": p["cancel_url"],
+            "payment_intent": None,
+            "setup_intent": None,
+            "livemode": False,
+            "created": int(time.time()),
+            "expires_at": int(time.time()) + 24 * 3600,
+            "url": f"{self.public_url}/pay/{session_id}",
             "line_items_summary": (p.get("line_items") or [{}])[0].get("price_data", {}).get("product_data", {}),
         }
         self.sessions[session_id] = session
@@ -164,7 +190,9 @@ class Sandbox:
     async def get_session(self, request: Request) -> Response:
         session = self.sessions.get(request.path_params["id"])
         if session is None:
-            return stripe_error(404, f"No such checkout.session: '{request.path_params['id']}'", code="resource_missing")
+            return stripe_error(
+                404, f"No such checkout.session: '{request.path_params['id']}'", code="resource_missing"
+            )
         return JSONResponse(session)
 
     async def expire_session(self, request: Request) -> Response:
@@ -184,10 +212,17 @@ class Sandbox:
 
     async def proxy(self, request: Request) -> Response:
         """Everything else is localstripe's (customers, payment methods, intents, refunds)."""
-        r = await self.http.request(request.method, self.localstripe_url + request.url.path,
-                                    params=request.query_params, content=await request.body(),
-                                    headers={k: v for k, v in request.headers.items()
-                                             if k.lower() in ("authorization", "content-type", "idempotency-key")})
+        r = await self.http.request(
+            request.method,
+            self.localstripe_url + request.url.path,
+            params=request.query_params,
+            content=await request.body(),
+            headers={
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() in ("authorization", "content-type", "idempotency-key")
+            },
+        )
         return Response(r.content, status_code=r.status_code, media_type="application/json")
 
     # -- the hosted page ---------------------------------------------------------------------
@@ -210,9 +245,17 @@ class Sandbox:
             return RedirectResponse(f"/pay/{session['id']}?error=declined", status_code=303)
         if number not in SETTLE_WITH:
             return RedirectResponse(f"/pay/{session['id']}?error=unknown_card", status_code=303)
-        pm = await self.ls("POST", "/v1/payment_methods", {
-            "type": "card", "card[number]": SETTLE_WITH[number], "card[exp_month]": "12", "card[exp_year]": "2030",
-            "card[cvc]": "123"})
+        pm = await self.ls(
+            "POST",
+            "/v1/payment_methods",
+            {
+                "type": "card",
+                "card[number]": SETTLE_WITH[number],
+                "card[exp_month]": "12",
+                "card[exp_year]": "2030",
+                "card[cvc]": "123",
+            },
+        )
         if session["customer"]:
             await self.ls("POST", f"/v1/payment_methods/{pm['id']}/attach", {"customer": session["customer"]})
         if session["mode"] == "setup":
@@ -221,10 +264,18 @@ class Sandbox:
             session.update(status="complete", setup_intent=intent["id"])
             self.send("checkout.session.completed", session)
         else:
-            intent = await self.ls("POST", "/v1/payment_intents", {
-                "amount": str(session["amount_total"]), "currency": session["currency"],
-                "customer": session["customer"] or "", "payment_method": pm["id"], "confirm": "true",
-                **{f"metadata[{k}]": v for k, v in session["metadata"].items()}})
+            intent = await self.ls(
+                "POST",
+                "/v1/payment_intents",
+                {
+                    "amount": str(session["amount_total"]),
+                    "currency": session["currency"],
+                    "customer": session["customer"] or "",
+                    "payment_method": pm["id"],
+                    "confirm": "true",
+                    **{f"metadata[{k}]": v for k, v in session["metadata"].items()},
+                },
+            )
             session.update(status="complete", payment_intent=intent["id"])
             if number == SUCCESS:
                 session["payment_status"] = "paid"
@@ -232,8 +283,11 @@ class Sandbox:
             else:  # a delayed payment: completed now, settled (or not) a moment later
                 self.send("checkout.session.completed", session)
                 settled = dict(session, payment_status="paid" if number == ASYNC_OK else "unpaid")
-                kind = "checkout.session.async_payment_succeeded" if number == ASYNC_OK \
+                kind = (
+                    "checkout.session.async_payment_succeeded"
+                    if number == ASYNC_OK
                     else "checkout.session.async_payment_failed"
+                )
                 asyncio.get_running_loop().call_later(1.0, lambda: self.send(kind, settled))
                 session.update(payment_status=settled["payment_status"])
         return RedirectResponse(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"]), status_code=303)
@@ -267,15 +321,17 @@ border:0;border-radius:8px;background:#635bff;color:#fff;cursor:pointer}.cancel{
 
 
 def create_app(sandbox: Sandbox) -> Starlette:
-    return Starlette(routes=[
-        Route("/v1/checkout/sessions", sandbox.create_session, methods=["POST"]),
-        Route("/v1/checkout/sessions/{id}", sandbox.get_session, methods=["GET"]),
-        Route("/v1/checkout/sessions/{id}/expire", sandbox.expire_session, methods=["POST"]),
-        Route("/_config/webhook", sandbox.configure_webhook, methods=["POST"]),
-        Route("/pay/{id}", sandbox.page, methods=["GET"]),
-        Route("/pay/{id}", sandbox.pay, methods=["POST"]),
-        Route("/v1/{path:path}", sandbox.proxy, methods=["GET", "POST", "DELETE"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/checkout/sessions", sandbox.create_session, methods=["POST"]),
+            Route("/v1/checkout/sessions/{id}", sandbox.get_session, methods=["GET"]),
+            Route("/v1/checkout/sessions/{id}/expire", sandbox.expire_session, methods=["POST"]),
+            Route("/_config/webhook", sandbox.configure_webhook, methods=["POST"]),
+            Route("/pay/{id}", sandbox.page, methods=["GET"]),
+            Route("/pay/{id}", sandbox.pay, methods=["POST"]),
+            Route("/v1/{path:path}", sandbox.proxy, methods=["GET", "POST", "DELETE"]),
+        ]
+    )
 
 
 def main() -> None:
