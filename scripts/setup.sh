@@ -6,6 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
 BUN_VERSION="1.4.4"
+NODE_MIN_VERSION="22.22.0"  # Reflex 0.10 warns below this
+NODE_PACKAGE_VERSION="22.23.5"  # node-linux-<arch> on the npm registry: the Node binary as an npm package
 
 log() { printf '\033[1;35m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -43,9 +45,37 @@ setup_python() {
   fi
 }
 
-# bun from the npm registry into .tools/ (Reflex's own installer needs the internet).
+version_at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
+
+# Node >= 22.22 for Reflex: the machine's own when new enough, otherwise Node 22 from the npm registry
+# into .tools/ (the node-linux-<arch> package carries the official binary), first on PATH.
+setup_node() {
+  local system_version arch dir
+  system_version="$(node --version 2>/dev/null || true)"
+  if [ -n "$system_version" ] && version_at_least "${system_version#v}" "$NODE_MIN_VERSION"; then
+    return
+  fi
+  case "$(uname -m)" in
+    x86_64 | amd64) arch=x64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) die "Node >= $NODE_MIN_VERSION is required (found ${system_version:-none}) and no npm build exists for $(uname -m)" ;;
+  esac
+  dir="$TOOLS/node_modules/node-linux-$arch/bin"
+  if [ "$("$dir/node" --version 2>/dev/null)" != "v$NODE_PACKAGE_VERSION" ]; then
+    log "installing Node $NODE_PACKAGE_VERSION from the npm registry into .tools/ (found ${system_version:-no Node})"
+    mkdir -p "$TOOLS"
+    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "node-linux-$arch@$NODE_PACKAGE_VERSION" >/dev/null
+    [ "$("$dir/node" --version)" = "v$NODE_PACKAGE_VERSION" ] || die "Node $NODE_PACKAGE_VERSION did not install"
+  fi
+  case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$dir:$PATH" ;; esac
+}
+
+# bun from the npm registry into .tools/ (Reflex's own installer needs the internet), and Node 22.
+# Download caches that are already set (BUN_INSTALL_CACHE_DIR, npm's cache) are kept: CI shares them
+# between clones.
 setup_bun() {
   export NPM_CONFIG_REGISTRY="${NPM_CONFIG_REGISTRY:-$(npm config get registry 2>/dev/null)}"
+  setup_node
   if [ "$("$TOOLS/node_modules/.bin/bun" --version 2>/dev/null)" != "$BUN_VERSION" ]; then
     log "installing bun $BUN_VERSION from the npm registry into .tools/"
     mkdir -p "$TOOLS"
@@ -54,7 +84,7 @@ setup_bun() {
   fi
   export REFLEX_BUN_PATH="$TOOLS/node_modules/.bin/bun"
   export REFLEX_DIR="$TOOLS/reflex"
-  export BUN_INSTALL_CACHE_DIR="$TOOLS/bun-cache"
+  export BUN_INSTALL_CACHE_DIR="${BUN_INSTALL_CACHE_DIR:-$TOOLS/bun-cache}"
   export REFLEX_CHECK_LATEST_VERSION=0
   export REFLEX_TELEMETRY_ENABLED=false
 }
