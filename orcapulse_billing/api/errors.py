@@ -6,9 +6,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("orcapulse_billing.api")
 
@@ -52,7 +54,51 @@ def _describe(errors) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY")
+
+
+class MethodNotAllowed:
+    """A path the API serves, called with a method none of its routes declare: 405 with `Allow` and
+    the JSON error body (OPTIONS: 204 with `Allow`). Without this, Starlette answers 405 without the
+    error shape, and inside Reflex (which mounts its own app under the API's routes) the request
+    falls through to Reflex's 404."""
+
+    def __init__(self, app: ASGIApp, api: FastAPI):
+        self.app, self.api = app, api
+
+    def _matches(self, scope: Scope, method: str) -> Match:
+        probe = {**scope, "method": method}
+        best = Match.NONE
+        for route in self.api.router.routes:
+            if isinstance(route, Mount):  # Reflex's app, mounted at "": not one of ours
+                continue
+            match, _ = route.matches(probe)
+            if match == Match.FULL:
+                return match
+            if match == Match.PARTIAL:
+                best = match
+        return best
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._matches(scope, scope["method"]) != Match.PARTIAL:
+            await self.app(scope, receive, send)
+            return
+        allow = ", ".join(m for m in METHODS if self._matches(scope, m) == Match.FULL)
+        if scope["method"] == "OPTIONS":
+            response: Response = Response(status_code=204, headers={"Allow": allow})
+        else:
+            response = error_response(
+                405,
+                "method_not_allowed",
+                f"{scope['method']} is not supported here; use {allow}",
+                headers={"Allow": allow},
+            )
+        await response(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(MethodNotAllowed, api=app)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -63,7 +109,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
