@@ -28,10 +28,10 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from .db import as_utc, is_sqlite
@@ -41,6 +41,9 @@ from .money import MoneyError, from_units, parse_amount, to_units
 log = logging.getLogger(__name__)
 MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
 NO_FLOOR_UNITS = -(2**62)
+
+# A row of one of the textual statements below: columns by name (`row._mapping`) or position.
+DbRow: TypeAlias = Row[*tuple[Any, ...]]
 
 
 class LedgerError(Exception):
@@ -111,7 +114,7 @@ class PostedEntry:
     balance_after_units: int
     description: str
     category: str | None
-    metadata: dict
+    metadata: dict[str, Any]  # JSON object
     actor_user_id: int | None
     actor_ip: str | None
     idempotency_key: str | None
@@ -141,7 +144,7 @@ class _Prepared:
     floor: int
     description: str
     category: str | None
-    metadata: dict
+    metadata: dict[str, Any]  # JSON object
     actor_user_id: int | None
     actor_ip: str | None
     idempotency_key: str | None
@@ -212,7 +215,7 @@ ON CONFLICT (account_id, day, category)
 DO UPDATE SET amount = usage_rollup.amount + excluded.amount, count = usage_rollup.count + 1
 """
 
-_RESULT_TYPES = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
+_RESULT_TYPES: dict[str, sa.types.TypeEngine[Any]] = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
 
 # PostgreSQL: one statement, one round trip. Explicit casts because parameters in a SELECT list
 # are not typed by the INSERT's target columns.
@@ -268,7 +271,7 @@ _FIND_BY_KEY = sa.text(
 _ACCOUNT_BALANCE = sa.text("SELECT balance FROM credit_account WHERE id = :account_id")
 
 
-def _entry_from_row(row: Any, *, replayed: bool = False) -> PostedEntry:
+def _entry_from_row(row: DbRow, *, replayed: bool = False) -> PostedEntry:
     m = row._mapping
     return PostedEntry(
         id=m["id"],
@@ -457,7 +460,7 @@ class Ledger:
         raise InsufficientCredits(from_units(balance), from_units(p.amount), from_units(p.floor))
 
     @staticmethod
-    def _apply_sqlite(conn: Connection, params: dict[str, Any]) -> Any:
+    def _apply_sqlite(conn: Connection, params: dict[str, Any]) -> DbRow | None:
         acct = conn.execute(_SQLITE_UPDATE, params).first()
         if acct is None:
             return None
@@ -477,7 +480,7 @@ class Ledger:
         return row
 
     @staticmethod
-    def _replay(row: Any, p: _Prepared) -> PostedEntry:
+    def _replay(row: DbRow, p: _Prepared) -> PostedEntry:
         entry = _entry_from_row(row, replayed=True)
         mine = (p.type, p.amount, p.source, p.category, p.description)
         theirs = (entry.type, entry.amount_units, entry.source, entry.category, entry.description)
@@ -511,7 +514,9 @@ class AccountSnapshot:
         return from_units(self.balance_units)
 
 
-def get_account(conn: Connection, *, account_id: int | None = None, organization_id: int | None = None):
+def get_account(
+    conn: Connection, *, account_id: int | None = None, organization_id: int | None = None
+) -> AccountSnapshot:
     where, value = ("id", account_id) if account_id is not None else ("organization_id", organization_id)
     row = conn.execute(
         sa.text(
@@ -564,7 +569,7 @@ def check_invariants(conn: Connection, account_id: int) -> list[str]:
         sa.text("SELECT kind, COUNT(*), MAX(kind_seq) FROM ledger_entry WHERE account_id = :a GROUP BY kind"),
         {"a": account_id},
     ).all()
-    counters = dict(
+    counters: dict[str, int] = dict(
         conn.execute(
             sa.text(
                 "SELECT 'topup', topup_count FROM credit_account WHERE id = :a UNION ALL "

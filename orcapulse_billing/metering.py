@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .history import billing_session
 from .ledger import Ledger, PostedEntry, Posting, get_account
@@ -40,7 +41,7 @@ class SessionInfo:
     ended_at: datetime | None = None
     transcript: str | None = None
     recording_url: str | None = None
-    analysis: dict | None = None
+    analysis: dict[str, Any] | None = None  # JSON object
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,13 @@ def record_usage(
 
 
 def _insert_session(
-    conn, account_id: int, entry: PostedEntry, operation: str, quantity: Decimal, charge: Charge, s: SessionInfo
+    conn: Connection,
+    account_id: int,
+    entry: PostedEntry,
+    operation: str,
+    quantity: Decimal,
+    charge: Charge,
+    s: SessionInfo,
 ) -> None:
     architecture = SESSION_OPERATIONS.get(operation)
     parts = {k: to_units(v) for k, v in charge.breakdown.items() if k in ("base", "llm", "stt", "tts")}
