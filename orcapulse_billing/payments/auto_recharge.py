@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from ..auth import Principal
-from ..ledger import get_account
+from ..ledger import DbRow, PostedEntry, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditAccount, PaymentMethod, User
 from ..money import fmt_balance, from_units, to_units
-from .purchases import Choice, PurchaseError
+from .purchases import Choice, PurchaseError, StripePurchases, table_of
 from .stripe_gateway import PaymentError
+
+if TYPE_CHECKING:
+    from ..notifications import Notifier
 
 log = logging.getLogger(__name__)
 MIN_THRESHOLD = Decimal(5)
@@ -51,18 +57,18 @@ def _now() -> datetime:
 
 
 class AutoRecharger:
-    def __init__(self, engine: Engine, purchases_factory, notifier):
+    def __init__(self, engine: Engine, purchases_factory: Callable[[], StripePurchases], notifier: Notifier):
         self.engine, self.purchases_factory, self.notifier = engine, purchases_factory, notifier
         # account -> (threshold units of an enabled policy, or None; when to look again): keeps the
         # posting path free of lookups for the many accounts without auto-recharge
         self._thresholds: dict[int, tuple[int | None, float]] = {}
 
-    def wants(self, entries) -> bool:
+    def wants(self, entries: Iterable[PostedEntry]) -> bool:
         """Cheap check on the posting's thread: might one of these debits need a recharge?"""
         return any(
             e.amount_units < 0
-            and self._threshold(e.account_id) is not None
-            and e.balance_after_units < self._threshold(e.account_id)
+            and (threshold := self._threshold(e.account_id)) is not None  # one lookup: it can expire in between
+            and e.balance_after_units < threshold
             for e in entries
         )
 
@@ -72,9 +78,9 @@ class AutoRecharger:
             return cached[0]
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(AutoRechargePolicy.threshold)
-                .join(CreditAccount, CreditAccount.organization_id == AutoRechargePolicy.organization_id)
-                .where(CreditAccount.id == account_id, AutoRechargePolicy.enabled.is_(True))
+                sa.select(col(AutoRechargePolicy.threshold))
+                .join(CreditAccount, col(CreditAccount.organization_id) == col(AutoRechargePolicy.organization_id))
+                .where(col(CreditAccount.id) == account_id, col(AutoRechargePolicy.enabled).is_(True))
             ).first()
         threshold = row[0] if row else None
         self._thresholds[account_id] = (threshold, time.monotonic() + THRESHOLD_CACHE_SECONDS)
@@ -85,7 +91,7 @@ class AutoRecharger:
     def get(self, organization_id: int) -> Policy:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(AutoRechargePolicy).where(AutoRechargePolicy.organization_id == organization_id)
+                sa.select(AutoRechargePolicy).where(col(AutoRechargePolicy.organization_id) == organization_id)
             ).first()
         if row is None:
             return Policy(False, Decimal(10), Decimal(50), None, 0, None)
@@ -122,7 +128,7 @@ class AutoRecharger:
             raise PurchaseError("invalid_request", "the monthly cap must be at least one recharge amount")
         with self.engine.begin() as conn:
             has_card = conn.execute(
-                sa.select(PaymentMethod.id).where(PaymentMethod.organization_id == principal.organization_id)
+                sa.select(col(PaymentMethod.id)).where(col(PaymentMethod.organization_id) == principal.organization_id)
             ).first()
             if enabled and not has_card:
                 raise PurchaseError("no_saved_card", "auto-recharge needs a saved card: save one first")
@@ -136,7 +142,7 @@ class AutoRecharger:
             )
             if enabled:
                 values.update(consecutive_failures=0, disabled_reason=None)
-            t = AutoRechargePolicy.__table__
+            t = table_of(AutoRechargePolicy)
             if (
                 conn.execute(
                     sa.update(t).where(t.c.organization_id == principal.organization_id).values(**values)
@@ -160,7 +166,7 @@ class AutoRecharger:
 
     # -- triggers ------------------------------------------------------------------------------
 
-    def on_postings(self, entries) -> None:
+    def on_postings(self, entries: Iterable[PostedEntry]) -> None:
         """Ledger listener: did a debit leave a balance below what any threshold can be?"""
         for account_id in {
             e.account_id for e in entries if e.amount_units < 0 and e.balance_after_units < to_units(MAX_THRESHOLD)
@@ -174,13 +180,13 @@ class AutoRecharger:
             orgs = [
                 r[0]
                 for r in conn.execute(
-                    sa.select(AutoRechargePolicy.organization_id).where(AutoRechargePolicy.enabled.is_(True))
+                    sa.select(col(AutoRechargePolicy.organization_id)).where(col(AutoRechargePolicy.enabled).is_(True))
                 )
             ]
         return sum(1 for org in orgs if self.maybe_recharge(org) == "charged")
 
     def maybe_recharge(self, organization_id: int) -> str:
-        t = AutoRechargePolicy.__table__
+        t = table_of(AutoRechargePolicy)
         with self.engine.connect() as conn:
             policy = conn.execute(sa.select(t).where(t.c.organization_id == organization_id)).first()
             if policy is None or not policy.enabled:
@@ -207,17 +213,17 @@ class AutoRecharger:
                 conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(claimed_until=None))
 
     def _recharge(self, organization_id: int) -> str:
-        t = AutoRechargePolicy.__table__
+        t = table_of(AutoRechargePolicy)
         with self.engine.connect() as conn:
             policy = conn.execute(sa.select(t).where(t.c.organization_id == organization_id)).one()
             balance = get_account(conn, organization_id=organization_id).balance_units
-            owner = conn.execute(sa.select(User.email).where(User.id == policy.owner_user_id)).scalar()
+            owner = conn.execute(sa.select(col(User.email)).where(col(User.id) == policy.owner_user_id)).scalar()
             month_start = _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             this_month = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(CheckoutSession.amount), 0)).where(
-                    CheckoutSession.organization_id == organization_id,
-                    CheckoutSession.mode == "auto",
-                    CheckoutSession.created_at >= month_start,
+                sa.select(sa.func.coalesce(sa.func.sum(col(CheckoutSession.amount)), 0)).where(
+                    col(CheckoutSession.organization_id) == organization_id,
+                    col(CheckoutSession.mode) == "auto",
+                    col(CheckoutSession.created_at) >= month_start,
                 )
             ).scalar()
         if balance >= policy.threshold:
@@ -242,9 +248,9 @@ class AutoRecharger:
             conn.execute(
                 sa.update(CheckoutSession)
                 .where(
-                    CheckoutSession.organization_id == organization_id,
-                    CheckoutSession.mode == "quick",
-                    CheckoutSession.payment_intent_id == entries[0].metadata.get("stripePaymentIntentId"),
+                    col(CheckoutSession.organization_id) == organization_id,
+                    col(CheckoutSession.mode) == "quick",
+                    col(CheckoutSession.payment_intent_id) == entries[0].metadata.get("stripePaymentIntentId"),
                 )
                 .values(mode="auto")
             )
@@ -258,8 +264,8 @@ class AutoRecharger:
         )
         return "charged"
 
-    def _failed(self, organization_id: int, policy, reason: str) -> str:
-        t = AutoRechargePolicy.__table__
+    def _failed(self, organization_id: int, policy: DbRow, reason: str) -> str:
+        t = table_of(AutoRechargePolicy)
         failures = policy.consecutive_failures + 1
         disable = failures >= MAX_FAILURES
         with self.engine.begin() as conn:

@@ -6,17 +6,30 @@ events are deduplicated by order and event (and refunded total)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from ..auth import Principal
 from ..config import Settings
 from ..ledger import Ledger
 from ..models import CheckoutSession, Organization
 from ..money import to_units
-from .lemonsqueezy_gateway import LemonSqueezyGateway, order_from
-from .purchases import UNITS_PER_CENT, Choice, _now, credit_checkout, event_seen, process_event, refund_checkout
+from .lemonsqueezy_gateway import LemonOrder, LemonSqueezyGateway, order_from
+from .purchases import (
+    UNITS_PER_CENT,
+    Choice,
+    EventOutcome,
+    _now,
+    credit_checkout,
+    event_seen,
+    process_event,
+    refund_checkout,
+    table_of,
+)
 
 PROVIDER = "lemonsqueezy"
 
@@ -25,7 +38,9 @@ class LemonPurchases:
     def __init__(self, engine: Engine, ledger: Ledger, gateway: LemonSqueezyGateway, settings: Settings):
         self.engine, self.ledger, self.gateway, self.settings = engine, ledger, gateway, settings
 
-    def start_checkout(self, principal: Principal, choice: Choice, *, ip: str | None, redirect_url: str) -> dict:
+    def start_checkout(
+        self, principal: Principal, choice: Choice, *, ip: str | None, redirect_url: str
+    ) -> dict[str, str]:
         reference = "ls_" + secrets.token_hex(12)
         checkout = self.gateway.create_checkout(
             amount_cents=choice.cents,
@@ -60,14 +75,14 @@ class LemonPurchases:
     def checkout_status(self, organization_id: int, reference: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(
-                sa.select(CheckoutSession.status).where(
-                    CheckoutSession.organization_id == organization_id,
-                    CheckoutSession.provider == PROVIDER,
-                    CheckoutSession.provider_id == reference,
+                sa.select(col(CheckoutSession.status)).where(
+                    col(CheckoutSession.organization_id) == organization_id,
+                    col(CheckoutSession.provider) == PROVIDER,
+                    col(CheckoutSession.provider_id) == reference,
                 )
             ).scalar()
 
-    def handle_webhook(self, body: dict) -> str:
+    def handle_webhook(self, body: Mapping[str, Any]) -> str:
         meta = body.get("meta") or {}
         event_name = str(meta.get("event_name") or "")
         data = body.get("data") or {}
@@ -83,14 +98,14 @@ class LemonPurchases:
             self.ledger, PROVIDER, event_id, event_name, lambda conn: self._apply(conn, event_name, order)
         )
 
-    def _apply(self, conn, event_name: str, order):
-        t = CheckoutSession.__table__
+    def _apply(self, conn: Connection, event_name: str, order: LemonOrder) -> EventOutcome:
+        t = table_of(CheckoutSession)
         if event_name == "order_created":
             org_id = order.custom_data.get("organization_id")
             if not (
                 org_id
                 and str(org_id).isdigit()
-                and conn.execute(sa.select(Organization.id).where(Organization.id == int(org_id))).first()
+                and conn.execute(sa.select(col(Organization.id)).where(col(Organization.id) == int(org_id))).first()
             ):
                 return "rejected", "unknown organization", None
             row = conn.execute(

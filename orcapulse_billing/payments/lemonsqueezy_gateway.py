@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ class LemonOrder:
     status: str
     total_cents: int
     refunded_cents: int
-    custom_data: dict
+    custom_data: dict[str, Any]  # checkout_data.custom as it came back (JSON)
 
 
 class LemonSqueezyGateway:
@@ -64,7 +65,7 @@ class LemonSqueezyGateway:
             },
         )
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         for attempt in range(self.retries + 1):
             try:
                 r = self.http.request(method, path, json=body)
@@ -97,7 +98,8 @@ class LemonSqueezyGateway:
                 )
             if r.status_code >= 400:
                 raise PaymentError("payment_failed", _error_detail(r))
-            return r.json()
+            document: dict[str, Any] = r.json()  # a JSON:API document is an object
+            return document
         raise AssertionError("unreachable")
 
     def create_checkout(
@@ -141,7 +143,7 @@ class LemonSqueezyGateway:
             raise WebhookSignatureError("the X-Signature does not match the body")
 
 
-def order_from(data: dict, custom: dict) -> LemonOrder:
+def order_from(data: Mapping[str, Any], custom: Mapping[str, Any]) -> LemonOrder:
     a = data.get("attributes") or {}
     return LemonOrder(
         str(data.get("id")),

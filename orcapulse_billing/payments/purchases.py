@@ -9,17 +9,20 @@ checkout row we created is the only thing an event can credit, with amounts chec
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, TypeAlias
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel, col
 
 from ..auth import Principal
 from ..config import Settings
-from ..ledger import Ledger, PostedEntry, Posting, find_entry, get_account
+from ..ledger import DbRow, Ledger, PostedEntry, Posting, find_entry, get_account
 from ..models import CheckoutSession, CreditSource, EntryType, Organization, PaymentMethod, WebhookEvent
 from ..money import MoneyError, parse_amount, to_units
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
@@ -27,6 +30,17 @@ from .stripe_gateway import Card, PaymentError, StripeGateway
 
 log = logging.getLogger(__name__)
 UNITS_PER_CENT = 100  # ledger units are ten-thousandths of a credit; 1 credit = 100 cents
+
+# What applying a provider event did: outcome, detail, and the organization it concerned.
+EventOutcome: TypeAlias = tuple[str, str | None, int | None]
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """A table model's Core `Table`, i.e. its `__table__` (which SQLModel does not declare to type checkers)."""
+    table = sa.inspect(model).local_table
+    if not isinstance(table, sa.Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
 
 
 class PurchaseError(ValueError):
@@ -58,7 +72,7 @@ def choose(settings: Settings, package_id: str | None = None, amount: str | Deci
     """A package, or a custom amount from $1 to $100 in whole cents; exactly one of them."""
     if (package_id is None) == (amount is None):
         raise PurchaseError("invalid_request", "give either package_id or amount")
-    if package_id is not None:
+    if amount is None:  # so package_id is not None
         package = next((p for p in PACKAGES if p.id == package_id), None)
         if package is None:
             raise PurchaseError("invalid_request", f"unknown package {package_id!r}")
@@ -97,7 +111,7 @@ def _credit_postings(
     provider: str,
     key: str,
     label: str,
-    metadata: dict,
+    metadata: Mapping[str, Any],
     actor_user_id: int | None,
     actor_ip: str | None,
     package_id: str | None,
@@ -144,13 +158,17 @@ def event_seen(engine: Engine, provider: str, event_id: str) -> bool:
     with engine.connect() as conn:
         return (
             conn.execute(
-                sa.select(WebhookEvent.id).where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+                sa.select(col(WebhookEvent.id)).where(
+                    col(WebhookEvent.provider) == provider, col(WebhookEvent.event_id) == event_id
+                )
             ).first()
             is not None
         )
 
 
-def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply) -> str:
+def process_event(
+    ledger: Ledger, provider: str, event_id: str, kind: str, apply: Callable[[Connection], EventOutcome]
+) -> str:
     """Records the event once and applies it in the same transaction: a replay, or a concurrent
     duplicate delivery (which meets the unique index), changes nothing."""
     with ledger.transaction() as conn:
@@ -166,16 +184,18 @@ def process_event(ledger: Ledger, provider: str, event_id: str, kind: str, apply
         outcome, detail, org_id = apply(conn)
         conn.execute(
             sa.update(WebhookEvent)
-            .where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+            .where(col(WebhookEvent.provider) == provider, col(WebhookEvent.event_id) == event_id)
             .values(outcome=outcome, detail=detail, organization_id=org_id)
         )
     log.info("%s event %s %s: %s %s", provider, event_id, kind, outcome, detail or "")
     return outcome
 
 
-def credit_checkout(ledger: Ledger, conn, row, *, provider_reference: str | None, metadata: dict) -> bool:
+def credit_checkout(
+    ledger: Ledger, conn: Connection, row: DbRow, *, provider_reference: str | None, metadata: Mapping[str, Any]
+) -> bool:
     """Marks our checkout completed and posts its purchase (and bonus), once: False if it already was."""
-    t = CheckoutSession.__table__
+    t = table_of(CheckoutSession)
     claimed = conn.execute(
         sa.update(t)
         .where(t.c.id == row.id, t.c.status.in_(("open", "failed")))
@@ -200,14 +220,16 @@ def credit_checkout(ledger: Ledger, conn, row, *, provider_reference: str | None
     return True
 
 
-def refund_checkout(ledger: Ledger, conn, row, refunded_cents: int, *, key: str, metadata: dict):
+def refund_checkout(
+    ledger: Ledger, conn: Connection, row: DbRow, refunded_cents: int, *, key: str, metadata: Mapping[str, Any]
+) -> EventOutcome:
     """Posts what was refunded since the last refund event (the provider reports the running total),
     never more than was bought."""
     refunded_total = min(refunded_cents * UNITS_PER_CENT, row.amount)
     delta = refunded_total - row.refunded
     if delta <= 0:
         return "duplicate", "refund already recorded", row.organization_id
-    conn.execute(sa.update(CheckoutSession).where(CheckoutSession.id == row.id).values(refunded=refunded_total))
+    conn.execute(sa.update(CheckoutSession).where(col(CheckoutSession.id) == row.id).values(refunded=refunded_total))
     account_id = get_account(conn, organization_id=row.organization_id).id
     name = PROVIDER_NAMES.get(row.provider, row.provider)
     ledger.post_in(
@@ -234,28 +256,33 @@ class StripePurchases:
 
     def customer_for(self, organization_id: int) -> str:
         with self.engine.connect() as conn:
-            org = conn.execute(
-                sa.select(Organization.name, Organization.stripe_customer_id).where(Organization.id == organization_id)
+            name, existing = conn.execute(
+                sa.select(col(Organization.name), col(Organization.stripe_customer_id)).where(
+                    col(Organization.id) == organization_id
+                )
             ).one()
-        if org.stripe_customer_id:
-            return org.stripe_customer_id
-        customer_id = self.gateway.create_customer(organization_id, org.name, f"customer-org-{organization_id}")
+        if existing:
+            return existing
+        customer_id = self.gateway.create_customer(organization_id, name, f"customer-org-{organization_id}")
         with self.ledger.transaction() as conn:
             conn.execute(
                 sa.update(Organization)
-                .where(Organization.id == organization_id, Organization.stripe_customer_id.is_(None))
+                .where(col(Organization.id) == organization_id, col(Organization.stripe_customer_id).is_(None))
                 .values(stripe_customer_id=customer_id)
             )
-            return conn.execute(
-                sa.select(Organization.stripe_customer_id).where(Organization.id == organization_id)
+            stored = conn.execute(
+                sa.select(col(Organization.stripe_customer_id)).where(col(Organization.id) == organization_id)
             ).scalar()
+        if stored is None:  # not reached: the row now holds our customer id or a concurrent request's
+            raise RuntimeError(f"organization {organization_id} has no Stripe customer")
+        return stored
 
-    def cards(self, organization_id: int) -> list[dict]:
+    def cards(self, organization_id: int) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(PaymentMethod)
-                .where(PaymentMethod.organization_id == organization_id)
-                .order_by(PaymentMethod.is_default.desc(), PaymentMethod.id.desc())
+                .where(col(PaymentMethod.organization_id) == organization_id)
+                .order_by(col(PaymentMethod.is_default).desc(), col(PaymentMethod.id).desc())
             ).all()
         return [dict(r._mapping) for r in rows]
 
@@ -264,7 +291,7 @@ class StripePurchases:
             self._save_card_in(conn, organization_id, card, make_default)
 
     def remove_card(self, organization_id: int, card_id: str) -> None:
-        t = PaymentMethod.__table__
+        t = table_of(PaymentMethod)
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(t).where(t.c.organization_id == organization_id, t.c.provider_id == card_id)
@@ -292,7 +319,7 @@ class StripePurchases:
         success_url: str,
         cancel_url: str,
         request_key: str,
-    ) -> dict:
+    ) -> dict[str, str]:
         """Creates the Stripe Checkout Session (payment mode, or setup mode when `choice` is None)
         and our record of it; returns its id and hosted URL."""
         customer_id = self.customer_for(principal.organization_id)
@@ -316,8 +343,8 @@ class StripePurchases:
         )
         with self.ledger.transaction() as conn:
             exists = conn.execute(
-                sa.select(CheckoutSession.id).where(
-                    CheckoutSession.provider == "stripe", CheckoutSession.provider_id == session_id
+                sa.select(col(CheckoutSession.id)).where(
+                    col(CheckoutSession.provider) == "stripe", col(CheckoutSession.provider_id) == session_id
                 )
             ).scalar()
             if not exists:
@@ -342,10 +369,10 @@ class StripePurchases:
     def checkout_status(self, organization_id: int, session_id: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(
-                sa.select(CheckoutSession.status).where(
-                    CheckoutSession.organization_id == organization_id,
-                    CheckoutSession.provider == "stripe",
-                    CheckoutSession.provider_id == session_id,
+                sa.select(col(CheckoutSession.status)).where(
+                    col(CheckoutSession.organization_id) == organization_id,
+                    col(CheckoutSession.provider) == "stripe",
+                    col(CheckoutSession.provider_id) == session_id,
                 )
             ).scalar()
 
@@ -376,19 +403,25 @@ class StripePurchases:
         key = f"quick:{request_key}"
         with self.engine.connect() as conn:
             account_id = get_account(conn, organization_id=principal.organization_id).id
-        postings_for = lambda pi: _credit_postings(  # noqa: E731
-            account_id,
-            to_units(choice.credits),
-            to_units(choice.bonus),
-            provider="stripe",
-            key=key,
-            label=choice.label,
-            metadata={"feature": "auto_recharge" if auto_recharge else "quick_purchase", "stripePaymentIntentId": pi},
-            actor_user_id=principal.user_id,
-            actor_ip=ip,
-            package_id=choice.package_id,
-            auto_recharge=auto_recharge,
-        )
+
+        def postings_for(pi: str) -> list[Posting]:
+            return _credit_postings(
+                account_id,
+                to_units(choice.credits),
+                to_units(choice.bonus),
+                provider="stripe",
+                key=key,
+                label=choice.label,
+                metadata={
+                    "feature": "auto_recharge" if auto_recharge else "quick_purchase",
+                    "stripePaymentIntentId": pi,
+                },
+                actor_user_id=principal.user_id,
+                actor_ip=ip,
+                package_id=choice.package_id,
+                auto_recharge=auto_recharge,
+            )
+
         # A retry of a request that already went through returns its entries without charging again
         # (Stripe's idempotency key would also return the same PaymentIntent).
         done = self._entries_for_key(account_id, key)
@@ -437,7 +470,7 @@ class StripePurchases:
 
     # -- webhook events -----------------------------------------------------------------------------
 
-    def handle_event(self, event: dict) -> str:
+    def handle_event(self, event: Mapping[str, Any]) -> str:
         """Applies one verified Stripe event; returns what happened. Replays change nothing."""
         event_id, kind = event.get("id"), event.get("type", "")
         obj = (event.get("data") or {}).get("object") or {}
@@ -448,7 +481,7 @@ class StripePurchases:
         card = self._card_for(kind, obj)  # provider calls before the write transaction
         return process_event(self.ledger, "stripe", event_id, kind, lambda conn: self._apply(conn, kind, obj, card))
 
-    def _card_for(self, kind: str, obj: dict) -> Card | None:
+    def _card_for(self, kind: str, obj: Mapping[str, Any]) -> Card | None:
         """The card a completed checkout used, to save for later. Best effort for payments (the credit
         must not wait on it); an outage raises, so that Stripe delivers the event again."""
         try:
@@ -466,8 +499,8 @@ class StripePurchases:
             log.warning("could not read the card of %s: %s", obj.get("id"), exc.message)
         return None
 
-    def _apply(self, conn, kind: str, obj: dict, card: Card | None) -> tuple[str, str | None, int | None]:
-        t = CheckoutSession.__table__
+    def _apply(self, conn: Connection, kind: str, obj: Mapping[str, Any], card: Card | None) -> EventOutcome:
+        t = table_of(CheckoutSession)
         if kind.startswith("checkout.session."):
             row = conn.execute(sa.select(t).where(t.c.provider == "stripe", t.c.provider_id == obj.get("id"))).first()
             if row is None:
@@ -510,8 +543,8 @@ class StripePurchases:
             return self._refund(conn, obj)
         return "ignored", None, None
 
-    def _refund(self, conn, charge: dict) -> tuple[str, str | None, int | None]:
-        t = CheckoutSession.__table__
+    def _refund(self, conn: Connection, charge: Mapping[str, Any]) -> EventOutcome:
+        t = table_of(CheckoutSession)
         row = conn.execute(
             sa.select(t).where(
                 t.c.provider == "stripe",
@@ -531,8 +564,8 @@ class StripePurchases:
         )
 
     @staticmethod
-    def _save_card_in(conn, organization_id: int, card: Card, make_default: bool = True) -> None:
-        t = PaymentMethod.__table__
+    def _save_card_in(conn: Connection, organization_id: int, card: Card, make_default: bool = True) -> None:
+        t = table_of(PaymentMethod)
         exists = conn.execute(
             sa.select(t.c.id, t.c.is_default).where(t.c.provider == "stripe", t.c.provider_id == card.id)
         ).first()
@@ -560,8 +593,8 @@ class StripePurchases:
             )
         )
 
-    def failed_payments(self, organization_id: int) -> list[dict]:
-        t = CheckoutSession.__table__
+    def failed_payments(self, organization_id: int) -> list[dict[str, Any]]:
+        t = table_of(CheckoutSession)
         with self.engine.connect() as conn:
             return [
                 dict(r._mapping)

@@ -6,13 +6,20 @@ Only what the product needs, with Stripe's own errors mapped to a few `PaymentEr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import stripe
 from stripe import APIConnectionError, CardError, StripeError
 
 from ..config import Settings
+
+if TYPE_CHECKING:
+    from stripe.params.checkout import SessionCreateParams
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class PaymentError(Exception):
@@ -44,7 +51,7 @@ class Charge:
     amount_cents: int
 
 
-def _card(pm: Any) -> Card:
+def _card(pm: stripe.PaymentMethod) -> Card:
     card = pm["card"]
     return Card(pm["id"], str(card["brand"]), str(card["last4"]), int(card["exp_month"]), int(card["exp_year"]))
 
@@ -55,11 +62,14 @@ class StripeGateway:
     def __init__(self, settings: Settings):
         if not settings.stripe_secret_key:
             raise PaymentError("payments_unavailable", "card payments are not configured")
-        bases = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
-        self.client = stripe.StripeClient(settings.stripe_secret_key, base_addresses=bases, max_network_retries=0)
+        self.client = stripe.StripeClient(
+            settings.stripe_secret_key,
+            base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+            max_network_retries=0,
+        )
         self.webhook_secrets = settings.stripe_webhook_secrets
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return fn(*args, **kwargs)
         except CardError as exc:
@@ -88,7 +98,7 @@ class StripeGateway:
             params={"name": name, "metadata": {"organization_id": str(organization_id)}},
             options={"idempotency_key": idempotency_key},
         )
-        return customer["id"]
+        return customer.id
 
     def card(self, payment_method_id: str) -> Card:
         return _card(self._call(self.client.v1.payment_methods.retrieve, payment_method_id))
@@ -123,7 +133,7 @@ class StripeGateway:
         cancel_url: str,
         idempotency_key: str,
     ) -> tuple[str, str]:
-        params: dict[str, Any] = {
+        params: SessionCreateParams = {
             "mode": mode,
             "customer": customer_id,
             "client_reference_id": client_reference_id,
@@ -132,6 +142,8 @@ class StripeGateway:
             "cancel_url": cancel_url,
         }
         if mode == "payment":
+            if amount_cents is None:  # what Stripe would refuse: a payment line item without an amount
+                raise PaymentError("payment_failed", "a payment checkout needs an amount")
             params["line_items"] = [
                 {
                     "quantity": 1,
@@ -183,7 +195,7 @@ class StripeGateway:
 
     # -- webhooks -------------------------------------------------------------------------------
 
-    def verify_event(self, payload: bytes, signature: str | None) -> dict:
+    def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         """Checks the Stripe-Signature header on the raw body against every configured secret
         (several during rotation); returns the event as a plain dict."""
         if not signature:
@@ -192,7 +204,7 @@ class StripeGateway:
             raise WebhookSignatureError("no webhook secret is configured")
         for secret in self.webhook_secrets:
             try:
-                event = stripe.Webhook.construct_event(payload, signature, secret)
+                event: stripe.Event = stripe.Webhook.construct_event(payload, signature, secret)
             except stripe.SignatureVerificationError:
                 continue
             except ValueError:
