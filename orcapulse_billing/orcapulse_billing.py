@@ -4,7 +4,8 @@ import reflex as rx
 
 from .api import create_api_app
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop
-from .pages import billing, login  # noqa: F401  (register the pages)
+from .pages import login  # noqa: F401  (register the pages)
+from .pages.billing import page  # noqa: F401
 
 app = rx.App(api_transformer=create_api_app())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock

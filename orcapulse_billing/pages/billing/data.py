@@ -1,0 +1,146 @@
+"""The billing page's reads: what the page shows, read through the same services as the REST API
+(ledger.get_account, history, metering's billing sessions) in one read transaction, in a worker
+thread, and turned into display-ready strings. Money is formatted here from exact integer units,
+never carried as floats (the chart's bar heights aside). No Reflex state here: the state calls
+these through the module (`data._load`), so a test can replace one of them in place.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from ...config import get_settings
+from ...db import get_engine
+from ...history import HistoryQuery, billing_session, history_page, usage_summary
+from ...ledger import get_account
+from ...models import Organization
+from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
+from ...services import get_auto_recharger
+from ...state import SharedReads
+
+CHART_DAYS = 30
+TYPE_BADGES = {
+    "purchase": "Top-up",
+    "bonus": "Top-up",
+    "usage": "Usage",
+    "refund": "Refund",
+    "adjustment": "Adjustment",
+}
+CATEGORY_LABELS = {
+    "ai_call": "AI calls",
+    "call_recording": "Recording",
+    "whatsapp": "WhatsApp",
+    "sms": "SMS",
+    "email": "Email",
+    "transcription": "Transcription",
+    "tts": "TTS",
+    "llm_tokens": "LLM tokens",
+    "chat": "Chat",
+    "phone_rental": "Phone numbers",
+    "other": "Other",
+}
+
+
+def format_when(value: datetime) -> str:
+    """'Jan 15, 2024 14:30' (UTC)."""
+    v = value.astimezone(UTC)
+    return f"{v:%b} {v.day}, {v:%Y %H:%M}"
+
+
+def _row(item) -> dict[str, str]:
+    return {
+        "id": str(item.id),
+        "when": format_when(item.created_at),
+        "type": item.type,
+        "badge": TYPE_BADGES.get(item.type, item.type.title()),
+        "description": item.description,
+        "amount": fmt_signed_amount(item.amount_units),
+        "credit": "1" if item.amount_units > 0 else "",
+        "balance_after": fmt_money4(item.balance_after_units),
+        "session_id": item.usage_session_id or "",
+        "category": item.category or "",
+    }
+
+
+def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> dict:
+    """Everything the page shows, in one read transaction (runs in a worker thread)."""
+    settings = get_settings()
+    now = datetime.now(UTC)
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+        org_name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
+        result = history_page(conn, acct.id, HistoryQuery(type_filter), page=page, page_size=page_size)
+        if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
+            result = history_page(
+                conn, acct.id, HistoryQuery(type_filter), page=result.total_pages, page_size=page_size
+            )
+        spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
+    return {
+        "org_name": org_name or "",
+        "balance_units": acct.balance_units,
+        "added_units": acct.lifetime_added_units,
+        "consumed_units": acct.lifetime_consumed_units,
+        "transactions": acct.transaction_count,
+        "threshold_units": to_units(settings.low_balance_threshold),
+        "grace_units": to_units(settings.grace_limit),
+        "rows": [_row(i) for i in result.items],
+        "page": result.page,
+        "total": result.total,
+        "total_pages": result.total_pages,
+        "spend": [
+            {
+                "category": CATEGORY_LABELS.get(r.category, r.category),
+                "amount": fmt_money4(r.amount_units),
+                "count": f"({r.count:,})",
+                # chart bar height only; every figure shown as text comes from the exact string above
+                "value": float(from_units(r.amount_units)),
+            }  # ok: chart
+            for r in spend
+        ],
+        "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
+        "auto": get_auto_recharger(get_engine()).get(organization_id),
+    }
+
+
+_live_reads = SharedReads(max_entries=256)
+
+
+async def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
+    """_load for a live update: all the tabs of this worker showing the same page after the same
+    committed entry share one read."""
+    key = (organization_id, type_filter, page, page_size, entry_id)
+    return await _live_reads.get(key, _load, organization_id, type_filter, page, page_size)
+
+
+def _load_session(organization_id: int, session_id: str) -> dict | None:
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+        row = billing_session(conn, acct.id, session_id)
+    if row is None:
+        return None
+    when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or UTC)) if v else ""  # noqa: E731
+    duration = (
+        f"{row['duration_minutes']} min"
+        if row["duration_minutes"]
+        else (f"{row['message_count']} messages" if row["message_count"] is not None else "")
+    )
+    return {
+        "id": row["external_id"],
+        "agent": row["agent_name"] or row["agent_id"] or "Unknown agent",
+        "agent_id": row["agent_id"] or "",
+        "architecture": (row["architecture"] or row["operation"]).title(),
+        "duration": duration,
+        "base": "$" + fmt4(row["cost_base"]),
+        "llm": "$" + fmt4(row["cost_llm"]),
+        "stt": "$" + fmt4(row["cost_stt"]),
+        "tts": "$" + fmt4(row["cost_tts"]),
+        "total": "$" + fmt4(row["cost_total"]),
+        "started": when(row["started_at"]),
+        "ended": when(row["ended_at"]),
+        "billed": when(row["created_at"]),
+        "transcript": row["transcript"] or "",
+        "recording": row["recording_url"] or "",
+        "analysis": "\n".join(f"{k}: {v}" for k, v in (row["analysis"] or {}).items()),
+    }

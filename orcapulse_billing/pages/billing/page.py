@@ -1,0 +1,117 @@
+"""The /billing route (and / redirecting to it): wires BillingState's vars and event handlers into
+the views. Layout only; what the page shows and does is in the state's mixins."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from ...components.layout import page_frame
+from ...config import get_settings
+from . import BillingState as S
+from .views.add_credits import add_credits_dialog
+from .views.auto_recharge import auto_recharge_panel
+from .views.header import error_state, header, low_balance_banner, skeleton, waiting_banner
+from .views.history import empty_state, history_controls, history_footer, history_table
+from .views.session_panel import session_panel
+from .views.stats import stats, usage_chart
+from .views.styles import PAGE_CSS
+
+
+def content() -> rx.Component:
+    """The loaded page, top to bottom."""
+    return rx.vstack(
+        waiting_banner(
+            waiting=S.waiting, popup_blocked=S.popup_blocked, checkout_url=S.checkout_url, on_stop=S.cancel_waiting
+        ),
+        low_balance_banner(
+            low_balance=S.low_balance,
+            negative=S.negative,
+            threshold=S.threshold,
+            grace_limit=S.grace_limit,
+            is_owner=S.is_owner,
+            on_add_credits=S.open_add_credits,
+        ),
+        stats(balance=S.balance, negative=S.negative, added=S.added, consumed=S.consumed, transactions=S.transactions),
+        usage_chart(spend=S.spend, spend_total=S.spend_total),
+        history_table(
+            controls=history_controls(
+                type_filter=S.type_filter,
+                on_type_filter=S.set_type_filter,
+                page_size=S.page_size,
+                on_page_size=S.set_page_size,
+                export_query=S.export_query,
+            ),
+            empty=empty_state(type_filter=S.type_filter, filter_label=S.filter_label, on_refresh=S.refresh),
+            footer=history_footer(
+                range_text=S.range_text,
+                page=S.page,
+                total_pages=S.total_pages,
+                page_labels=S.page_labels,
+                on_prev=S.previous_page,
+                on_next=S.next_page,
+                on_page=S.go_to_page,
+            ),
+            is_empty=S.total == 0,
+            rows=S.rows,
+            on_open_row=S.open_row,
+        ),
+        auto_recharge_panel(
+            enabled=S.auto_enabled,
+            threshold=S.auto_threshold,
+            amount=S.auto_amount,
+            cap=S.auto_cap,
+            note=S.auto_note,
+            error=S.auto_error,
+            can_edit=S.is_owner,
+            on_enabled=S.set_auto_enabled,
+            on_field=S.set_auto_field,
+            on_save=S.save_auto_recharge,
+        ),
+        width="100%",
+        spacing="5",
+    )
+
+
+@rx.page(route="/billing", title="Billing & Credits · OrcaPulse", on_load=S.load)
+def billing() -> rx.Component:
+    return page_frame(
+        rx.el.style(PAGE_CSS),
+        *(
+            [rx.script(src=get_settings().lemonsqueezy_js_url)]
+            if "lemonsqueezy" in get_settings().payment_providers
+            else []
+        ),
+        header(
+            org_name=S.org_name,
+            refreshing=S.refreshing,
+            is_owner=S.is_owner,
+            on_refresh=S.refresh,
+            on_add_credits=S.open_add_credits,
+        ),
+        rx.cond(S.loaded, rx.cond(S.load_failed, error_state(on_refresh=S.refresh), content()), skeleton()),
+        session_panel(is_open=S.panel_open, on_open_change=S.set_panel_open, row=S.panel_row, session=S.panel_session),
+        add_credits_dialog(
+            is_open=S.add_credits_open,
+            on_open_change=S.set_add_credits_open,
+            providers=S.providers,
+            provider=S.provider,
+            on_provider=S.set_provider,
+            packages=S.packages,
+            cards=S.cards,
+            custom_amount=S.custom_amount,
+            on_custom_amount=S.set_custom_amount,
+            purchase_error=S.purchase_error,
+            buying=S.buying,
+            on_checkout_package=S.checkout_package,
+            on_checkout_custom=S.checkout_custom,
+            on_quick_purchase=S.quick_purchase,
+            on_save_card=S.save_card,
+            on_remove_card=S.remove_card,
+        ),
+        rx.moment(interval=30_000, on_change=S.heartbeat, display="none"),  # restarts a lost live listener
+    )
+
+
+@rx.page(route="/", title="OrcaPulse Billing", on_load=rx.redirect("/billing"))
+def index() -> rx.Component:
+    return rx.center(rx.spinner(), min_height="50vh")

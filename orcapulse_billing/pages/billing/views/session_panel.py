@@ -1,0 +1,106 @@
+"""The row detail panel: a transaction, and for a usage charge its billing session (agent,
+duration, cost breakdown, recording, transcript, post-call analysis)."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+
+def _detail(label: str, value) -> rx.Component:
+    return rx.cond(
+        value != "",
+        rx.hstack(
+            rx.text(label, size="2", color_scheme="gray", min_width="130px"), rx.text(value, size="2"), width="100%"
+        ),
+    )
+
+
+def session_panel(*, is_open, on_open_change, row, session) -> rx.Component:
+    """`row`: the clicked history row; `session`: its billing session, {} when it has none."""
+    s = session
+    r = row
+    return rx.dialog.root(
+        rx.dialog.content(
+            rx.vstack(
+                rx.hstack(
+                    rx.dialog.title(rx.cond(s.contains("id"), "Billing session", "Transaction"), margin="0"),
+                    rx.spacer(),
+                    rx.dialog.close(rx.icon_button(rx.icon("x"), variant="ghost", color_scheme="gray")),
+                    width="100%",
+                    align="center",
+                ),
+                rx.text(r["description"], weight="medium"),
+                _detail("Amount", r["amount"]),
+                _detail("Date & Time", r["when"]),
+                rx.cond(
+                    s.contains("id"),
+                    rx.vstack(
+                        rx.divider(),
+                        _detail("Session ID", s["id"]),
+                        _detail("Agent", s["agent"]),
+                        _detail("Agent ID", s["agent_id"]),
+                        _detail("Architecture", s["architecture"]),
+                        _detail("Duration", s["duration"]),
+                        _detail("Started", s["started"]),
+                        _detail("Ended", s["ended"]),
+                        _detail("Billed", s["billed"]),
+                        rx.heading("Cost breakdown", size="3", padding_top="2"),
+                        _detail("Base", s["base"]),
+                        _detail("Model / LLM", s["llm"]),
+                        _detail("Speech-to-text", s["stt"]),
+                        _detail("Text-to-speech", s["tts"]),
+                        rx.hstack(
+                            rx.text("Total", weight="bold", min_width="130px"),
+                            rx.text(s["total"], weight="bold"),
+                            width="100%",
+                        ),
+                        rx.cond(
+                            s["recording"] != "",
+                            rx.vstack(
+                                rx.heading("Recording", size="3", padding_top="2"),
+                                rx.audio(src=s["recording"], controls=True, width="100%", height="40px"),
+                                width="100%",
+                            ),
+                        ),
+                        rx.cond(
+                            s["transcript"] != "",
+                            rx.vstack(
+                                rx.heading("Transcript", size="3", padding_top="2"),
+                                rx.box(
+                                    rx.text(s["transcript"], size="2", white_space="pre-wrap"),
+                                    background="var(--gray-2)",
+                                    padding="3",
+                                    border_radius="8px",
+                                    width="100%",
+                                    max_height="220px",
+                                    overflow_y="auto",
+                                ),
+                                width="100%",
+                            ),
+                        ),
+                        rx.cond(
+                            s["analysis"] != "",
+                            rx.vstack(
+                                rx.heading("Post-call analysis", size="3", padding_top="2"),
+                                rx.text(s["analysis"], size="2", white_space="pre-wrap"),
+                                width="100%",
+                            ),
+                        ),
+                        width="100%",
+                        spacing="2",
+                    ),
+                    rx.text(
+                        rx.cond(r["type"] == "usage", "No session details were reported for this charge.", ""),
+                        size="2",
+                        color_scheme="gray",
+                    ),
+                ),
+                spacing="3",
+                width="100%",
+            ),
+            max_width="520px",
+            data_testid="session-panel",
+        ),
+        open=is_open,
+        on_open_change=on_open_change,
+    )
