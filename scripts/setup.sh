@@ -38,7 +38,7 @@ setup_python() {
   stamp="$VENV/.installed-$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)${extras//[^a-z]/}"
   if [ ! -f "$stamp" ]; then
     log "installing Python packages (pinned in requirements.lock)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/requirements.lock" -e "$ROOT$extras" 2>&1 \
+    "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check -c "$ROOT/requirements.lock" -e "$ROOT$extras" 2>&1 \
       | grep -v "^WARNING: Location" >&2 || true
     "$VENV/bin/python" -c 'import orcapulse_billing, reflex' || die "Python packages did not install"
     touch "$stamp"
@@ -96,7 +96,7 @@ setup_localstripe() {
   if [ ! -f "$stamp" ]; then
     log "installing localstripe into .tools/localstripe-venv (offline Stripe sandbox)"
     [ -x "$venv/bin/python" ] || "$(find_python)" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/sandbox/localstripe-requirements.txt" 2>&1 \
+    "$venv/bin/pip" install -q --no-compile --disable-pip-version-check -r "$ROOT/sandbox/localstripe-requirements.txt" 2>&1 \
       | grep -v "^WARNING: Location" >&2 || true
     "$venv/bin/python" -c 'import localstripe' || die "localstripe did not install"
     touch "$stamp"
