@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from ..db import get_engine
-from . import auth_routes, credits, errors, payments
+from . import auth_routes, credits, errors, openapi, payments
 
 
 def create_api_app() -> FastAPI:
@@ -20,7 +20,9 @@ def create_api_app() -> FastAPI:
     app = FastAPI(
         title="OrcaPulse Billing API",
         version="1.0.0",
-        description="Prepaid credits: balance, history, usage metering. Money is a 4-place decimal string.",
+        description="Prepaid credits: balance, history, usage metering and purchases. Money is a decimal string "
+        '(4 places in answers). Every refusal is a 4xx with {"error": {"code", "message"}} and writes '
+        "nothing; a method a path does not list gets 405 with `Allow`.",
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
@@ -30,6 +32,7 @@ def create_api_app() -> FastAPI:
     app.include_router(credits.router)
     app.include_router(payments.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
+    openapi.install(app, payments.WEBHOOK_EVENTS)
     return app
 
 

@@ -10,9 +10,9 @@ import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
@@ -35,6 +35,10 @@ AUTH = responses(400, 401)
 TypeFilter = Literal["all", "topup", "usage", "refund", "adjustment"]
 PageSize = IntEnum("PageSize", {f"size_{n}": n for n in PAGE_SIZES})  # query strings "50" validate as 50
 DEFAULT_PAGE_SIZE = PageSize(50)
+FROM_HELP = "Entries at or after this instant (RFC 3339 date-time)."
+TO_HELP = "Entries before this instant (RFC 3339 date-time); must not be before `from` (400 otherwise)."
+From = Annotated[s.Timestamp | None, Query(alias="from", description=FROM_HELP)]
+To = Annotated[s.Timestamp | None, Query(description=TO_HELP)]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -123,8 +127,8 @@ def history(
     page: int = Query(1, ge=1, le=10_000_000),
     page_size: PageSize = Query(DEFAULT_PAGE_SIZE),
     type: TypeFilter = Query("all"),
-    from_: datetime | None = Query(None, alias="from"),
-    to: datetime | None = Query(None),
+    from_: From = None,
+    to: To = None,
     principal: Principal = Depends(current_principal),
 ) -> s.History:
     start, end = _range(from_, to)
@@ -193,8 +197,9 @@ def _stream_history(account_id: int, query: HistoryQuery) -> Iterator[str]:
 )
 def history_csv(
     type: TypeFilter = Query("all"),
-    from_: datetime | None = Query(None, alias="from"),
-    to: datetime | None = Query(None),
+    from_: From = None,
+    to: To = None,
+    order: Literal["newest", "oldest"] = Query("newest", description="Posting order: newest first, or oldest first."),
     principal: Principal = Depends(current_principal),
 ):
     start, end = _range(from_, to)
@@ -202,7 +207,7 @@ def history_csv(
         account_id = get_account(conn, organization_id=principal.organization_id).id
     name = f"orcapulse-credits-{type}-{datetime.now(UTC):%Y%m%d}.csv"
     return StreamingResponse(
-        _stream_history(account_id, HistoryQuery(type, start, end)),
+        _stream_history(account_id, HistoryQuery(type, start, end, order)),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -210,8 +215,8 @@ def history_csv(
 
 @router.get("/usage-summary", response_model=s.UsageSummary, responses=AUTH, summary="Consumption per category")
 def get_usage_summary(
-    from_: datetime | None = Query(None, alias="from"),
-    to: datetime | None = Query(None),
+    from_: From = None,
+    to: To = None,
     principal: Principal = Depends(current_principal),
 ) -> s.UsageSummary:
     start, end = _range(from_, to)
@@ -259,7 +264,9 @@ def session_json(row: dict) -> s.BillingSessionOut:
     responses=responses(400, 401, 404),
     summary="One billing session with its cost breakdown",
 )
-def get_session(session_id: str, principal: Principal = Depends(current_principal)) -> s.BillingSessionOut:
+def get_session(
+    session_id: str = Path(..., min_length=1, max_length=100), principal: Principal = Depends(current_principal)
+) -> s.BillingSessionOut:
     with get_engine().connect() as conn:
         account_id = get_account(conn, organization_id=principal.organization_id).id
         row = billing_session(conn, account_id, session_id)
@@ -304,7 +311,13 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
 def post_usage(
     body: s.UsageRequest,
     request: Request,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=150),
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=150,
+        description="Required unless the body's `idempotency_key` carries it; equal to it when both are sent.",
+    ),
     principal: Principal = Depends(current_principal),
 ) -> s.UsageResponse:
     key = body.idempotency_key or idempotency_key

@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Security
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyCookie, HTTPBearer
 
 from ..auth import SESSION_COOKIE, Principal, principal_for_api_key, principal_for_session
 from ..config import get_settings
@@ -45,17 +46,38 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def current_principal(request: Request) -> Principal:
+# Documentation of the two ways in (the check below reads the request itself).
+API_KEY = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API key: `Authorization: Bearer opb_...`")
+SESSION = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    scheme_name="Session",
+    description="The sign-in cookie (POST /api/auth/login)",
+)
+OrganizationHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Organization-Id",
+        pattern=r"^[1-9][0-9]{0,17}$",
+        description="With an API key: which of its user's organizations (the first one when absent). "
+        "Ignored with the session cookie.",
+    ),
+]
+
+
+def current_principal(
+    request: Request,
+    organization_id: OrganizationHeader = None,
+    _key: Annotated[Any, Security(API_KEY)] = None,
+    _session: Annotated[Any, Security(SESSION)] = None,
+) -> Principal:
     engine = get_engine()
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthenticated", "use 'Authorization: Bearer <api key>'")
-        org_header = request.headers.get("x-organization-id")
-        if org_header is not None and not org_header.isdigit():
-            raise ApiError(400, "invalid_request", "X-Organization-Id must be an organization id")
-        principal = principal_for_api_key(engine, key.strip(), int(org_header) if org_header else None)
+        principal = principal_for_api_key(engine, key.strip(), int(organization_id) if organization_id else None)
     else:
         principal = principal_for_session(engine, request.cookies.get(SESSION_COOKIE))
     if principal is None:

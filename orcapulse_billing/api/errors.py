@@ -27,6 +27,10 @@ _STATUS_CODES = {
 }
 
 
+# Validation errors raised with one of these types (PydanticCustomError) answer with it as the code.
+DOMAIN_CODES = {"invalid_amount"}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         self.status, self.code, self.message, self.headers = status, code, message, headers
@@ -46,7 +50,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _describe(errors) -> str:
+def describe(errors) -> str:
     parts = []
     for err in errors[:3]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
@@ -105,7 +109,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return error_response(400, "invalid_request", _describe(exc.errors()))
+        errors = exc.errors()
+        code = next((e["type"] for e in errors if e.get("type") in DOMAIN_CODES), "invalid_request")
+        return error_response(400, code, describe(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -4,13 +4,13 @@ the signed webhook (public, verified on the raw body)."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from ..auth import Principal
@@ -19,14 +19,23 @@ from ..db import get_engine
 from ..money import fmt4
 from ..payments.purchases import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
+from ..pricing import PACKAGES
 from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
 from . import schemas as s
 from .credits import _as_item, entry_json
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal, rate_limit
-from .errors import ApiError, responses
+from .errors import ApiError, describe, responses
 
 router = APIRouter(prefix="/api/credits", tags=["payments"], route_class=DecimalRoute)
-IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=150)]
+IdemHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=150,
+        description="Retrying with the same key never charges or credits twice (one is made up when absent).",
+    ),
+]
 PAYMENT_STATUS = {
     "card_declined": 402,
     "authentication_required": 402,
@@ -34,13 +43,52 @@ PAYMENT_STATUS = {
     "payment_provider_unreachable": 503,
     "payments_unavailable": 503,
 }
+PackageId = Literal[tuple(p.id for p in PACKAGES)]  # type: ignore[valid-type]
+CustomAmount = s.decimal_string(
+    r"^(?:[1-9][0-9]?(?:\.[0-9]{1,2})?|100(?:\.0{1,2})?)$",
+    "a custom amount: $1.00 to $100.00 in whole cents",
+    "25.00",
+    code="invalid_amount",
+)
+_CHOICE = ("package_id", "amount")
 
 
-class PurchaseRequest(s.Strict):
+def _one_of_package_or_amount(schema: dict[str, Any]) -> None:
+    """Documents what the validator below checks: exactly one of the two, never null."""
+    for name in _CHOICE:
+        prop = schema["properties"][name]
+        prop.pop("default", None)
+        prop.update(next(a for a in prop.pop("anyOf") if a.get("type") != "null"))
+    schema["oneOf"] = [{"required": [name]} for name in _CHOICE]
+
+
+class _Purchase(s.Strict):
+    """A package or a custom amount: exactly one of `package_id` and `amount`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_package_or_amount)
+    package_id: PackageId | None = None
+    amount: CustomAmount | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [name for name in _CHOICE if name in data]
+            if len(given) != 1:
+                raise ValueError("give either package_id or amount")
+            if data[given[0]] is None:
+                raise ValueError(f"{given[0]} must not be null")
+        return data
+
+
+class CheckoutRequest(_Purchase):
     provider: Literal["stripe", "lemonsqueezy"] = "stripe"
-    package_id: Annotated[str, Field(max_length=32)] | None = None
-    amount: Annotated[Decimal, Field(max_digits=12)] | None = None
-    payment_method_id: Annotated[str, Field(max_length=100)] | None = None
+
+
+class QuickPurchaseRequest(_Purchase):
+    payment_method_id: Annotated[
+        str | None, Field(max_length=100, description="A saved card's id; the default card when absent.")
+    ] = None
 
 
 class CheckoutCreated(BaseModel):
@@ -77,7 +125,7 @@ def _lemon():
         raise ApiError(503, exc.code, exc.message) from None
 
 
-def _choice(body: PurchaseRequest):
+def _choice(body: _Purchase):
     try:
         return choose(get_settings(), body.package_id, body.amount)
     except PurchaseError as exc:
@@ -95,7 +143,7 @@ def _payment_error(exc: PaymentError) -> ApiError:
     summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)",
 )
 def create_checkout(
-    body: PurchaseRequest,
+    body: CheckoutRequest,
     request: Request,
     idempotency_key: IdemHeader = None,
     principal: Principal = Depends(owner_principal),
@@ -153,7 +201,7 @@ def create_setup_checkout(
     summary="Charge the saved card now (off-session) and add the credits",
 )
 def quick_purchase(
-    body: PurchaseRequest,
+    body: QuickPurchaseRequest,
     request: Request,
     idempotency_key: IdemHeader = None,
     principal: Principal = Depends(owner_principal),
@@ -225,11 +273,30 @@ class AutoRechargeSettings(BaseModel):
     disabled_reason: str | None
 
 
+Threshold = s.decimal_string(
+    r"^(?:(?:[5-9]|[1-9][0-9]{1,3})(?:\.[0-9]{1,4})?|10000(?:\.0{1,4})?)$",
+    "5 to 10,000 credits, up to 4 decimals",
+    "10.00",
+)
+RechargeAmount = s.decimal_string(
+    r"^(?:(?:[2-9][0-9]|[1-9][0-9]{2})(?:\.[0-9]{1,2})?|1000(?:\.0{1,2})?)$",
+    "$20 to $1,000 in whole cents",
+    "25.00",
+)
+MonthlyCap = s.decimal_string(
+    r"^(?:[2-9][0-9]|[1-9][0-9]{2,9})(?:\.[0-9]{1,2})?$",
+    "$20 up to $9,999,999,999.99 in whole cents, and at least `amount`",
+    "100.00",
+)
+
+
 class AutoRechargeUpdate(s.Strict):
+    """`monthly_cap`, when given, must be at least `amount`; `enabled` needs a saved card."""
+
     enabled: bool
-    threshold: Annotated[Decimal, Field(max_digits=12, decimal_places=4)]
-    amount: Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
-    monthly_cap: Annotated[Decimal, Field(max_digits=12, decimal_places=2)] | None = None
+    threshold: Threshold
+    amount: RechargeAmount
+    monthly_cap: MonthlyCap | None = None
 
 
 def _policy_json(policy) -> AutoRechargeSettings:
@@ -281,19 +348,121 @@ class WebhookAck(BaseModel):
     outcome: str
 
 
+# -- provider events: the parts we read, typed (anything else is the provider's business) -------
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StripeEventObject(_Open):
+    id: str | None = None
+    payment_intent: str | None = None
+    setup_intent: str | None = None
+    amount_total: Integer | None = None
+    amount_refunded: Integer | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class StripeEventData(_Open):
+    object: StripeEventObject
+
+
+class StripeEvent(_Open):
+    """A Stripe event as Stripe sends it; only these fields are read."""
+
+    id: Annotated[str, Field(min_length=1)]
+    type: str
+    data: StripeEventData
+
+
+OrganizationRef = Annotated[str, Field(pattern=r"^[0-9]{1,18}$")] | Annotated[Integer, Field(ge=0, le=10**18 - 1)]
+
+
+class LemonCustomData(_Open):
+    organization_id: OrganizationRef | None = None
+    checkout_ref: str | None = None
+
+
+class LemonMeta(_Open):
+    event_name: str
+    custom_data: LemonCustomData | None = None
+
+
+class LemonAttributes(_Open):
+    total: Integer | None = None
+    refunded_amount: Integer | None = None
+
+
+class LemonData(_Open):
+    type: str
+    id: str | Integer
+    attributes: LemonAttributes | None = None
+
+
+class LemonEvent(_Open):
+    """A Lemon Squeezy webhook as Lemon Squeezy sends it; only these fields are read."""
+
+    meta: LemonMeta
+    data: LemonData
+
+
+def _json_object(payload: bytes) -> dict:
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body is not a JSON object")
+    return body
+
+
+def _event(model: type[BaseModel], body: dict) -> None:
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request", describe(exc.errors())) from None
+
+
+def _signed_json(model: type[BaseModel], header: str, pattern: str | None = None) -> dict[str, Any]:
+    parameter = {"name": header, "in": "header", "required": True, "schema": {"type": "string", "minLength": 1}}
+    if pattern:
+        parameter["schema"]["pattern"] = pattern
+    return {
+        "parameters": [parameter],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        },
+    }
+
+
 @router.post(
     "/webhook",
     response_model=WebhookAck,
     responses=responses(400, 503),
     summary="Stripe webhook (Stripe-Signature verified on the raw body)",
+    openapi_extra=_signed_json(StripeEvent, "Stripe-Signature"),
 )
 async def stripe_webhook(request: Request) -> WebhookAck:
     payload = await request.body()
     purchases = _purchases()
+    signature = request.headers.get("stripe-signature")
+    if not signature:
+        raise ApiError(400, "invalid_signature", "missing Stripe-Signature header")
+    body = _json_object(payload)
     try:
-        event = purchases.gateway.verify_event(payload, request.headers.get("stripe-signature"))
+        event = purchases.gateway.verify_event(payload, signature)
     except WebhookSignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
+    _event(StripeEvent, body)
     try:
         outcome = await run_in_threadpool(purchases.handle_event, event)
     except PaymentError as exc:  # Stripe itself unreachable while reading card details: let it retry
@@ -301,27 +470,33 @@ async def stripe_webhook(request: Request) -> WebhookAck:
     return WebhookAck(received=True, outcome=outcome)
 
 
+LEMON_SIGNATURE = r"^[0-9A-Fa-f]{64}$"
+
+
 @router.post(
     "/lemonsqueezy/webhook",
     response_model=WebhookAck,
     responses=responses(400, 503),
     summary="Lemon Squeezy order webhook (X-Signature verified on the raw body)",
+    openapi_extra=_signed_json(LemonEvent, "X-Signature", LEMON_SIGNATURE),
 )
 async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
     payload = await request.body()
     purchases = _lemon()
+    signature = request.headers.get("x-signature")
+    if signature is not None and not re.fullmatch(LEMON_SIGNATURE, signature):
+        raise ApiError(400, "invalid_signature", "the X-Signature is not a hex HMAC-SHA256")
     try:
-        purchases.gateway.verify(payload, request.headers.get("x-signature"))
+        purchases.gateway.verify(payload, signature)
     except WebhookSignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body is not a JSON object")
+    body = _json_object(payload)
+    _event(LemonEvent, body)
     outcome = await run_in_threadpool(purchases.handle_webhook, body)
     return WebhookAck(received=True, outcome=outcome)
+
+
+WEBHOOK_EVENTS = (StripeEvent, LemonEvent)  # documented in components (api.openapi)
 
 
 @router.get("/checkout-return", response_class=HTMLResponse, include_in_schema=False)
