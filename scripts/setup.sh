@@ -47,41 +47,40 @@ setup_python() {
 
 version_at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
 
-# Node >= 22.22 for Reflex: the machine's own when new enough, otherwise Node 22 from the npm registry
-# into .tools/ (the node-linux-<arch> package carries the official binary), first on PATH.
-setup_node() {
-  local system_version arch dir
-  system_version="$(node --version 2>/dev/null || true)"
-  if [ -n "$system_version" ] && version_at_least "${system_version#v}" "$NODE_MIN_VERSION"; then
-    return
-  fi
-  case "$(uname -m)" in
-    x86_64 | amd64) arch=x64 ;;
-    aarch64 | arm64) arch=arm64 ;;
-    *) die "Node >= $NODE_MIN_VERSION is required (found ${system_version:-none}) and no npm build exists for $(uname -m)" ;;
-  esac
-  dir="$TOOLS/node_modules/node-linux-$arch/bin"
-  if [ "$("$dir/node" --version 2>/dev/null)" != "v$NODE_PACKAGE_VERSION" ]; then
-    log "installing Node $NODE_PACKAGE_VERSION from the npm registry into .tools/ (found ${system_version:-no Node})"
-    mkdir -p "$TOOLS"
-    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "node-linux-$arch@$NODE_PACKAGE_VERSION" >/dev/null
-    [ "$("$dir/node" --version)" = "v$NODE_PACKAGE_VERSION" ] || die "Node $NODE_PACKAGE_VERSION did not install"
-  fi
-  case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$dir:$PATH" ;; esac
-}
-
-# bun from the npm registry into .tools/ (Reflex's own installer needs the internet), and Node 22.
-# Download caches that are already set (BUN_INSTALL_CACHE_DIR, npm's cache) are kept: CI shares them
-# between clones.
+# bun from the npm registry into .tools/ (Reflex's own installer needs the internet), and Node >= 22.22
+# for Reflex: the machine's own when new enough, otherwise Node 22 from the npm registry into .tools/ (the
+# node-linux-<arch> package carries the official binary), first on PATH. One npm call for what is missing.
+# Download caches that are already set (BUN_INSTALL_CACHE_DIR, npm's cache) are kept: CI shares them.
 setup_bun() {
+  local system_node arch node_dir="" wanted=() packages=()
   export NPM_CONFIG_REGISTRY="${NPM_CONFIG_REGISTRY:-$(npm config get registry 2>/dev/null)}"
-  setup_node
-  if [ "$("$TOOLS/node_modules/.bin/bun" --version 2>/dev/null)" != "$BUN_VERSION" ]; then
-    log "installing bun $BUN_VERSION from the npm registry into .tools/"
-    mkdir -p "$TOOLS"
-    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "bun@$BUN_VERSION" >/dev/null
-    [ "$("$TOOLS/node_modules/.bin/bun" --version)" = "$BUN_VERSION" ] || die "bun $BUN_VERSION did not install"
+  system_node="$(node --version 2>/dev/null || true)"
+  if [ -z "$system_node" ] || ! version_at_least "${system_node#v}" "$NODE_MIN_VERSION"; then
+    case "$(uname -m)" in
+      x86_64 | amd64) arch=x64 ;;
+      aarch64 | arm64) arch=arm64 ;;
+      *) die "Reflex needs Node >= $NODE_MIN_VERSION (found ${system_node:-none}); the npm registry has no Node for $(uname -m)" ;;
+    esac
+    node_dir="$TOOLS/node_modules/node-linux-$arch/bin"
+    if [ "$("$node_dir/node" --version 2>/dev/null)" != "v$NODE_PACKAGE_VERSION" ]; then
+      wanted+=("Node $NODE_PACKAGE_VERSION (the machine has ${system_node:-none})")
+      packages+=("node-linux-$arch@$NODE_PACKAGE_VERSION")
+    fi
   fi
+  if [ "$("$TOOLS/node_modules/.bin/bun" --version 2>/dev/null)" != "$BUN_VERSION" ]; then
+    wanted+=("bun $BUN_VERSION")
+    packages+=("bun@$BUN_VERSION")
+  fi
+  if [ "${#packages[@]}" -gt 0 ]; then
+    log "installing $(IFS=,; echo "${wanted[*]}" | sed 's/,/ and /g') from the npm registry into .tools/"
+    mkdir -p "$TOOLS"
+    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "${packages[@]}" >/dev/null
+  fi
+  if [ -n "$node_dir" ]; then
+    [ "$("$node_dir/node" --version 2>/dev/null)" = "v$NODE_PACKAGE_VERSION" ] || die "Node $NODE_PACKAGE_VERSION did not install"
+    case ":$PATH:" in *":$node_dir:"*) ;; *) export PATH="$node_dir:$PATH" ;; esac
+  fi
+  [ "$("$TOOLS/node_modules/.bin/bun" --version 2>/dev/null)" = "$BUN_VERSION" ] || die "bun $BUN_VERSION did not install"
   export REFLEX_BUN_PATH="$TOOLS/node_modules/.bin/bun"
   export REFLEX_DIR="$TOOLS/reflex"
   export BUN_INSTALL_CACHE_DIR="${BUN_INSTALL_CACHE_DIR:-$TOOLS/bun-cache}"
