@@ -1,8 +1,10 @@
 """Reading the ledger: history pages, the CSV export, usage by category, billing sessions.
 
-Fast on big accounts without OFFSET or COUNT(*) where it matters: the unfiltered history (the
-common case) pages by the per-account gap-free `seq`, so page N is a range read on the
-(account_id, seq) index, and its total is the account row's transaction_count.
+Fast on big accounts without OFFSET or COUNT(*) where it matters: the undated history (the
+common case, any type filter, newest or oldest first) pages by the per-account gap-free `seq` (or
+the per-kind `kind_seq`), so page N is a range read on the (account_id, seq) or (account_id, kind,
+kind_seq) index, and its total is the account row's counter. A date range counts its entries and
+reads its page from whichever end of the range is nearer, so the last page costs what the first does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from .db import as_utc
 from .ledger import get_account
-from .models import BillingSession, LedgerEntry, UsageRollup
+from .models import BillingSession, LedgerEntry, UsageRollup, User
 
 PAGE_SIZES = (10, 25, 50, 100)
 DEFAULT_PAGE_SIZE = 50
@@ -35,6 +37,7 @@ TYPE_LABELS = {
     "refund": "Refunds",
     "adjustment": "Adjustments",
 }
+ORDERS = ("newest", "oldest")  # posting order (seq), newest first by default
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,17 @@ class HistoryQuery:
     type: str = "all"
     start: datetime | None = None  # inclusive
     end: datetime | None = None  # exclusive
+    order: str = "newest"  # or "oldest"
 
     def __post_init__(self):
         if self.type not in TYPE_FILTERS:
             raise ValueError(f"type must be one of {', '.join(TYPE_FILTERS)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+
+    @property
+    def newest_first(self) -> bool:
+        return self.order == "newest"
 
     @property
     def undated(self) -> bool:
@@ -118,44 +128,90 @@ def _item(row) -> HistoryItem:
 def history_page(
     conn: Connection, account_id: int, query: HistoryQuery, *, page: int = 1, page_size: int = DEFAULT_PAGE_SIZE
 ) -> HistoryPage:
-    """Newest first, in posting order (seq), so the order is stable however timestamps tie."""
+    """In posting order (seq), newest or oldest first as the query says, so the order is stable
+    however timestamps tie."""
     if page_size not in PAGE_SIZES:
         raise ValueError(f"page_size must be one of {', '.join(map(str, PAGE_SIZES))}")
     if page < 1:
         raise ValueError("page must be 1 or more")
     e = LedgerEntry.__table__.c
-    stmt = sa.select(*_COLUMNS).order_by(e.seq.desc())
+    newest = query.newest_first
+    skip = (page - 1) * page_size  # entries before this page, in the query's order
     if query.undated:
         # seq (or kind_seq) runs 1..total without gaps: page N is a range, the total a counter
         acct = get_account(conn, account_id=account_id)
+        stmt = sa.select(*_COLUMNS).where(e.account_id == account_id)
         if query.type == "all":
             total, numbered = acct.transaction_count, e.seq
         else:
             total, numbered = acct.kind_counts[query.type], e.kind_seq
             stmt = stmt.where(e.kind == query.type)
-        high = total - (page - 1) * page_size
-        stmt = stmt.where(e.account_id == account_id, numbered <= high, numbered > high - page_size)
+        low = total - skip - page_size if newest else skip  # the page is (low, low + page_size]
+        stmt = stmt.where(numbered > low, numbered <= low + page_size)
+        rows = conn.execute(stmt.order_by(e.seq.desc() if newest else e.seq.asc())).all()
     else:
         clauses = query.where(account_id)
         total = conn.execute(sa.select(sa.func.count()).select_from(LedgerEntry.__table__).where(*clauses)).scalar()
-        stmt = stmt.where(*clauses).limit(page_size).offset((page - 1) * page_size)
-    return HistoryPage([_item(r) for r in conn.execute(stmt)], page, page_size, total)
+        stmt = sa.select(*_COLUMNS).where(*clauses)
+        after = total - skip - page_size  # entries beyond this page
+        if skip <= after or skip >= total:
+            rows = conn.execute(
+                stmt.order_by(e.seq.desc() if newest else e.seq.asc()).limit(page_size).offset(skip)
+            ).all()
+        else:  # nearer the far end: read it from there (an OFFSET costs what it skips) and turn it round
+            rows = conn.execute(
+                stmt.order_by(e.seq.asc() if newest else e.seq.desc())
+                .limit(min(page_size, total - skip))
+                .offset(max(0, after))
+            ).all()[::-1]
+    return HistoryPage([_item(r) for r in rows], page, page_size, total)
 
 
 def iter_history(conn: Connection, account_id: int, query: HistoryQuery, batch: int = 1000) -> Iterator[HistoryItem]:
-    """Every matching entry, newest first, read in keyset batches (for the CSV export)."""
+    """Every matching entry in the query's order, read in keyset batches (for the CSV export)."""
     e = LedgerEntry.__table__.c
-    below = None
+    newest = query.newest_first
+    last = None
     while True:
-        stmt = sa.select(*_COLUMNS).where(*query.where(account_id)).order_by(e.seq.desc()).limit(batch)
-        if below is not None:
-            stmt = stmt.where(e.seq < below)
+        stmt = (
+            sa.select(*_COLUMNS)
+            .where(*query.where(account_id))
+            .order_by(e.seq.desc() if newest else e.seq.asc())
+            .limit(batch)
+        )
+        if last is not None:
+            stmt = stmt.where(e.seq < last if newest else e.seq > last)
         rows = conn.execute(stmt).all()
         for row in rows:
             yield _item(row)
         if len(rows) < batch:
             return
-        below = rows[-1]._mapping["seq"]
+        last = rows[-1]._mapping["seq"]
+
+
+@dataclass(frozen=True)
+class EntryDetail:
+    """One entry with who made it and from where (the history pages leave those out)."""
+
+    item: HistoryItem
+    actor_user_id: int | None
+    actor_email: str | None
+    actor_ip: str | None
+
+
+def entry_detail(conn: Connection, account_id: int, entry_id: int) -> EntryDetail | None:
+    """The entry `entry_id` of this account (None for another account's entry)."""
+    e = LedgerEntry.__table__.c
+    u = User.__table__.c
+    row = conn.execute(
+        sa.select(*_COLUMNS, e.actor_user_id, e.actor_ip, u.email.label("actor_email"))
+        .select_from(LedgerEntry.__table__.outerjoin(User.__table__, u.id == e.actor_user_id))
+        .where(e.account_id == account_id, e.id == entry_id)
+    ).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return EntryDetail(_item(row), m["actor_user_id"], m["actor_email"], m["actor_ip"])
 
 
 @dataclass(frozen=True)
