@@ -74,7 +74,7 @@ setup_bun() {
   if [ "${#packages[@]}" -gt 0 ]; then
     log "installing $(IFS=,; echo "${wanted[*]}" | sed 's/,/ and /g') from the npm registry into .tools/"
     mkdir -p "$TOOLS"
-    npm install --silent --no-fund --no-audit --prefix "$TOOLS" "${packages[@]}" >/dev/null
+    npm install --silent --no-fund --no-audit --save-exact --prefix "$TOOLS" "${packages[@]}" >/dev/null
   fi
   if [ -n "$node_dir" ]; then
     [ "$("$node_dir/node" --version 2>/dev/null)" = "v$NODE_PACKAGE_VERSION" ] || die "Node $NODE_PACKAGE_VERSION did not install"
