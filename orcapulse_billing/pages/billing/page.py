@@ -109,6 +109,7 @@ def billing() -> rx.Component:
             on_remove_card=S.remove_card,
         ),
         rx.moment(interval=30_000, on_change=S.heartbeat, display="none"),  # restarts a lost live listener
+        active="/billing",
     )
 
 
