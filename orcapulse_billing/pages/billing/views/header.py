@@ -7,6 +7,8 @@ import reflex as rx
 
 from ....components.layout import PURPLE
 
+OWNERS_ONLY = "Only owners can add credits"
+
 
 def header(*, org_name, refreshing, is_owner, on_refresh, on_add_credits) -> rx.Component:
     add = rx.button(
@@ -16,6 +18,7 @@ def header(*, org_name, refreshing, is_owner, on_refresh, on_add_credits) -> rx.
         size="3",
         on_click=on_add_credits,
         disabled=~is_owner,
+        custom_attrs={"aria-describedby": rx.cond(is_owner, "", "add-credits-reason")},
         data_testid="add-credits-button",
     )
     return rx.flex(
@@ -30,19 +33,37 @@ def header(*, org_name, refreshing, is_owner, on_refresh, on_add_credits) -> rx.
             spacing="1",
         ),
         rx.spacer(),
-        rx.hstack(
-            rx.button(
-                rx.icon("refresh-cw", size=16, class_name=rx.cond(refreshing, "animate-spin", "")),
-                "Refresh",
-                variant="outline",
-                size="3",
-                on_click=on_refresh,
-                disabled=refreshing,
-                loading=refreshing,
-                data_testid="refresh-button",
+        rx.vstack(
+            rx.flex(
+                rx.button(
+                    rx.icon("refresh-cw", size=16, class_name=rx.cond(refreshing, "animate-spin", "")),
+                    "Refresh",
+                    variant="outline",
+                    size="3",
+                    on_click=on_refresh,
+                    disabled=refreshing,
+                    loading=refreshing,
+                    data_testid="refresh-button",
+                ),
+                rx.cond(is_owner, add, rx.tooltip(rx.box(add), content=OWNERS_ONLY)),
+                gap="3",
+                wrap="wrap",
             ),
-            rx.cond(is_owner, add, rx.tooltip(rx.box(add), content="Only owners can add credits")),
-            spacing="3",
+            # members see the button disabled, and why (the tooltip alone is invisible on touch screens)
+            rx.cond(
+                ~is_owner,
+                rx.hstack(
+                    rx.icon("lock", size=12),
+                    rx.text(OWNERS_ONLY, size="1"),
+                    id="add-credits-reason",
+                    align="center",
+                    spacing="1",
+                    color="var(--gray-11)",
+                    data_testid="add-credits-reason",
+                ),
+            ),
+            spacing="2",
+            align=rx.breakpoints(initial="start", sm="end"),
         ),
         direction=rx.breakpoints(initial="column", sm="row"),
         gap="4",
