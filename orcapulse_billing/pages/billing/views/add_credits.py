@@ -103,7 +103,8 @@ def add_credits_dialog(
                         data_testid="provider-choice",
                     ),
                     align="center",
-                    padding_top="3",
+                    padding_top="var(--space-3)",
+                    wrap="wrap",
                 ),
             ),
             rx.grid(
@@ -120,7 +121,7 @@ def add_credits_dialog(
                 ),
                 columns=rx.breakpoints(initial="1", sm="2"),
                 spacing="3",
-                padding_y="3",
+                padding_y="var(--space-3)",
             ),
             rx.text(f"Custom amount (${CUSTOM_MIN:,.0f} to ${CUSTOM_MAX:,.0f})", size="2", weight="medium"),
             rx.hstack(
@@ -131,6 +132,7 @@ def add_credits_dialog(
                     type="text",
                     input_mode="decimal",
                     width="100%",
+                    flex="1 1 140px",
                     data_testid="custom-amount",
                 ),
                 rx.button(
@@ -151,6 +153,7 @@ def add_credits_dialog(
                     ),
                 ),
                 width="100%",
+                wrap="wrap",
             ),
             rx.cond(
                 purchase_error != "",

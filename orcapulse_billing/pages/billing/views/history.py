@@ -47,6 +47,55 @@ def history_row(row, on_open_row) -> rx.Component:
     )
 
 
+def history_card(row, on_open_row) -> rx.Component:
+    """A history entry as a compact card, for phones (the table needs about 760 px): date, type,
+    description, amount and balance after; a tap opens the same detail as the table row."""
+    return rx.box(
+        rx.vstack(
+            rx.hstack(
+                rx.text(row["when"], size="1", color_scheme="gray", white_space="nowrap", data_testid="card-when"),
+                rx.spacer(),
+                type_badge(row),
+                width="100%",
+                align="center",
+            ),
+            rx.text(row["description"], size="2", weight="medium", data_testid="card-description"),
+            rx.hstack(
+                rx.text(
+                    row["amount"],
+                    color=rx.cond(row["credit"] == "1", GREEN, RED),
+                    weight="bold",
+                    font_family="var(--code-font-family)",
+                    data_testid="card-amount",
+                ),
+                rx.spacer(),
+                rx.text(
+                    "Balance ",
+                    rx.el.span(row["balance_after"], data_testid="card-balance"),
+                    size="1",
+                    color_scheme="gray",
+                    font_family="var(--code-font-family)",
+                ),
+                width="100%",
+                align="baseline",
+            ),
+            spacing="1",
+            width="100%",
+        ),
+        on_click=on_open_row(row),
+        cursor="pointer",
+        padding="var(--space-3)",
+        border="1px solid var(--gray-a5)",
+        border_radius="10px",
+        background="var(--color-panel-solid)",
+        _hover={"background": "var(--gray-a2)"},
+        width="100%",
+        min_width="0",
+        overflow_wrap="anywhere",
+        data_testid="history-card",
+    )
+
+
 def history_controls(*, type_filter, on_type_filter, page_size, on_page_size, export_query) -> rx.Component:
     export_url = backend_url("/api/credits/history.csv") + export_query
     return rx.flex(
@@ -142,6 +191,14 @@ def history_table(*, controls, empty, footer, is_empty, rows, on_open_row) -> rx
                 is_empty,
                 empty,
                 rx.vstack(
+                    # phones: one card per entry; the table from the `sm` breakpoint (48em) up
+                    rx.vstack(
+                        rx.foreach(rows, lambda row: history_card(row, on_open_row)),
+                        display=rx.breakpoints(initial="flex", sm="none"),
+                        spacing="2",
+                        width="100%",
+                        data_testid="history-cards",
+                    ),
                     rx.box(
                         rx.table.root(
                             rx.table.header(
@@ -163,6 +220,7 @@ def history_table(*, controls, empty, footer, is_empty, rows, on_open_row) -> rx
                         overflow_x="auto",
                         width="100%",
                         max_width="100%",
+                        display=rx.breakpoints(initial="none", sm="block"),
                     ),
                     footer,
                     width="100%",

@@ -8,6 +8,8 @@ from ....components.layout import PURPLE
 from ....components.stat_card import stat_card
 from .styles import BLACK, GRAY, RED
 
+CATEGORY_AXIS_WIDTH = 112  # px: room for the longest category label ("Transcription", "Phone numbers")
+
 
 def stats(*, balance, negative, added, consumed, transactions) -> rx.Component:
     return rx.grid(
@@ -68,27 +70,40 @@ def usage_chart(*, spend, spend_total) -> rx.Component:
                 spend.length() > 0,
                 rx.flex(
                     rx.box(
+                        # Horizontal bars: each category gets a row of its own and its label on the
+                        # axis, so every label shows in full at any width (column labels under the
+                        # bars were dropped or cut as soon as they did not fit side by side).
                         rx.recharts.bar_chart(
                             rx.recharts.bar(
                                 data_key="value",
                                 fill="#8b5cf6",
-                                radius=[6, 6, 0, 0],
+                                radius=[0, 6, 6, 0],
                                 name="Spend ($)",
+                                bar_size=18,
                                 # a live update redraws at once: no replayed animation
                                 # in every open tab on every posting
                                 is_animation_active=False,
                             ),
-                            rx.recharts.x_axis(data_key="category", tick_line=False, font_size=12),
-                            rx.recharts.y_axis(width=48, font_size=12),
-                            rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
+                            rx.recharts.x_axis(type_="number", tick_line=False, tick={"fontSize": 12}),
+                            rx.recharts.y_axis(
+                                data_key="category",
+                                type_="category",
+                                interval=0,  # never skip a label
+                                width=CATEGORY_AXIS_WIDTH,
+                                tick_line=False,
+                                tick={"fontSize": 12},
+                            ),
+                            rx.recharts.cartesian_grid(stroke_dasharray="3 3", horizontal=False),
                             rx.recharts.graphing_tooltip(),
                             data=spend,
-                            height=220,
+                            layout="vertical",
+                            height=spend.length().to(int) * 30 + 40,
                             width="100%",
                         ),
                         flex="2",
                         min_width="260px",
                         width="100%",
+                        data_testid="usage-bars",
                     ),
                     rx.vstack(
                         rx.foreach(
