@@ -103,6 +103,16 @@ setup_localstripe() {
   export LOCALSTRIPE_PYTHON="$venv/bin/python"
 }
 
+# The same in the background, alongside the app's virtualenv; setup_localstripe_wait collects it.
+setup_localstripe_start() {
+  (setup_localstripe) &
+  LOCALSTRIPE_JOB=$!
+}
+setup_localstripe_wait() {
+  wait "$LOCALSTRIPE_JOB" || die "localstripe did not install"
+  setup_localstripe
+}
+
 setup_database() {
   "$VENV/bin/orcapulse-billing" init-db >/dev/null
   "$VENV/bin/orcapulse-billing" seed-demo
