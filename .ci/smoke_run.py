@@ -308,7 +308,8 @@ def smoke(mode: str, ports: dict[str, int], workdir: Path, artifacts: Path, star
     if failure is not None:
         print(f"----- tail of {log_path} -----\n{run.tail()}\n-----", file=sys.stderr)
         for extra in sorted((clone / "data").glob("*.log")):
-            tail = "\n".join(extra.read_text(errors="replace").splitlines()[-15:])
+            if not (tail := "\n".join(extra.read_text(errors="replace").splitlines()[-15:])):
+                continue
             print(f"----- tail of {extra.name} -----\n{tail}\n-----", file=sys.stderr)
         raise SmokeFailure(f"{mode}: {failure}")
     return timings
