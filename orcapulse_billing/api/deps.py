@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie, HTTPBearer
 
@@ -19,6 +20,10 @@ from ..ratelimit import RateLimiter
 from .errors import ApiError
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's parser takes NaN and Infinity; JSON does not
+
+
 class DecimalJSONRequest(Request):
     """Parses JSON numbers as Decimal, so no float ever carries a quantity or an amount."""
 
@@ -26,7 +31,7 @@ class DecimalJSONRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body, parse_float=Decimal)
+                self._json = json.loads(body, parse_float=Decimal, parse_constant=_not_json)
             except (ValueError, UnicodeDecodeError):
                 raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
         return self._json
@@ -47,27 +52,23 @@ def client_ip(request: Request) -> str | None:
 
 
 # Documentation of the two ways in (the check below reads the request itself).
-API_KEY = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API key: `Authorization: Bearer opb_...`")
+API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer opb_...`. A user in several organizations names one with "
+    "`X-Organization-Id: <id>` (digits; the first membership when absent).",
+)
 SESSION = APIKeyCookie(
     name=SESSION_COOKIE,
     auto_error=False,
     scheme_name="Session",
     description="The sign-in cookie (POST /api/auth/login)",
 )
-OrganizationHeader = Annotated[
-    str | None,
-    Header(
-        alias="X-Organization-Id",
-        pattern=r"^[1-9][0-9]{0,17}$",
-        description="With an API key: which of its user's organizations (the first one when absent). "
-        "Ignored with the session cookie.",
-    ),
-]
+ORGANIZATION_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def current_principal(
     request: Request,
-    organization_id: OrganizationHeader = None,
     _key: Annotated[Any, Security(API_KEY)] = None,
     _session: Annotated[Any, Security(SESSION)] = None,
 ) -> Principal:
@@ -77,7 +78,10 @@ def current_principal(
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthenticated", "use 'Authorization: Bearer <api key>'")
-        principal = principal_for_api_key(engine, key.strip(), int(organization_id) if organization_id else None)
+        org_header = request.headers.get("x-organization-id")
+        if org_header is not None and not ORGANIZATION_ID.fullmatch(org_header):
+            raise ApiError(400, "invalid_request", "X-Organization-Id must be an organization id")
+        principal = principal_for_api_key(engine, key.strip(), int(org_header) if org_header else None)
     else:
         principal = principal_for_session(engine, request.cookies.get(SESSION_COOKIE))
     if principal is None:

@@ -16,23 +16,26 @@ from fastapi import FastAPI
 from ..config import get_settings
 from .errors import ErrorBody
 
-LINKS = {
-    # (path, method, status) -> name -> (target path, target method, parameters)
+LINKS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
+    # (path, method, status) -> link name -> (target path, target method), and the link's fields
     ("/api/credits/usage", "post", "200"): {
-        "GetSession": (
-            "/api/credits/sessions/{session_id}",
-            "get",
-            {"session_id": "$response.body#/session_id"},
-            "The billing session the usage was reported with (when `session_id` is not null).",
-        ),
+        "GetSession": {
+            "target": ("/api/credits/sessions/{session_id}", "get"),
+            "parameters": {"session_id": "$response.body#/session_id"},
+            "description": "The billing session the usage was reported with (when `session_id` is not null).",
+        },
     },
     ("/api/credits/payment-methods", "get", "200"): {
-        "RemoveCard": (
-            "/api/credits/payment-methods",
-            "delete",
-            {"payment_method_id": "$response.body#/0/id"},
-            "Remove the first saved card.",
-        ),
+        "ChargeCard": {
+            "target": ("/api/credits/quick-purchase", "post"),
+            "requestBody": {"package_id": "pkg_50", "payment_method_id": "$response.body#/0/id"},
+            "description": "Buy the $50 package with the first saved card.",
+        },
+        "RemoveCard": {
+            "target": ("/api/credits/payment-methods", "delete"),
+            "parameters": {"payment_method_id": "$response.body#/0/id"},
+            "description": "Remove the first saved card.",
+        },
     },
 }
 
@@ -86,12 +89,8 @@ def exact(schema: dict[str, Any], extra_models: tuple[type, ...] = ()) -> None:
     for (path, method, status), links in LINKS.items():
         response = schema["paths"][path][method]["responses"][status]
         response["links"] = {
-            name: {
-                "operationId": operation_ids[(target, target_method)],
-                "parameters": parameters,
-                "description": description,
-            }
-            for name, (target, target_method, parameters, description) in links.items()
+            name: {"operationId": operation_ids[link["target"]], **{k: v for k, v in link.items() if k != "target"}}
+            for name, link in links.items()
         }
 
 

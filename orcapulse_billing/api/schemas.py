@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from ..metering import OPENAI_OPERATIONS, OPERATIONS
@@ -317,6 +317,29 @@ class CheckResponse(BaseModel):
     reason: str | None = None
 
 
+_DOUBLE_MAX = Decimal("1.7976931348623157E+308")
+
+
+def _plain_json(value: Any) -> Any:
+    """JSON numbers arrive as Decimal (see deps.DecimalJSONRequest); stored JSON takes int and float."""
+    if isinstance(value, Decimal):
+        if abs(value) > _DOUBLE_MAX:
+            raise ValueError("a number in analysis is beyond the range of a double")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return value
+
+
+Analysis = Annotated[
+    dict[str, Any],
+    AfterValidator(_plain_json),
+    Field(description="Any JSON object; its numbers are kept as doubles (within a double's range)."),
+]
+
+
 class SessionIn(Strict):
     """A call or chat session billed with the usage; `ended_at` must not be before `started_at`."""
 
@@ -327,7 +350,7 @@ class SessionIn(Strict):
     ended_at: Timestamp | None = None
     transcript: Annotated[str, Field(max_length=200000)] | None = None
     recording_url: Annotated[str, Field(max_length=1000)] | None = None
-    analysis: dict[str, Any] | None = None
+    analysis: Analysis | None = None
 
 
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=150)]
