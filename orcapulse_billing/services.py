@@ -70,6 +70,8 @@ def _publisher(engine: Engine):
                     "type": entry.type,
                     "amount": fmt4(entry.amount_units),
                     "balance": fmt4(entry.balance_after_units),
+                    # lets the tab whose own flow made a purchase announce it once (pages/billing/live.py)
+                    "key": entry.idempotency_key,
                 }
             )
 

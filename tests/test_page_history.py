@@ -61,3 +61,106 @@ def test_history_pages_in_either_order_by_type_and_date_range(engine, ledger, ne
 def test_history_query_refuses_an_unknown_order():
     with pytest.raises(ValueError, match="order"):
         HistoryQuery("all", order="sideways")
+
+
+# -- the page in Chromium ------------------------------------------------------------------------
+
+import re  # noqa: E402
+import time  # noqa: E402
+
+import sqlalchemy as sa  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+
+from orcapulse_billing.money import fmt_money4  # noqa: E402
+
+from .apiutil import PASSWORD, Org  # noqa: E402
+from .browser import ARTIFACTS, sign_in  # noqa: E402
+
+PHONE = {"width": 390, "height": 844}
+
+
+def open_billing(page, app, org: Org, role: str = "owner", path: str = "/billing") -> None:
+    sign_in(page, app.base_url, org.emails[role], PASSWORD)
+    expect(page).to_have_url(re.compile(r"/billing$"), timeout=30_000)
+    if path != "/billing":
+        page.goto(app.base_url + path)
+    expect(page.get_by_test_id("balance-value")).not_to_have_text("", timeout=30_000)
+
+
+def visible_rows(page):
+    """The history's entries as shown: table rows, or cards on a phone."""
+    return page.locator("[data-testid=history-row]:visible, [data-testid=history-card]:visible")
+
+
+def toasts(page, text: str):
+    return page.locator("[data-sonner-toast]", has_text=text)
+
+
+def entries(engine, account_id: int, type_: str) -> list:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT id, amount, balance_before, balance_after, metadata, actor_user_id, actor_ip "
+                "FROM ledger_entry WHERE account_id = :a AND type = :t ORDER BY seq"
+            ),
+            {"a": account_id, "t": type_},
+        ).all()
+
+
+def _metadata(value) -> dict:
+    import json
+
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def test_a_burst_of_usage_makes_one_toast(app, page, client, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger, welcome=Decimal(10))
+    open_billing(page, app, org, "member")
+    time.sleep(1)  # the tab's listener subscribes
+    for n in range(3):
+        r = client.post(
+            "/api/credits/usage",
+            headers={**org.auth("member"), "Idempotency-Key": f"burst-{n}"},
+            json={"operation": "sms_twilio", "quantity": "3", "status": "completed"},
+        )
+        assert r.status_code == 200, r.text
+    charged = sum(e.amount for e in entries(app_engine, org.account_id, "usage"))
+    usage = toasts(page, "usage charge")
+    expect(usage).to_have_count(1, timeout=10_000)
+    expect(usage).to_have_text(f"3 usage charges: {fmt_money4(charged)}")
+    expect(page.get_by_test_id("transaction-count-value")).to_have_text("4")
+    page.wait_for_timeout(3000)
+    expect(usage).to_have_count(1)  # nothing more for the same burst
+    page.screenshot(path=str(ARTIFACTS / "history_usage_toast.png"))
+
+
+def test_a_tab_that_missed_an_event_catches_up_within_35_seconds(app, page, app_database, app_engine, app_ledger):
+    """The tab's listener is alive, but the posting is never announced to it: a ledger of its own
+    (its own engine, no listeners) on the app's database publishes nothing to the app's event bus,
+    like a CLI grant on the embedded default or an event lost in a Redis blip."""
+    from orcapulse_billing.db import make_engine
+    from orcapulse_billing.ledger import Ledger
+    from orcapulse_billing.services import get_event_bus
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "member")
+    expect(page.get_by_test_id("balance-value")).to_have_text("$5.00")
+    time.sleep(1)
+    assert get_event_bus().listener_count(org.id) == 1  # the live listener is up
+    engine = make_engine(app_database)
+    try:
+        Ledger(engine, grace_limit=Decimal(5)).post(
+            Posting(
+                org.account_id, "adjustment", Decimal("20"), "Manual credit grant - Admin adjustment", source="manual"
+            )
+        )
+    finally:
+        engine.dispose()
+    posted = time.monotonic()
+    page.wait_for_timeout(2000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$5.00")  # not announced: nothing yet
+    expect(page.get_by_test_id("balance-value")).to_have_text("$25.00", timeout=35_000)
+    assert time.monotonic() - posted < 35
+    expect(page.get_by_test_id("transaction-count-value")).to_have_text("2")
+    expect(visible_rows(page).first).to_contain_text("Manual credit grant - Admin adjustment")
+    assert get_event_bus().listener_count(org.id) == 1  # caught up while listening, not by a restart

@@ -7,6 +7,7 @@ these through the module (`data._load`), so a test can replace one of them in pl
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -107,11 +108,33 @@ def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> 
 _live_reads = SharedReads(max_entries=256)
 
 
-async def _load_after(organization_id: int, type_filter: str, page: int, page_size: int, entry_id: int) -> dict:
-    """_load for a live update: all the tabs of this worker showing the same page after the same
-    committed entry share one read."""
-    key = (organization_id, type_filter, page, page_size, entry_id)
-    return await _live_reads.get(key, _load, organization_id, type_filter, page, page_size)
+async def _load_after(
+    organization_id: int,
+    type_filter: str,
+    page: int,
+    page_size: int,
+    after: Hashable,
+) -> dict:
+    """_load for a live update (`after`: the committed entry's id) or a catch-up (the account's
+    newest seq, tagged): all the tabs of this worker showing the same page after the same change
+    share one read."""
+    view = (organization_id, type_filter, page, page_size)
+    return await _live_reads.get((*view, after), _load, *view)
+
+
+def _account_head(organization_id: int) -> int:
+    """The account's newest entry (its last seq, the transaction count): one row by its key."""
+    with get_engine().connect() as conn:
+        return get_account(conn, organization_id=organization_id).transaction_count
+
+
+_heads = SharedReads(max_entries=4096)
+HEAD_MAX_AGE = 2.0  # seconds: the heartbeats of a worker's tabs share one read of an account's head
+
+
+async def _newest_entry(organization_id: int) -> int:
+    """_account_head, read at most once per HEAD_MAX_AGE per organization by this worker."""
+    return await _heads.get(organization_id, _account_head, organization_id, max_age=HEAD_MAX_AGE)
 
 
 def _load_session(organization_id: int, session_id: str) -> dict | None:

@@ -1,22 +1,29 @@
 """LiveUpdates: BillingState's live part (a mixin). Each open tab keeps one background listener on
 its organization's committed postings (in-process, or Redis across workers) and pushes the new
 figures over its socket: the balance at once from the event, then the cards and the history page
-from one read shared by the worker's tabs (data._load_after). A 30 s heartbeat from the page
-restarts a listener lost with the socket and catches up."""
+from one read shared by the worker's tabs (data._load_after). Purchases and refunds raise a toast
+each; usage raises one toast per burst. A 30 s heartbeat from the page catches up when the account
+has an entry the tab has not shown (an event missed: a Redis blip, a posting by another process on
+the embedded default) and restarts a listener lost with the socket."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from decimal import Decimal
 
 import reflex as rx
 
-from ...money import to_units
+from ...money import fmt4, fmt_money4, to_units
 from ...services import get_event_bus
+from . import data
 
+log = logging.getLogger(__name__)
 LIVE_BEAT = 20  # seconds between the listener's signs of life
+USAGE_QUIET = 1.5  # a burst of usage ends after this many seconds without any: then its one toast
+USAGE_MAX = 10.0  # a steady stream of usage makes at most one toast per this many seconds
 _BILLING_UPDATED = "window.dispatchEvent(new CustomEvent('billingUpdated', {detail: DETAIL}))"
 
 
@@ -26,6 +33,12 @@ class LiveUpdates(rx.State, mixin=True):
 
     _live_beat: float = 0.0  # when the live listener last showed it is alive (monotonic seconds)
     _live_entry: int = 0  # the newest entry whose balance a live update showed
+    # idempotency keys of purchases this tab's own flow announces ("Credits added successfully!"):
+    # the live update raises no second toast for them or their bonus
+    _own_toasts: list[str] = []
+
+    def _own_toast(self, key: str) -> None:
+        self._own_toasts = [*self._own_toasts[-19:], key]
 
     @rx.event(background=True)
     async def live(self):
@@ -36,13 +49,19 @@ class LiveUpdates(rx.State, mixin=True):
             if principal is None or time.monotonic() - self._live_beat < LIVE_BEAT * 2:
                 return  # signed out, or a listener is already running for this tab
             self._live_beat = time.monotonic()
+        usage = _UsageBurst()
         with get_event_bus().listen(principal.organization_id) as queue:
             while True:
+                if usage.due is not None and time.monotonic() >= usage.due:
+                    yield usage.toast()
+                    usage = _UsageBurst()
+                wait = LIVE_BEAT if usage.due is None else max(0.0, usage.due - time.monotonic())
                 try:
-                    event = await asyncio.wait_for(queue.get(), LIVE_BEAT)
+                    event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    async with self:
-                        self._live_beat = time.monotonic()
+                    if usage.due is None:
+                        async with self:
+                            self._live_beat = time.monotonic()
                     continue
                 events = [event]
                 while not queue.empty():  # a burst becomes one refresh
@@ -57,22 +76,42 @@ class LiveUpdates(rx.State, mixin=True):
                     if latest.get("entry_id", 0) > self._live_entry and "balance" in latest:
                         self._live_entry = latest["entry_id"]
                         self._show_balance(to_units(latest["balance"]))
-                for toast in _live_toasts(events):
+                    own = set(self._own_toasts)
+                usage.add(events)
+                for toast in _live_toasts(events, own):
                     yield toast
                 yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(latest))))
                 async with self:
-                    if not await self._reload(after_entry=latest.get("entry_id", 0)):
+                    if not await self._reload(after=latest.get("entry_id", 0)):
                         return
 
     @rx.event
     async def heartbeat(self, _value=None):
-        """Every 30 s from the page: if the live listener is gone (socket dropped, worker restarted)
-        catch up and listen again. While it runs, this does nothing."""
-        if not self.loaded or time.monotonic() - self._live_beat < LIVE_BEAT * 2:
+        """Every 30 s from the page. While the live listener runs: one cheap read of the account's
+        newest entry (shared by this worker's tabs of the organization), and a catch-up when this
+        tab has not shown it, as when an event was missed. When the listener is gone (socket
+        dropped, worker restarted): catch up and listen again."""
+        if not self.loaded:
             return
-        if not await self._reload():
+        if time.monotonic() - self._live_beat >= LIVE_BEAT * 2:
+            if not await self._reload():
+                return rx.redirect("/login")
+            return type(self).live  # BillingState.live: the composed class, which this mixin cannot import
+        if self._organization_id is None:
+            return
+        try:
+            newest = await data._newest_entry(self._organization_id)
+        except Exception:  # the next beat tries again; the cause goes to the log
+            log.exception("reading the account's newest entry failed")
+            return
+        if newest == self.transactions and not self.load_failed:
+            return
+        shown = self._balance_units
+        if not await self._reload(after=("newest", newest)):
             return rx.redirect("/login")
-        return type(self).live  # BillingState.live: the composed class, which this mixin cannot import
+        if self._balance_units != shown:
+            detail = {"type": "balance_updated", "balance": fmt4(self._balance_units)}
+            return rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(detail)))
 
 
 def _billing_detail(last: dict) -> dict:
@@ -82,9 +121,45 @@ def _billing_detail(last: dict) -> dict:
     return {"type": kind, "balance": last["balance"], "amount": last["amount"], "entryType": last["type"]}
 
 
-def _live_toasts(events: list[dict]) -> list:
+class _UsageBurst:
+    """Usage charges since the last usage toast: one toast for all of them once USAGE_QUIET seconds
+    pass without another (or USAGE_MAX after the first)."""
+
+    def __init__(self):
+        self.count = self.units = 0
+        self.first = self.last = 0.0
+
+    @property
+    def due(self) -> float | None:
+        return min(self.last + USAGE_QUIET, self.first + USAGE_MAX) if self.count else None
+
+    def add(self, events: list[dict]) -> None:
+        charges = [e for e in events if e["type"] == "usage"]
+        if charges:
+            now = time.monotonic()
+            self.first = self.first if self.count else now
+            self.last = now
+            self.count += len(charges)
+            self.units += sum(to_units(e["amount"]) for e in charges)
+
+    def toast(self):
+        amount = ("+" if self.units > 0 else "") + fmt_money4(self.units)
+        label = "Usage charge" if self.count == 1 else f"{self.count:,} usage charges"
+        return rx.toast.info(f"{label}: {amount}")
+
+
+def _live_toasts(events: list[dict], own: set[str] = frozenset()) -> list:
+    """Purchases (with their bonus) and refunds; not the purchases this tab's own flow announces
+    (their idempotency key, or its bonus's, in `own`)."""
     toasts = []
-    added = sum((Decimal(e["amount"]) for e in events if e["type"] in ("purchase", "bonus")), Decimal(0))
+    added = sum(
+        (
+            Decimal(e["amount"])
+            for e in events
+            if e["type"] in ("purchase", "bonus") and (e.get("key") or "").removesuffix(":bonus") not in own
+        ),
+        Decimal(0),
+    )
     if added:
         toasts.append(rx.toast.success(f"Credits added: +${added:,.2f}"))
     refunded = sum((Decimal(e["amount"]) for e in events if e["type"] == "refund"), Decimal(0))

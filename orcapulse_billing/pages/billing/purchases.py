@@ -15,7 +15,7 @@ import reflex as rx
 from ...auth import Principal
 from ...config import get_settings
 from ...db import get_engine
-from ...money import MoneyError, parse_amount
+from ...money import MoneyError, fmt_balance, parse_amount, to_units
 from ...payments.purchases import PurchaseError, choose, return_urls
 from ...payments.stripe_gateway import PaymentError
 from ...pricing import PACKAGES
@@ -34,8 +34,8 @@ _OPEN_OVERLAY = """(() => {
 
 
 class Purchases(rx.State, mixin=True):
-    """Relies on SessionState (current_principal, is_owner) and BillingPage (_reload), with which
-    BillingState composes it."""
+    """Relies on SessionState (current_principal, is_owner), BillingPage (_reload) and LiveUpdates
+    (_own_toast), with which BillingState composes it."""
 
     add_credits_open: bool = False
     packages: list[dict[str, str]] = []
@@ -49,6 +49,7 @@ class Purchases(rx.State, mixin=True):
     _checkout_session: str = ""
     _checkout_mode: str = ""
     _checkout_provider: str = ""
+    _checkout_credits: str = ""  # what the checkout adds, bonus included: "$525.00"
     providers: list[str] = []
     provider: str = "stripe"
     auto_enabled: bool = False
@@ -113,6 +114,9 @@ class Purchases(rx.State, mixin=True):
         self.checkout_url, self._checkout_session = created["url"], created["session_id"]
         self._checkout_mode = "setup" if setup else "payment"
         self._checkout_provider = provider
+        if choice is not None:  # its credits are announced by watch_checkout, not by the live update
+            self._own_toast(f"{provider}:{created['session_id']}")
+            self._checkout_credits = fmt_balance(to_units(choice.credits + choice.bonus))
         opener = _OPEN_OVERLAY if provider == "lemonsqueezy" else _OPEN_POPUP
         state = type(self)  # BillingState: the composed class, which this mixin cannot import
         yield rx.call_script(opener.replace("URL", json.dumps(created["url"])), callback=state.popup_opened)
@@ -163,7 +167,9 @@ class Purchases(rx.State, mixin=True):
                     await self._reload()
                     self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
                     yield rx.toast.success(
-                        "Credits added successfully!" if self._checkout_mode == "payment" else "Card saved"
+                        f"Credits added successfully! +{self._checkout_credits}"
+                        if self._checkout_mode == "payment"
+                        else "Card saved"
                     )
                     return
                 if status in ("failed", "expired"):
@@ -185,16 +191,18 @@ class Purchases(rx.State, mixin=True):
             return
         try:
             choice = choose(get_settings(), package_id or None, self.custom_amount if not package_id else None)
+            request_key = uuid.uuid4().hex
+            self._own_toast(f"quick:{request_key}")  # announced below, not by the live update
             self.buying = True
             yield
-            await asyncio.to_thread(_quick_purchase, principal, choice)
+            await asyncio.to_thread(_quick_purchase, principal, choice, request_key)
         except (PurchaseError, PaymentError) as exc:
             self.buying = False
             self.purchase_error = exc.message
             return
         self.buying, self.add_credits_open = False, False
         await self._reload()
-        yield rx.toast.success("Credits added successfully!")
+        yield rx.toast.success(f"Credits added successfully! +{fmt_balance(to_units(choice.credits + choice.bonus))}")
 
     @rx.event
     async def remove_card(self, card_id: str):
@@ -310,10 +318,8 @@ def _checkout_status(organization_id: int, provider: str, session_id: str) -> st
     return purchases.checkout_status(organization_id, session_id)
 
 
-def _quick_purchase(principal: Principal, choice) -> None:
-    get_stripe_purchases().quick_purchase(
-        principal, choice, payment_method_id=None, request_key=uuid.uuid4().hex, ip=None
-    )
+def _quick_purchase(principal: Principal, choice, request_key: str) -> None:
+    get_stripe_purchases().quick_purchase(principal, choice, payment_method_id=None, request_key=request_key, ip=None)
 
 
 def _remove_card(organization_id: int, card_id: str) -> None:

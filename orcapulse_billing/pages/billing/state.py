@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 
 import reflex as rx
 
@@ -44,6 +45,7 @@ class BillingPage(rx.State, mixin=True):
     panel_row: dict[str, str] = {}
     panel_session: dict[str, str] = {}
     _threshold_units: int = 0
+    _balance_units: int = 0
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -66,16 +68,17 @@ class BillingPage(rx.State, mixin=True):
     def export_query(self) -> str:
         return f"?type={self.type_filter}"
 
-    async def _reload(self, after_entry: int | None = None) -> bool:
-        """`after_entry`: a live update for this committed entry; tabs showing the same page share
-        one read of it instead of each querying the database."""
-        principal = await self.live_principal() if after_entry else self.current_principal()
+    async def _reload(self, after: Hashable | None = None) -> bool:
+        """`after`: a live update (the committed entry's id) or a catch-up (the account's newest
+        seq, tagged); tabs showing the same page share one read of it instead of each querying the
+        database."""
+        principal = await self.live_principal() if after else self.current_principal()
         if principal is None:
             return False
         try:
             args = (principal.organization_id, self.type_filter, self.page, int(self.page_size))
-            if after_entry:
-                result = await data._load_after(*args, after_entry)
+            if after:
+                result = await data._load_after(*args, after)
             else:
                 result = await asyncio.to_thread(data._load, *args)
         except Exception:  # the page shows its error state; the cause goes to the log
@@ -102,6 +105,7 @@ class BillingPage(rx.State, mixin=True):
         return True
 
     def _show_balance(self, units: int) -> None:
+        self._balance_units = units
         self.balance = fmt_balance(units)
         self.negative = units < 0
         self.low_balance = units < self._threshold_units
