@@ -113,6 +113,102 @@ def _metadata(value) -> dict:
     return value if isinstance(value, dict) else json.loads(value)
 
 
+def test_purchases_through_the_page_record_the_ip_show_who_and_where_and_toast_once(
+    app, page, client, app_engine, app_ledger
+):
+    org = Org(app_engine, app_ledger, welcome=Decimal(5))
+    open_billing(page, app, org, "owner")
+    added = toasts(page, "Credits added")
+
+    # a checkout in the popup: the webhook's live update and the checkout watcher make one toast
+    page.get_by_test_id("add-credits-button").click()
+    with page.expect_popup() as popup_info:
+        page.get_by_test_id("checkout-pkg_50").click()
+    popup = popup_info.value
+    popup.get_by_test_id("checkout-card").fill("4242 4242 4242 4242")
+    popup.get_by_test_id("checkout-pay").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("$55.00", timeout=20_000)
+    expect(added).to_have_count(1, timeout=20_000)
+    expect(added).to_contain_text("Credits added successfully! +$50.00")
+    page.wait_for_timeout(2500)  # the live update has long arrived: still one toast
+    expect(added).to_have_count(1)
+
+    (purchase,) = entries(app_engine, org.account_id, "purchase")
+    meta = _metadata(purchase.metadata)
+    assert purchase.actor_user_id == org.user_ids["owner"] and purchase.actor_ip == "127.0.0.1"
+    visible_rows(page).first.click()
+    panel = page.get_by_test_id("session-panel")
+    expect(panel).to_contain_text("Credit top-up via Stripe - $50.00")
+    expect(panel.get_by_test_id("detail-balance-before")).to_have_text("$5.0000")
+    expect(panel.get_by_test_id("detail-balance-after")).to_have_text("$55.0000")
+    expect(panel.get_by_test_id("detail-source")).to_have_text("Purchase")
+    expect(panel.get_by_test_id("detail-actor")).to_have_text(org.emails["owner"])
+    expect(panel.get_by_test_id("detail-ip")).to_have_text("127.0.0.1")
+    expect(panel).to_contain_text("Stripe checkout session")
+    expect(panel).to_contain_text(meta["stripeCheckoutSessionId"])
+    page.screenshot(path=str(ARTIFACTS / "history_detail_checkout_purchase.png"))
+    page.keyboard.press("Escape")
+    expect(panel).to_have_count(0)
+    expect(added).to_have_count(0, timeout=15_000)  # the first toast has gone
+
+    # one click with the saved card: one toast too, and the same who and where
+    page.get_by_test_id("add-credits-button").click()
+    page.get_by_test_id("quick-pkg_50").click()
+    expect(page.get_by_test_id("balance-value")).to_have_text("$105.00", timeout=20_000)
+    expect(added).to_have_count(1, timeout=10_000)
+    expect(added).to_contain_text("Credits added successfully! +$50.00")
+    page.wait_for_timeout(2500)
+    expect(added).to_have_count(1)
+    quick = entries(app_engine, org.account_id, "purchase")[-1]
+    assert quick.actor_ip == "127.0.0.1"
+    visible_rows(page).first.click()
+    expect(panel.get_by_test_id("detail-balance-before")).to_have_text("$55.0000")
+    expect(panel.get_by_test_id("detail-balance-after")).to_have_text("$105.0000")
+    expect(panel.get_by_test_id("detail-ip")).to_have_text("127.0.0.1")
+    expect(panel).to_contain_text("Stripe payment intent")
+    expect(panel).to_contain_text(_metadata(quick.metadata)["stripePaymentIntentId"])
+    page.keyboard.press("Escape")
+
+    # the page's other owner actions record the browser's address too
+    page.get_by_test_id("auto-enabled").click()
+    page.get_by_test_id("auto-threshold").fill("10")
+    page.get_by_test_id("auto-amount").fill("20")
+    page.get_by_test_id("auto-save").click()
+    expect(page.get_by_text("Auto-recharge saved")).to_be_visible(timeout=10_000)
+    with app_engine.connect() as conn:
+        audited = conn.execute(
+            sa.text(
+                "SELECT ip, user_id FROM audit_log WHERE organization_id = :o AND action = 'auto_recharge_updated'"
+            ),
+            {"o": org.id},
+        ).all()
+    assert [tuple(a) for a in audited] == [("127.0.0.1", org.user_ids["owner"])]
+
+    # a usage charge reported through the API: its session breakdown, and who and where as well
+    r = client.post(
+        "/api/credits/usage",
+        headers={**org.auth("member"), "Idempotency-Key": "detail-call-1"},
+        json={
+            "operation": "voice_pipeline",
+            "quantity": "3.5",
+            "status": "completed",
+            "session": {"id": "detail-call-1", "agent_id": "agent_abc123", "agent_name": "Front desk"},
+        },
+    )
+    assert r.status_code == 200, r.text
+    expect(visible_rows(page).first).to_contain_text("Voice call session", timeout=10_000)
+    visible_rows(page).first.click()
+    expect(panel).to_contain_text("Billing session")
+    for text in ("Front desk", "Pipeline", "3.5 min", "$0.1750", "$0.0525", "$0.2555"):
+        expect(panel).to_contain_text(text)
+    expect(panel.get_by_test_id("detail-balance-before")).to_have_text("$105.0000")
+    expect(panel.get_by_test_id("detail-balance-after")).to_have_text("$104.7445")
+    expect(panel.get_by_test_id("detail-actor")).to_have_text(org.emails["member"])
+    expect(panel.get_by_test_id("detail-ip")).to_have_text("testclient")  # the API request's own address
+    expect(panel.get_by_test_id("detail-source")).to_have_count(0)  # a debit has no source
+    page.screenshot(path=str(ARTIFACTS / "history_detail_usage.png"))
+
+
 def test_a_burst_of_usage_makes_one_toast(app, page, client, app_engine, app_ledger):
     org = Org(app_engine, app_ledger, welcome=Decimal(10))
     open_billing(page, app, org, "member")

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col
 
-from ..auth import Principal
+from ..auth import Principal, audit
 from ..config import Settings
 from ..ledger import DbRow, Ledger, PostedEntry, Posting, find_entry, get_account
 from ..models import CheckoutSession, CreditSource, EntryType, Organization, PaymentMethod, WebhookEvent
@@ -290,7 +290,10 @@ class StripePurchases:
         with self.ledger.transaction() as conn:
             self._save_card_in(conn, organization_id, card, make_default)
 
-    def remove_card(self, organization_id: int, card_id: str) -> None:
+    def remove_card(
+        self, organization_id: int, card_id: str, *, user_id: int | None = None, ip: str | None = None
+    ) -> None:
+        """Detaches the card at Stripe and forgets it; audited with who removed it and from where."""
         t = table_of(PaymentMethod)
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -307,6 +310,14 @@ class StripePurchases:
                 ).scalar()
                 if newest:
                     conn.execute(sa.update(t).where(t.c.id == newest).values(is_default=True))
+            audit(
+                conn,
+                "payment_method_removed",
+                organization_id=organization_id,
+                user_id=user_id,
+                ip=ip,
+                card=f"{row.brand} {row.last4}",
+            )
 
     # -- hosted checkout ------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from ...config import get_settings
 from ...db import get_engine
-from ...history import HistoryQuery, billing_session, history_page, usage_summary
+from ...history import HistoryQuery, billing_session, entry_detail, history_page, usage_summary
 from ...ledger import get_account
 from ...models import Organization
 from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
@@ -137,12 +137,59 @@ async def _newest_entry(organization_id: int) -> int:
     return await _heads.get(organization_id, _account_head, organization_id, max_age=HEAD_MAX_AGE)
 
 
-def _load_session(organization_id: int, session_id: str) -> dict | None:
+SOURCE_LABELS = {
+    "purchase": "Purchase",
+    "bonus": "Volume bonus",
+    "welcome": "Welcome credit",
+    "manual": "Manual grant",
+    "refund": "Refund",
+}
+# provider references a purchase's or refund's metadata may hold, in the order the panel lists them
+REFERENCES = (
+    ("stripeCheckoutSessionId", "Stripe checkout session"),
+    ("stripePaymentIntentId", "Stripe payment intent"),
+    ("stripeChargeId", "Stripe charge"),
+    ("lemonSqueezyOrderId", "Lemon Squeezy order"),
+    ("lemonSqueezyCheckoutRef", "Lemon Squeezy checkout"),
+)
+
+
+def _load_entry(organization_id: int, entry_id: int) -> dict | None:
+    """The row detail panel: the entry as the database has it (never as the tab sent it), balance
+    before and after, its source, who made it and from where, its provider references, and for a
+    usage charge its billing session. None when the entry is not this organization's."""
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
-        row = billing_session(conn, acct.id, session_id)
-    if row is None:
-        return None
+        detail = entry_detail(conn, acct.id, entry_id)
+        if detail is None:
+            return None
+        item = detail.item
+        session = billing_session(conn, acct.id, item.usage_session_id) if item.usage_session_id else None
+    meta = item.metadata
+    if detail.actor_email:
+        actor = detail.actor_email
+    elif meta.get("via") == "cli":
+        actor = f"Command line ({meta['operator']})" if meta.get("operator") else "Command line"
+    else:
+        actor = "System"
+    return {
+        "row": _row(item),
+        "entry": {
+            "id": str(item.id),
+            "type": TYPE_BADGES.get(item.type, item.type.title()),
+            "balance_before": fmt_money4(item.balance_before_units),
+            "balance_after": fmt_money4(item.balance_after_units),
+            "source": SOURCE_LABELS.get(item.source, item.source.title()) if item.source else "",
+            "actor": actor,
+            "ip": detail.actor_ip or "",
+            "auto_recharge": "Yes" if meta.get("autoRecharge") else "",
+        },
+        "refs": [{"label": label, "value": str(meta[key])} for key, label in REFERENCES if meta.get(key)],
+        "session": _session(session) if session else {},
+    }
+
+
+def _session(row: dict) -> dict[str, str]:
     when = lambda v: format_when(v.replace(tzinfo=v.tzinfo or UTC)) if v else ""  # noqa: E731
     duration = (
         f"{row['duration_minutes']} min"

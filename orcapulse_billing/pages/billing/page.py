@@ -89,7 +89,14 @@ def billing() -> rx.Component:
             on_add_credits=S.open_add_credits,
         ),
         rx.cond(S.loaded, rx.cond(S.load_failed, error_state(on_refresh=S.refresh), content()), skeleton()),
-        session_panel(is_open=S.panel_open, on_open_change=S.set_panel_open, row=S.panel_row, session=S.panel_session),
+        session_panel(
+            is_open=S.panel_open,
+            on_open_change=S.set_panel_open,
+            row=S.panel_row,
+            session=S.panel_session,
+            entry=S.panel_entry,
+            refs=S.panel_refs,
+        ),
         add_credits_dialog(
             is_open=S.add_credits_open,
             on_open_change=S.set_add_credits_open,

@@ -1,7 +1,8 @@
 """Purchases: BillingState's buying part (a mixin): the Add Credits dialog (Stripe Checkout in a
 popup or the Lemon Squeezy overlay, then waiting for the signed webhook; quick purchase with the
 saved card; saving and removing cards) and the auto-recharge settings. Owners only: every handler
-re-checks the role on the server."""
+re-checks the role on the server. Each records the browser's IP address where the REST routes
+record the request's (checkout, quick purchase, card removal, auto-recharge changes)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ class Purchases(rx.State, mixin=True):
         principal = self.current_principal()
         return principal if principal is not None and principal.is_owner else None
 
+    def _client_ip(self) -> str | None:
+        """The browser's address as the socket's connection has it: Reflex takes it from
+        X-Forwarded-For behind `trusted_proxy_hops` trusted proxies (rxconfig), else the peer."""
+        return self.router.session.client_ip or None
+
     @rx.event
     async def open_add_credits(self):
         principal = self._owner()
@@ -104,7 +110,9 @@ class Purchases(rx.State, mixin=True):
                 raise PurchaseError("provider_unavailable", "This payment method is not offered.")
             page = urlsplit(str(self.router.url))
             page_origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else ""
-            created = await asyncio.to_thread(_start_checkout, principal, choice, provider, page_origin)
+            created = await asyncio.to_thread(
+                _start_checkout, principal, choice, provider, page_origin, self._client_ip()
+            )
         except (PurchaseError, PaymentError) as exc:
             self.buying = False
             self.purchase_error = exc.message
@@ -195,7 +203,7 @@ class Purchases(rx.State, mixin=True):
             self._own_toast(f"quick:{request_key}")  # announced below, not by the live update
             self.buying = True
             yield
-            await asyncio.to_thread(_quick_purchase, principal, choice, request_key)
+            await asyncio.to_thread(_quick_purchase, principal, choice, request_key, self._client_ip())
         except (PurchaseError, PaymentError) as exc:
             self.buying = False
             self.purchase_error = exc.message
@@ -211,7 +219,7 @@ class Purchases(rx.State, mixin=True):
             yield rx.toast.error("Only owners can manage saved cards.")
             return
         try:
-            await asyncio.to_thread(_remove_card, principal.organization_id, card_id)
+            await asyncio.to_thread(_remove_card, principal, card_id, self._client_ip())
         except (PurchaseError, PaymentError) as exc:
             yield rx.toast.error(exc.message)
             return
@@ -255,7 +263,7 @@ class Purchases(rx.State, mixin=True):
                 threshold=values[0],
                 amount=values[1],
                 monthly_cap=values[2],
-                ip=None,
+                ip=self._client_ip(),
             )
         except MoneyError as exc:
             self.auto_error = f"Amounts: {exc}"
@@ -302,14 +310,14 @@ def _card_rows(organization_id: int) -> list[dict[str, str]]:
     ]
 
 
-def _start_checkout(principal: Principal, choice, provider: str, page_origin: str) -> dict:
+def _start_checkout(principal: Principal, choice, provider: str, page_origin: str, ip: str | None) -> dict:
     if provider == "lemonsqueezy":
         redirect = (page_origin or get_settings().app_url).rstrip("/") + "/billing"
-        return get_lemon_purchases().start_checkout(principal, choice, ip=None, redirect_url=redirect)
+        return get_lemon_purchases().start_checkout(principal, choice, ip=ip, redirect_url=redirect)
     # the popup lands on the backend's own return page, which closes the window
     success, cancel = return_urls(rx.config.get_config().api_url)
     return get_stripe_purchases().start_checkout(
-        principal, choice, ip=None, success_url=success, cancel_url=cancel, request_key=uuid.uuid4().hex
+        principal, choice, ip=ip, success_url=success, cancel_url=cancel, request_key=uuid.uuid4().hex
     )
 
 
@@ -318,9 +326,9 @@ def _checkout_status(organization_id: int, provider: str, session_id: str) -> st
     return purchases.checkout_status(organization_id, session_id)
 
 
-def _quick_purchase(principal: Principal, choice, request_key: str) -> None:
-    get_stripe_purchases().quick_purchase(principal, choice, payment_method_id=None, request_key=request_key, ip=None)
+def _quick_purchase(principal: Principal, choice, request_key: str, ip: str | None) -> None:
+    get_stripe_purchases().quick_purchase(principal, choice, payment_method_id=None, request_key=request_key, ip=ip)
 
 
-def _remove_card(organization_id: int, card_id: str) -> None:
-    get_stripe_purchases().remove_card(organization_id, card_id)
+def _remove_card(principal: Principal, card_id: str, ip: str | None) -> None:
+    get_stripe_purchases().remove_card(principal.organization_id, card_id, user_id=principal.user_id, ip=ip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Hashable
 
 import reflex as rx
@@ -44,6 +45,8 @@ class BillingPage(rx.State, mixin=True):
     panel_open: bool = False
     panel_row: dict[str, str] = {}
     panel_session: dict[str, str] = {}
+    panel_entry: dict[str, str] = {}
+    panel_refs: list[dict[str, str]] = []
     _threshold_units: int = 0
     _balance_units: int = 0
 
@@ -165,14 +168,21 @@ class BillingPage(rx.State, mixin=True):
 
     @rx.event
     async def open_row(self, row: dict):
+        """Any entry's detail: read again from the database by its id, within this organization
+        (the row the tab sends only names the entry)."""
         principal = self.current_principal()
         if principal is None:
             return rx.redirect("/login")
-        self.panel_row = row
-        self.panel_session = {}
-        if row.get("session_id"):
-            session = await asyncio.to_thread(data._load_session, principal.organization_id, row["session_id"])
-            self.panel_session = session or {}
+        entry_id = str(row.get("id", ""))
+        detail = (
+            await asyncio.to_thread(data._load_entry, principal.organization_id, int(entry_id))
+            if re.fullmatch(r"[0-9]{1,18}", entry_id)
+            else None
+        )
+        if detail is None:
+            return rx.toast.error("This transaction is not in your organization's history.")
+        self.panel_row, self.panel_entry = detail["row"], detail["entry"]
+        self.panel_refs, self.panel_session = detail["refs"], detail["session"]
         self.panel_open = True
 
     @rx.event

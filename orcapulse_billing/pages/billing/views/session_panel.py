@@ -1,4 +1,5 @@
-"""The row detail panel: a transaction, and for a usage charge its billing session (agent,
+"""The row detail panel: any transaction (balance before and after, source, who made it and from
+which IP address, provider references), and for a usage charge its billing session (agent,
 duration, cost breakdown, recording, transcript, post-call analysis)."""
 
 from __future__ import annotations
@@ -6,19 +7,24 @@ from __future__ import annotations
 import reflex as rx
 
 
-def _detail(label: str, value) -> rx.Component:
+def _detail(label, value, testid: str | None = None) -> rx.Component:
     return rx.cond(
         value != "",
         rx.hstack(
-            rx.text(label, size="2", color_scheme="gray", min_width="130px"), rx.text(value, size="2"), width="100%"
+            rx.text(label, size="2", color_scheme="gray", width="150px", flex_shrink="0"),
+            rx.text(value, size="2", word_break="break-all", **({"data_testid": testid} if testid else {})),
+            width="100%",
         ),
     )
 
 
-def session_panel(*, is_open, on_open_change, row, session) -> rx.Component:
-    """`row`: the clicked history row; `session`: its billing session, {} when it has none."""
+def session_panel(*, is_open, on_open_change, row, session, entry=None, refs=None) -> rx.Component:
+    """`row`: the clicked history row; `session`: its billing session, {} when it has none;
+    `entry`: the entry's detail (type, balance_before, balance_after, source, actor, ip,
+    auto_recharge, id); `refs`: its provider references, [{label, value}]."""
     s = session
     r = row
+    e = entry
     return rx.dialog.root(
         rx.dialog.content(
             rx.vstack(
@@ -32,6 +38,21 @@ def session_panel(*, is_open, on_open_change, row, session) -> rx.Component:
                 rx.text(r["description"], weight="medium"),
                 _detail("Amount", r["amount"]),
                 _detail("Date & Time", r["when"]),
+                *(
+                    [
+                        _detail("Type", e["type"]),
+                        _detail("Balance before", e["balance_before"], "detail-balance-before"),
+                        _detail("Balance after", e["balance_after"], "detail-balance-after"),
+                        _detail("Source", e["source"], "detail-source"),
+                        _detail("Made by", e["actor"], "detail-actor"),
+                        _detail("IP address", e["ip"], "detail-ip"),
+                        _detail("Auto-recharge", e["auto_recharge"]),
+                        rx.foreach(refs, lambda ref: _detail(ref["label"], ref["value"], "detail-reference")),
+                        _detail("Transaction ID", e["id"], "detail-id"),
+                    ]
+                    if e is not None
+                    else []
+                ),
                 rx.cond(
                     s.contains("id"),
                     rx.vstack(
@@ -50,7 +71,7 @@ def session_panel(*, is_open, on_open_change, row, session) -> rx.Component:
                         _detail("Speech-to-text", s["stt"]),
                         _detail("Text-to-speech", s["tts"]),
                         rx.hstack(
-                            rx.text("Total", weight="bold", min_width="130px"),
+                            rx.text("Total", weight="bold", width="150px", flex_shrink="0"),
                             rx.text(s["total"], weight="bold"),
                             width="100%",
                         ),
