@@ -65,16 +65,19 @@ def test_history_query_refuses_an_unknown_order():
 
 # -- the page in Chromium ------------------------------------------------------------------------
 
+import csv  # noqa: E402
+import io  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
+import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
 from orcapulse_billing.money import fmt_money4  # noqa: E402
 
 from .apiutil import PASSWORD, Org  # noqa: E402
-from .browser import ARTIFACTS, sign_in  # noqa: E402
+from .browser import ARTIFACTS, screenshot_name, sign_in  # noqa: E402
 
 PHONE = {"width": 390, "height": 844}
 
@@ -228,6 +231,157 @@ def test_a_burst_of_usage_makes_one_toast(app, page, client, app_engine, app_led
     page.wait_for_timeout(3000)
     expect(usage).to_have_count(1)  # nothing more for the same burst
     page.screenshot(path=str(ARTIFACTS / "history_usage_toast.png"))
+
+
+def _dated_history(org: Org) -> None:
+    """Three usage charges a day and one purchase, 25 October to 15 November 2026."""
+    day = datetime(2026, 10, 25, tzinfo=UTC)
+    while day < datetime(2026, 11, 16, tzinfo=UTC):
+        org.post("purchase", "5", description=f"top-up {day:%m-%d}", created_at=day + timedelta(hours=8))
+        for k in range(3):
+            org.post(
+                "usage",
+                "-0.0500",
+                category="sms",
+                description=f"usage {day:%m-%d} #{k}",
+                created_at=day + timedelta(hours=9 + k),
+            )
+        day += timedelta(days=1)
+
+
+def _expected(org: Org, type_: str, start: str, end: str, order: str, page: int, size: int) -> list[str]:
+    from orcapulse_billing.pages.billing.data import history_query
+
+    with org.engine.connect() as conn:
+        result = history_page(conn, org.account_id, history_query(type_, start, end, order), page=page, page_size=size)
+    return [i.description for i in result.items]
+
+
+def _shown(page) -> list[str]:
+    return [t.strip() for t in page.get_by_test_id("history-row").locator("td:nth-child(3)").all_inner_texts()]
+
+
+def test_date_range_and_order_live_in_the_url_and_the_csv_export(app, page, browser, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger)
+    _dated_history(org)
+    open_billing(page, app, org, "member")
+    page.get_by_test_id("type-filter").click()
+    page.get_by_role("option", name="Usage").click()
+    page.get_by_test_id("page-size-select").click()
+    page.get_by_role("option", name="10 per page").click()
+    page.get_by_test_id("pagination-next").click()
+    expect(page).to_have_url(re.compile(r"/billing\?type=usage&page=2&size=10$"))
+    # any filter change goes back to page 1
+    page.get_by_test_id("history-date-from").fill("2026-11-01")
+    expect(page).to_have_url(re.compile(r"/billing\?type=usage&from=2026-11-01&size=10$"))
+    page.get_by_test_id("history-date-to").fill("2026-11-10")
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 1–10 of 30 transactions")
+    page.get_by_test_id("pagination-next").click()
+    expect(page).to_have_url(re.compile(r"&page=2&size=10$"))
+    expect(page.get_by_test_id("history-order")).to_have_text("Newest first")
+    page.get_by_test_id("history-order").click()
+    expect(page.get_by_test_id("history-order")).to_have_text("Oldest first")
+    expect(page).to_have_url(re.compile(r"/billing\?type=usage&from=2026-11-01&to=2026-11-10&order=oldest&size=10$"))
+    page.get_by_test_id("pagination-next").click()
+    view = "/billing?type=usage&from=2026-11-01&to=2026-11-10&order=oldest&page=2&size=10"
+    expect(page).to_have_url(app.base_url + view)
+    want = _expected(org, "usage", "2026-11-01", "2026-11-10", "oldest", 2, 10)
+    assert want[0] == "usage 11-04 #1" and want[-1] == "usage 11-07 #1"
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 11–20 of 30 transactions")
+    assert _shown(page) == want
+
+    # a reload shows the same view
+    page.reload()
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 11–20 of 30 transactions", timeout=30_000)
+    assert _shown(page) == want
+    expect(page).to_have_url(app.base_url + view)
+    expect(page.get_by_test_id("history-date-from")).to_have_value("2026-11-01")
+    expect(page.get_by_test_id("history-date-to")).to_have_value("2026-11-10")
+    expect(page.get_by_test_id("history-order")).to_have_text("Oldest first")
+    expect(page.get_by_test_id("type-filter")).to_have_text("Usage")
+    expect(page.get_by_test_id("page-size-select")).to_have_text("10 per page")
+
+    # the CSV export follows the same filter (the whole range, in the same order)
+    link = page.get_by_test_id("export-csv").get_attribute("href")
+    assert "type=usage" in link and "order=oldest" in link
+    assert "from=2026-11-01T00%3A00%3A00Z" in link and "to=2026-11-11T00%3A00%3A00Z" in link
+    cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "opb_session")
+    r = httpx.get(link, cookies={"opb_session": cookie})
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["description"] for row in rows] == [f"usage 11-{d:02d} #{k}" for d in range(1, 11) for k in range(3)]
+
+    # a from date after the to date: an error, and nothing changes
+    page.get_by_test_id("history-date-from").fill("2026-11-20")
+    expect(page.get_by_test_id("history-range-error")).to_have_text("The From date must be on or before the To date.")
+    page.wait_for_timeout(500)
+    expect(page).to_have_url(app.base_url + view)
+    expect(page.get_by_test_id("pagination-total")).to_have_text("Showing 11–20 of 30 transactions")
+    assert _shown(page) == want
+    assert page.get_by_test_id("export-csv").get_attribute("href") == link
+    page.screenshot(path=str(ARTIFACTS / "history_range_error.png"))
+    page.get_by_test_id("history-date-from").fill("2026-11-01")
+    expect(page.get_by_test_id("history-range-error")).to_have_count(0)
+    expect(page).to_have_url(app.base_url + view)
+
+    # a shared link opens the same view for another member of the organization
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        other = context.new_page()
+        open_billing(other, app, org, "owner", path=view)
+        expect(other.get_by_test_id("pagination-total")).to_have_text("Showing 11–20 of 30 transactions")
+        assert _shown(other) == want
+        expect(other.get_by_test_id("history-order")).to_have_text("Oldest first")
+        # the dates alone, newest first: the first page shows the newest of the range
+        other.goto(app.base_url + "/billing?from=2026-11-14")
+        expect(other.get_by_test_id("pagination-total")).to_have_text("Showing 1–8 of 8 transactions", timeout=30_000)
+        assert _shown(other)[0] == "usage 11-15 #2"
+        other.get_by_test_id("history-date-clear").click()
+        expect(other).to_have_url(app.base_url + "/billing")
+        expect(other.get_by_test_id("pagination-total")).to_have_text("Showing 1–50 of 88 transactions")
+    finally:
+        context.close()
+
+
+def test_date_range_and_row_detail_on_a_phone(app, browser, app_engine, app_ledger):
+    org = Org(app_engine, app_ledger)
+    _dated_history(org)
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    try:
+        open_billing(page, app, org, "owner", path="/billing?type=topup&from=2026-11-01&to=2026-11-05")
+        rows = visible_rows(page)
+        expect(rows).to_have_count(5)
+        expect(rows.first).to_contain_text("top-up 11-05")
+        page.get_by_test_id("history-order").click()
+        expect(rows.first).to_contain_text("top-up 11-01")
+        expect(page).to_have_url(re.compile(r"\?type=topup&from=2026-11-01&to=2026-11-05&order=oldest$"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(screenshot_name("test_history_dates_phone")), full_page=True)
+        page.get_by_test_id("history-date-to").fill("2026-10-01")
+        expect(page.get_by_test_id("history-range-error")).to_be_visible()
+        expect(rows).to_have_count(5)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.get_by_test_id("history-date-to").fill("2026-11-05")
+        rows.first.click()
+        panel = page.get_by_test_id("session-panel")
+        with app_engine.connect() as conn:
+            before, after = conn.execute(
+                sa.text(
+                    "SELECT balance_before, balance_after FROM ledger_entry "
+                    "WHERE account_id = :a AND description = 'top-up 11-01'"
+                ),
+                {"a": org.account_id},
+            ).one()
+        expect(panel).to_contain_text("top-up 11-01")
+        expect(panel.get_by_test_id("detail-balance-before")).to_have_text(fmt_money4(before))
+        expect(panel.get_by_test_id("detail-balance-after")).to_have_text(fmt_money4(after))
+        expect(panel.get_by_test_id("detail-actor")).to_have_text("System")
+        box = panel.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        page.screenshot(path=str(screenshot_name("test_history_detail_phone")))
+    finally:
+        context.close()
 
 
 def test_a_tab_that_missed_an_event_catches_up_within_35_seconds(app, page, app_database, app_engine, app_ledger):

@@ -8,7 +8,7 @@ these through the module (`data._load`), so a test can replace one of them in pl
 from __future__ import annotations
 
 from collections.abc import Hashable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -65,18 +65,38 @@ def _row(item) -> dict[str, str]:
     }
 
 
-def _load(organization_id: int, type_filter: str, page: int, page_size: int) -> dict:
+def day_start(day: str) -> datetime | None:
+    """'2026-11-01' -> 2026-11-01T00:00:00Z; '' -> None. The page's dates are whole UTC days."""
+    return datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC) if day else None
+
+
+def history_query(type_filter: str, date_from: str = "", date_to: str = "", order: str = "newest") -> HistoryQuery:
+    """The page's filters as a history query: from the start of `date_from` to the end of `date_to`
+    (both included, UTC)."""
+    end = day_start(date_to)
+    after = end + timedelta(days=1) if end and end.date() < date.max else None
+    return HistoryQuery(type_filter, day_start(date_from), after, order)
+
+
+def _load(
+    organization_id: int,
+    type_filter: str,
+    page: int,
+    page_size: int,
+    date_from: str = "",
+    date_to: str = "",
+    order: str = "newest",
+) -> dict:
     """Everything the page shows, in one read transaction (runs in a worker thread)."""
     settings = get_settings()
     now = datetime.now(UTC)
+    query = history_query(type_filter, date_from, date_to, order)
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
         org_name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
-        result = history_page(conn, acct.id, HistoryQuery(type_filter), page=page, page_size=page_size)
+        result = history_page(conn, acct.id, query, page=page, page_size=page_size)
         if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
-            result = history_page(
-                conn, acct.id, HistoryQuery(type_filter), page=result.total_pages, page_size=page_size
-            )
+            result = history_page(conn, acct.id, query, page=result.total_pages, page_size=page_size)
         spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
     return {
         "org_name": org_name or "",
@@ -113,12 +133,15 @@ async def _load_after(
     type_filter: str,
     page: int,
     page_size: int,
+    date_from: str,
+    date_to: str,
+    order: str,
     after: Hashable,
 ) -> dict:
     """_load for a live update (`after`: the committed entry's id) or a catch-up (the account's
-    newest seq, tagged): all the tabs of this worker showing the same page after the same change
-    share one read."""
-    view = (organization_id, type_filter, page, page_size)
+    newest seq, tagged): all the tabs of this worker showing the same page (same filters) after the
+    same change share one read."""
+    view = (organization_id, type_filter, page, page_size, date_from, date_to, order)
     return await _live_reads.get((*view, after), _load, *view)
 
 

@@ -12,6 +12,7 @@ from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
 from .views.header import error_state, header, low_balance_banner, skeleton, waiting_banner
 from .views.history import empty_state, history_controls, history_footer, history_table
+from .views.history_filters import history_range_controls
 from .views.session_panel import session_panel
 from .views.stats import stats, usage_chart
 from .views.styles import PAGE_CSS
@@ -34,14 +35,33 @@ def content() -> rx.Component:
         stats(balance=S.balance, negative=S.negative, added=S.added, consumed=S.consumed, transactions=S.transactions),
         usage_chart(spend=S.spend, spend_total=S.spend_total),
         history_table(
-            controls=history_controls(
-                type_filter=S.type_filter,
-                on_type_filter=S.set_type_filter,
-                page_size=S.page_size,
-                on_page_size=S.set_page_size,
-                export_query=S.export_query,
+            controls=rx.vstack(
+                history_controls(
+                    type_filter=S.type_filter,
+                    on_type_filter=S.set_type_filter,
+                    page_size=S.page_size,
+                    on_page_size=S.set_page_size,
+                    export_query=S.export_query,
+                ),
+                history_range_controls(
+                    from_value=S.from_input,
+                    to_value=S.to_input,
+                    on_from=S.set_date_from,
+                    on_to=S.set_date_to,
+                    on_clear=S.clear_dates,
+                    order=S.order,
+                    on_toggle_order=S.toggle_order,
+                    error=S.range_error,
+                ),
+                spacing="3",
+                width="100%",
             ),
-            empty=empty_state(type_filter=S.type_filter, filter_label=S.filter_label, on_refresh=S.refresh),
+            empty=empty_state(
+                type_filter=S.type_filter,
+                filter_label=S.filter_label,
+                on_refresh=S.refresh,
+                message=S.empty_message,
+            ),
             footer=history_footer(
                 range_text=S.range_text,
                 page=S.page,

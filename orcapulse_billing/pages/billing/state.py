@@ -1,21 +1,41 @@
 """BillingPage: the page's own part of BillingState (a mixin): what the page shows, loading and
-reloading it, the history's filter and paging, and the row detail panel."""
+reloading it, the history's filters (type, date range, order) and paging, kept in the page's URL
+(`/billing?type=usage&from=2026-11-01&to=2026-11-30&order=oldest&page=2&size=25`), and the row
+detail panel."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Hashable
+from datetime import date
+from urllib.parse import urlencode
 
 import reflex as rx
 
 from ...components.pagination import page_window
-from ...history import DEFAULT_PAGE_SIZE, PAGE_SIZES, TYPE_LABELS
+from ...history import DEFAULT_PAGE_SIZE, ORDERS, PAGE_SIZES, TYPE_LABELS
 from ...money import fmt_balance
 from . import data
 
 log = logging.getLogger(__name__)
+RANGE_ERROR = "The From date must be on or before the To date."
+DATE_ERROR = "Enter dates as YYYY-MM-DD."
+_REPLACE_URL = "window.history.replaceState(window.history.state, '', window.location.pathname + QUERY)"
+
+
+def _day(value) -> str | None:
+    """A date as YYYY-MM-DD (what a date input gives), '' for none, None when it is not one."""
+    if not value:
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        return None
 
 
 class BillingPage(rx.State, mixin=True):
@@ -35,6 +55,14 @@ class BillingPage(rx.State, mixin=True):
     consumed: str = ""
     transactions: int = 0
     type_filter: str = "all"
+    # the date range and order in force (the URL and the CSV link follow these), and what the date
+    # inputs show: a refused range stays in the inputs, with its error, and changes nothing
+    date_from: str = ""
+    date_to: str = ""
+    order: str = "newest"
+    from_input: str = ""
+    to_input: str = ""
+    range_error: str = ""
     page_size: str = str(DEFAULT_PAGE_SIZE)
     page: int = 1
     total: int = 0
@@ -68,8 +96,58 @@ class BillingPage(rx.State, mixin=True):
         return f"Showing {first:,}–{last:,} of {self.total:,} {noun}"
 
     @rx.var
+    def empty_message(self) -> str:
+        if self.date_from or self.date_to:
+            kind = "" if self.type_filter == "all" else f"{self.filter_label} "
+            return f"No {kind}transactions in this date range"
+        if self.type_filter == "all":
+            return "Your transaction history is empty"
+        return f"No {self.filter_label} transactions in your history"
+
+    @rx.var
     def export_query(self) -> str:
-        return f"?type={self.type_filter}"
+        """The CSV export's filter: the page's, with the dates as the API's instants (UTC days,
+        `to` exclusive)."""
+        query = data.history_query(self.type_filter, self.date_from, self.date_to, self.order)
+        params = {"type": self.type_filter}
+        for name, value in (("from", query.start), ("to", query.end)):
+            if value is not None:
+                params[name] = value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        params["order"] = self.order
+        return "?" + urlencode(params)
+
+    def _view(self) -> tuple:
+        """What the history shows, as data._load takes it after the organization."""
+        return (self.type_filter, self.page, int(self.page_size), self.date_from, self.date_to, self.order)
+
+    def _read_url(self) -> None:
+        """The view a reload or a shared link asks for; anything malformed falls back to the default."""
+        q = self.router.url.query_parameters
+        self.type_filter = q.get("type") if q.get("type") in TYPE_LABELS else "all"
+        self.order = q.get("order") if q.get("order") in ORDERS else "newest"
+        size = q.get("size", "")
+        self.page_size = size if size in {str(n) for n in PAGE_SIZES} else str(DEFAULT_PAGE_SIZE)
+        page = q.get("page", "")
+        self.page = int(page) if re.fullmatch(r"[0-9]{1,9}", page) and int(page) > 0 else 1
+        start, end = _day(q.get("from")), _day(q.get("to"))
+        self.from_input, self.to_input = q.get("from", ""), q.get("to", "")
+        self.range_error = ""
+        if start is None or end is None:
+            self.range_error, start, end = DATE_ERROR, "", ""
+        elif start and end and start > end:
+            self.range_error, start, end = RANGE_ERROR, "", ""
+        self.date_from, self.date_to = start, end
+
+    def _show_url(self):
+        """Puts the current view into the address bar (no navigation, no history entry), so a
+        reload or a copied link shows the same view."""
+        params = {"type": self.type_filter if self.type_filter != "all" else ""}
+        params.update({"from": self.date_from, "to": self.date_to})
+        params["order"] = self.order if self.order != "newest" else ""
+        params["page"] = str(self.page) if self.page != 1 else ""
+        params["size"] = self.page_size if self.page_size != str(DEFAULT_PAGE_SIZE) else ""
+        query = urlencode({k: v for k, v in params.items() if v})
+        return rx.call_script(_REPLACE_URL.replace("QUERY", json.dumps("?" + query if query else "")))
 
     async def _reload(self, after: Hashable | None = None) -> bool:
         """`after`: a live update (the committed entry's id) or a catch-up (the account's newest
@@ -79,7 +157,7 @@ class BillingPage(rx.State, mixin=True):
         if principal is None:
             return False
         try:
-            args = (principal.organization_id, self.type_filter, self.page, int(self.page_size))
+            args = (principal.organization_id, *self._view())
             if after:
                 result = await data._load_after(*args, after)
             else:
@@ -116,10 +194,12 @@ class BillingPage(rx.State, mixin=True):
     @rx.event
     async def load(self):
         self.loaded = False
+        self._read_url()
         if not await self._reload():
             return rx.redirect("/login")
         self.loaded = True
-        return type(self).live  # BillingState.live: the composed class, which this mixin cannot import
+        # BillingState.live: the composed class, which this mixin cannot import; the URL as shown
+        return [type(self).live, self._show_url()]
 
     @rx.event
     async def refresh(self):
@@ -136,35 +216,77 @@ class BillingPage(rx.State, mixin=True):
         else:
             yield rx.toast.success("Billing data refreshed")
 
+    async def _show_view(self):
+        """After a change of filter or page: read it and put it in the URL."""
+        await self._reload()
+        return self._show_url()
+
     @rx.event
     async def set_type_filter(self, value: str):
         self.type_filter = value if value in TYPE_LABELS else "all"
         self.page = 1
-        await self._reload()
+        return await self._show_view()
 
     @rx.event
     async def set_page_size(self, value: str):
         self.page_size = value if value in {str(n) for n in PAGE_SIZES} else str(DEFAULT_PAGE_SIZE)
         self.page = 1
-        await self._reload()
+        return await self._show_view()
+
+    @rx.event
+    async def set_date_from(self, value: str):
+        self.from_input = value
+        return await self._apply_range()
+
+    @rx.event
+    async def set_date_to(self, value: str):
+        self.to_input = value
+        return await self._apply_range()
+
+    @rx.event
+    async def clear_dates(self):
+        self.from_input = self.to_input = ""
+        return await self._apply_range()
+
+    async def _apply_range(self):
+        """The date inputs' range, if it is one: a start after the end (or a malformed date) shows
+        an error next to the inputs and leaves the history, the URL and the export as they were."""
+        start, end = _day(self.from_input), _day(self.to_input)
+        if start is None or end is None:
+            self.range_error = DATE_ERROR
+            return None
+        if start and end and start > end:
+            self.range_error = RANGE_ERROR
+            return None
+        self.range_error = ""
+        if (start, end) == (self.date_from, self.date_to):
+            return None
+        self.date_from, self.date_to, self.page = start, end, 1
+        return await self._show_view()
+
+    @rx.event
+    async def toggle_order(self):
+        self.order = "oldest" if self.order == "newest" else "newest"
+        self.page = 1
+        return await self._show_view()
 
     @rx.event
     async def go_to_page(self, label: str):
         if label.isdigit():
             self.page = max(1, min(int(label), self.total_pages))
-            await self._reload()
+            return await self._show_view()
 
     @rx.event
     async def previous_page(self):
         if self.page > 1:
             self.page -= 1
-            await self._reload()
+            return await self._show_view()
 
     @rx.event
     async def next_page(self):
         if self.page < self.total_pages:
             self.page += 1
-            await self._reload()
+            return await self._show_view()
 
     @rx.event
     async def open_row(self, row: dict):

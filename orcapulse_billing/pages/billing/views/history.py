@@ -133,7 +133,8 @@ def history_controls(*, type_filter, on_type_filter, page_size, on_page_size, ex
     )
 
 
-def empty_state(*, type_filter, filter_label, on_refresh) -> rx.Component:
+def empty_state(*, type_filter, filter_label, on_refresh, message=None) -> rx.Component:
+    """`message`, when given, replaces the sentence built from the type filter (e.g. for a date range)."""
     return rx.center(
         rx.vstack(
             rx.center(
@@ -145,7 +146,9 @@ def empty_state(*, type_filter, filter_label, on_refresh) -> rx.Component:
             ),
             rx.heading("No transactions found", size="4"),
             rx.text(
-                rx.cond(
+                message
+                if message is not None
+                else rx.cond(
                     type_filter == "all",
                     "Your transaction history is empty",
                     "No " + filter_label + " transactions in your history",
