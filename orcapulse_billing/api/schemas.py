@@ -321,11 +321,12 @@ _DOUBLE_MAX = Decimal("1.7976931348623157E+308")
 
 
 def _plain_json(value: Any) -> Any:
-    """JSON numbers arrive as Decimal (see deps.DecimalJSONRequest); stored JSON takes int and float."""
+    """Numbers with a fraction or an exponent arrive as Decimal (deps.DecimalJSONRequest); kept as any
+    JSON parser reads them, as doubles (integers stay exact)."""
     if isinstance(value, Decimal):
         if abs(value) > _DOUBLE_MAX:
             raise ValueError("a number in analysis is beyond the range of a double")
-        return int(value) if value == value.to_integral_value() else float(value)
+        return float(value)
     if isinstance(value, dict):
         return {k: _plain_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -336,7 +337,7 @@ def _plain_json(value: Any) -> Any:
 Analysis = Annotated[
     dict[str, Any],
     AfterValidator(_plain_json),
-    Field(description="Any JSON object; its numbers are kept as doubles (within a double's range)."),
+    Field(description="Any JSON object; numbers with a fraction or an exponent are kept as doubles (within range)."),
 ]
 
 
