@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -454,3 +455,151 @@ def test_role_matrix(client, matrix_orgs, who, method, path, body):
         assert r.json()["entry"]["amount"] == "-0.0090"
     if path == "/api/credits/check":
         assert r.json()["allowed"] is True
+
+
+# -- the contract: what the OpenAPI document says is what the server does (see test_api_schema.py) --
+
+
+def test_undeclared_methods_get_405_with_allow_also_inside_reflex(client):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from orcapulse_billing.api import create_api_app
+
+    r = client.request("TRACE", "/api/credits/auto-recharge")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, PUT"
+    assert r.json() == {"error": {"code": "method_not_allowed", "message": "TRACE is not supported here; use GET, PUT"}}
+    assert client.patch("/api/credits/sessions/s1").headers["allow"] == "GET"
+    options = client.options("/api/credits/payment-methods")
+    assert options.status_code == 204 and options.headers["allow"] == "GET, DELETE"
+    # Reflex mounts its own app under the API's routes (rx.App(api_transformer=...)): still 405
+    api = create_api_app()
+    api.mount("", Starlette(routes=[], exception_handlers={404: lambda *_: PlainTextResponse("reflex", 404)}))
+    with TestClient(api) as mounted:
+        assert mounted.delete("/api/credits/balance").status_code == 405
+        assert mounted.get("/somewhere/else").text == "reflex"
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "2026-01-01", "2026-01-01T00:00", "2026-02-30T00:00:00Z"])
+def test_timestamps_are_rfc3339_date_times(client, org: Org, value):
+    for path in ("/api/credits/history", "/api/credits/history.csv", "/api/credits/usage-summary"):
+        r = client.get(path, params={"to": value}, headers=org.auth("member"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", (path, r.text)
+
+
+def test_instants_beyond_python_years_clamp_instead_of_failing(client, org: Org):
+    org.post("purchase", "10")
+    r = client.get(
+        "/api/credits/usage-summary",
+        params={"from": "0000-01-01T00:00:00Z", "to": "9999-12-31T23:59:59-23:59"},
+        headers=org.auth("member"),
+    )
+    assert r.status_code == 200 and r.json()["to"] == "9999-12-31T23:59:59.999999Z"
+    leap = client.get("/api/credits/history", params={"to": "2016-12-31T23:59:60Z"}, headers=org.auth("member"))
+    assert leap.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/credits/create-checkout", {"amount": 25}),  # money is a decimal string
+        ("/api/credits/create-checkout", {"amount": "25.00", "package_id": None}),
+        ("/api/credits/create-checkout", {"package_id": None}),
+        ("/api/credits/create-checkout", {"amount": " 25"}),
+        ("/api/credits/create-checkout", {"amount": "2.5e1"}),
+        ("/api/credits/create-checkout", {"package_id": "pkg_50", "payment_method_id": "pm_1"}),
+        ("/api/credits/quick-purchase", {"package_id": "pkg_50", "provider": "stripe"}),
+        ("/api/credits/usage", {"operation": "openai_input_tokens", "quantity": "10", "status": "completed"}),
+        ("/api/credits/usage", {"operation": "sms_twilio", "quantity": "0.0000001", "status": "completed"}),
+        ("/api/credits/usage", {"operation": "sms_twilio", "quantity": "1e3", "status": "completed"}),
+        ("/api/credits/usage", {"operation": "sms_twilio", "quantity": True, "status": "completed"}),
+        ("/api/credits/check", {"operation": "chat", "estimated_quantity": "2.5"}),
+    ],
+)
+def test_requests_outside_the_document_are_400_and_write_nothing(client, org: Org, path, body):
+    org.post("purchase", "10")
+    before = org.account()
+    headers = {**org.auth("owner"), "Idempotency-Key": uuid.uuid4().hex}
+    r = client.post(path, json=body, headers=headers)
+    assert r.status_code == 400 and set(r.json()["error"]) == {"code", "message"}, r.text
+    assert org.account() == before
+
+
+def test_auto_recharge_money_is_a_decimal_string(client, org: Org):
+    for bad in ({"threshold": 10}, {"threshold": "10.00001"}, {"amount": "1e2"}, {"monthly_cap": "5"}):
+        body = {"enabled": False, "threshold": "10", "amount": "25", **bad}
+        assert client.put("/api/credits/auto-recharge", json=body, headers=org.auth("owner")).status_code == 400
+
+
+def test_usage_quantity_numbers_round_to_six_places_and_analysis_numbers_are_kept(client, org: Org):
+    org.post("purchase", "10")
+    r = client.post(
+        "/api/credits/usage",
+        headers=org.auth("member"),
+        json={
+            "operation": "voice_pipeline",
+            "quantity": 1.00000049,
+            "status": "completed",
+            "idempotency_key": uuid.uuid4().hex,
+            "session": {"id": "num-1", "analysis": {"score": 0.25, "turns": 3, "big": 1e30}},
+        },
+    )
+    assert r.status_code == 200, r.text
+    got = client.get("/api/credits/sessions/num-1", headers=org.auth("member")).json()
+    assert got["duration_minutes"] == "1" and got["analysis"] == {"score": 0.25, "turns": 3, "big": 1e30}
+    nan = b'{"operation": "sms_twilio", "quantity": NaN, "status": "completed", "idempotency_key": "n"}'
+    r = client.post(
+        "/api/credits/usage", content=nan, headers={**org.auth("member"), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", "invalid_request")
+
+
+def test_signed_provider_events_of_the_wrong_shape_are_400_not_500(client, app_engine):
+    import hashlib
+    import hmac
+
+    from orcapulse_billing.config import get_settings
+    from orcapulse_billing.sandbox.stripe_checkout import sign
+
+    settings = get_settings()
+    for event in (
+        [1, 2],
+        {"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {"metadata": [1]}}},
+        {"id": "evt_2", "type": "charge.refunded", "data": {"object": {"amount_refunded": "12"}}},
+        {"id": "evt_3", "type": "x"},
+    ):
+        payload = json.dumps(event).encode()
+        signature = sign(payload, settings.stripe_webhook_secrets[-1])
+        r = client.post("/api/credits/webhook", content=payload, headers={"Stripe-Signature": signature})
+        assert r.status_code == 400, r.text
+    for body in (
+        {"meta": {"event_name": "order_created", "custom_data": {"organization_id": "99999999999999999999"}}},
+        {"meta": {"event_name": "order_created"}, "data": {"type": "orders", "id": "1", "attributes": {"total": "5"}}},
+    ):
+        payload = json.dumps(body).encode()
+        signature = hmac.new(settings.lemonsqueezy_webhook_secret.encode(), payload, hashlib.sha256).hexdigest()
+        r = client.post("/api/credits/lemonsqueezy/webhook", content=payload, headers={"X-Signature": signature})
+        assert r.status_code == 400, r.text
+    bad_signature = client.post(
+        "/api/credits/lemonsqueezy/webhook", content=b"{}", headers={"X-Signature": "é".encode("latin-1")}
+    )
+    assert bad_signature.status_code == 400
+
+
+def test_the_document_states_the_contract(client):
+    doc = client.get("/api/openapi.json").json()
+    text = json.dumps(doc)
+    assert '"422"' not in text and "HTTPValidationError" not in text  # refusals are 400 with the error body
+    schemas = doc["components"]["schemas"]
+    checkout = schemas["CheckoutRequest"]
+    assert checkout["oneOf"] == [{"required": ["package_id"]}, {"required": ["amount"]}]
+    assert checkout["properties"]["amount"]["pattern"] and checkout["properties"]["amount"]["type"] == "string"
+    assert all("pattern" in schemas["AutoRechargeUpdate"]["properties"][f] for f in ("threshold", "amount"))
+    assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "Session"}
+    history = {p["name"]: p for p in doc["paths"]["/api/credits/history"]["get"]["parameters"]}
+    assert history["from"]["schema"] == {**history["from"]["schema"], "type": "string", "format": "date-time"}
+    assert "must not be before `from`" in history["to"]["description"]
+    webhook = doc["paths"]["/api/credits/webhook"]["post"]
+    assert webhook["parameters"][0]["name"] == "Stripe-Signature" and webhook["parameters"][0]["required"] is True
+    assert "links" in doc["paths"]["/api/credits/usage"]["post"]["responses"]["200"]
