@@ -326,7 +326,7 @@ def _plain_json(value: Any) -> Any:
     if isinstance(value, Decimal):
         if abs(value) > _DOUBLE_MAX:
             raise ValueError("a number in analysis is beyond the range of a double")
-        return float(value)
+        return float(value)  # ok: analysis scores, never money
     if isinstance(value, dict):
         return {k: _plain_json(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -115,9 +115,9 @@ def _load(
                 "category": CATEGORY_LABELS.get(r.category, r.category),
                 "amount": fmt_money4(r.amount_units),
                 "count": f"({r.count:,})",
-                # chart bar height only; every figure shown as text comes from the exact string above
-                "value": float(from_units(r.amount_units)),
-            }  # ok: chart
+                # every figure shown as text comes from the exact string above
+                "value": float(from_units(r.amount_units)),  # ok: the chart's bar height only
+            }
             for r in spend
         ],
         "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
