@@ -333,6 +333,12 @@ def test_setup_checkout_saves_only_display_data_and_cards_can_be_removed(app, cl
         == 204
     )
     assert client.get("/api/credits/payment-methods", headers=org.auth("owner")).json() == []
+    with org.engine.connect() as conn:  # who removed it and from where
+        removed = conn.execute(
+            sa.text("SELECT user_id, ip, details FROM audit_log WHERE organization_id = :o AND action = :a"),
+            {"o": org.id, "a": "payment_method_removed"},
+        ).one()
+    assert removed.user_id == org.user_ids["owner"] and removed.ip
     assert (
         client.delete(
             f"/api/credits/payment-methods?payment_method_id={card_id}", headers=org.auth("owner")

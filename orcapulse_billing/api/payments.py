@@ -254,10 +254,14 @@ def list_payment_methods(principal: Principal = Depends(owner_principal)) -> lis
     summary="Remove a saved card (detached at Stripe, deleted here)",
 )
 def delete_payment_method(
-    payment_method_id: str = Query(..., max_length=100), principal: Principal = Depends(owner_principal)
+    request: Request,
+    payment_method_id: str = Query(..., max_length=100),
+    principal: Principal = Depends(owner_principal),
 ):
     try:
-        _purchases().remove_card(principal.organization_id, payment_method_id)
+        _purchases().remove_card(
+            principal.organization_id, payment_method_id, user_id=principal.user_id, ip=client_ip(request)
+        )
     except PurchaseError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     except PaymentError as exc:
