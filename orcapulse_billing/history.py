@@ -27,7 +27,7 @@ TYPE_FILTERS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "topup": ("purchase", "bonus"),
     "usage": ("usage",),
-    "refund": ("refund",),
+    "refund": ("refund", "dispute"),
     "adjustment": ("adjustment",),
 }
 TYPE_LABELS = {

@@ -38,6 +38,7 @@ class EntryType(str, Enum):
     bonus = "bonus"
     usage = "usage"
     refund = "refund"
+    dispute = "dispute"
     adjustment = "adjustment"
 
 
@@ -120,7 +121,14 @@ class CreditAccount(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
 
 
-ENTRY_KINDS = {"purchase": "topup", "bonus": "topup", "usage": "usage", "refund": "refund", "adjustment": "adjustment"}
+ENTRY_KINDS = {
+    "purchase": "topup",
+    "bonus": "topup",
+    "usage": "usage",
+    "refund": "refund",
+    "dispute": "refund",  # a chargeback takes credits back as a refund does, and a won one returns them
+    "adjustment": "adjustment",
+}
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -263,10 +271,29 @@ class PaymentMethod(SQLModel, table=True):
 
 
 class CheckoutSession(SQLModel, table=True):
-    """A hosted checkout we created; a webhook may credit it only if it matches this row."""
+    """A payment we started: a hosted checkout, or a saved-card charge (quick purchase, auto-recharge).
+    A webhook or the reconcile job may credit it only if it matches this row, and only once: the
+    status moves to `completed` in the same transaction as the ledger postings.
+
+    Saved-card charges are written *before* the provider call (`status` charging, `provider_id`
+    `attempt:<key>`) with the idempotency key every retry reuses, so a charge whose answer was lost
+    can be found and settled (`unknown` until then)."""
 
     __tablename__ = "checkout_session"
-    __table_args__ = (sa.UniqueConstraint("provider", "provider_id", name="uq_checkout_session_provider_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "provider_id", name="uq_checkout_session_provider_id"),
+        sa.UniqueConstraint("provider", "idempotency_key", name="uq_checkout_session_idempotency_key"),
+        sa.Index("ix_checkout_session_payment_intent", "payment_intent_id"),
+        sa.Index("ix_checkout_session_status", "status", "created_at"),
+        # at most one saved-card charge in flight (or awaiting confirmation) per organization
+        sa.Index(
+            "uq_checkout_session_one_in_flight",
+            "organization_id",
+            unique=True,
+            sqlite_where=sa.text("status IN ('charging', 'unknown')"),
+            postgresql_where=sa.text("status IN ('charging', 'unknown')"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(
@@ -275,33 +302,87 @@ class CheckoutSession(SQLModel, table=True):
     user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False))
     provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     provider_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
-    mode: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # payment | setup
+    mode: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # payment | setup | quick | auto
     package_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))  # credit units
     bonus: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
-    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # open|completed|failed|expired
+    currency: str = Field(sa_column=sa.Column(sa.String(3), nullable=False, server_default="usd"))
+    # open | charging | unknown | completed | failed | expired
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     payment_intent_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
     url: str | None = Field(default=None, sa_column=sa.Column(sa.String(1000), nullable=True))
     actor_ip: str | None = Field(default=None, sa_column=sa.Column(sa.String(45), nullable=True))
     refunded: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
     created_at: datetime = _ts(nullable=False)
     completed_at: datetime | None = _ts(nullable=True)
 
 
+class PaymentDispute(SQLModel, table=True):
+    """A chargeback on one of our payments. Opening one takes its credits (and their bonus share)
+    back once; winning it returns them once; the status moves by conditional updates only."""
+
+    __tablename__ = "payment_dispute"
+    __table_args__ = (sa.UniqueConstraint("provider", "dispute_id", name="uq_payment_dispute_provider_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    dispute_id: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    checkout_session_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("checkout_session.id"), nullable=False, index=True)
+    )
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units taken back
+    bonus: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # open | won | lost
+    created_at: datetime = _ts(nullable=False)
+    closed_at: datetime | None = _ts(nullable=True)
+
+
 class WebhookEvent(SQLModel, table=True):
-    """Every provider event we received, once: replays are recognised by (provider, event_id)."""
+    """Every provider event we received, with its raw body. Replays are recognised by (provider,
+    event_id); an outcome that can still change (`pending`, `waiting` for the purchase it refers to)
+    is evaluated again when the event is delivered again or what it waits for arrives."""
 
     __tablename__ = "webhook_event"
-    __table_args__ = (sa.UniqueConstraint("provider", "event_id", name="uq_webhook_event_provider_event"),)
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "event_id", name="uq_webhook_event_provider_event"),
+        sa.Index("ix_webhook_event_waiting", "outcome", "reference"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     event_id: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     type: str = Field(sa_column=sa.Column(sa.String(80), nullable=False))
-    outcome: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))  # processed|ignored|rejected|failed
+    # processed | duplicate | ignored | rejected | pending | waiting | needs_attention
+    outcome: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     detail: str | None = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
     organization_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    # what a `waiting` event waits for: the payment intent or order it refers to
+    reference: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    payload: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     received_at: datetime = _ts(nullable=False)
+    updated_at: datetime | None = _ts(nullable=True)
+
+
+class AttentionItem(SQLModel, table=True):
+    """Money that arrived and matched nothing we can credit safely (unknown checkout, amount or
+    currency differs): kept for an operator, who is emailed, instead of being dropped."""
+
+    __tablename__ = "attention_item"
+    __table_args__ = (sa.UniqueConstraint("provider", "reference", "reason", name="uq_attention_item_reference"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    reference: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))  # payment intent, order...
+    reason: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    detail: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
+    organization_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    amount_cents: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    currency: str | None = Field(default=None, sa_column=sa.Column(sa.String(3), nullable=True))
+    created_at: datetime = _ts(nullable=False)
+    resolved_at: datetime | None = _ts(nullable=True)
 
 
 class PhoneNumber(SQLModel, table=True):
@@ -355,3 +436,27 @@ class AutoRechargePolicy(SQLModel, table=True):
     disabled_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
     claimed_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts(nullable=False)
+
+
+class UsageRemainder(SQLModel, table=True):
+    """What an account owes below one ledger unit (a ten-thousandth of a credit) per operation: the
+    exact costs of small reports add up here and are charged as soon as they reach a whole unit, so
+    usage is never free and never charged more than its exact sum. Kept as exact decimal text."""
+
+    __tablename__ = "usage_remainder"
+
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
+    operation: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
+    remainder: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    updated_at: datetime = _ts(nullable=False)
+
+
+class UsageReport(SQLModel, table=True):
+    """Idempotency keys of usage reports that charged nothing yet (their cost went to the remainder):
+    a replay must not add it twice. Reports that posted an entry are recognised by the entry's key."""
+
+    __tablename__ = "usage_report"
+
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    created_at: datetime = _ts(nullable=False)

@@ -27,6 +27,7 @@ TYPE_BADGES = {
     "bonus": "Top-up",
     "usage": "Usage",
     "refund": "Refund",
+    "dispute": "Dispute",
     "adjustment": "Adjustment",
 }
 CATEGORY_LABELS = {
