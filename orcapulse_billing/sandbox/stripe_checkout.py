@@ -14,6 +14,29 @@ Test cards on the hosted page:
   4000 0000 0000 0077  delayed payment that succeeds (completed unpaid, then async_payment_succeeded)
   4000 0000 0000 9995  delayed payment that fails (completed unpaid, then async_payment_failed)
 
+Stripe API behaviour added on top of localstripe (stripe_api.py, stripe_wire.py):
+  - Idempotency-Key on every POST under /v1/: the answer (2xx or 4xx) is kept 24 h and replayed with
+    `Idempotent-Replayed: true`; other endpoint or body -> 400, still running -> 409 (`idempotency_error`).
+  - Lists newest first in Stripe's list shape with `limit` (1..100, default 10), `starting_after`,
+    `ending_before`, `created` / `created[gt|gte|lt|lte]`: GET /v1/payment_intents (`customer`),
+    /v1/checkout/sessions (`payment_intent`, `status`, `customer`), /v1/disputes (`payment_intent`,
+    `charge`), /v1/events (`type`); GET /v1/disputes/{id}, /v1/events/{id}.
+  - Events: payment_intent.succeeded (API and hosted page), payment_intent.payment_failed (402 card
+    declines, which are answered as Stripe's `card_error` carrying the PaymentIntent), charge.refunded
+    (after POST /v1/refunds), charge.dispute.created / .closed, charge.refund.updated, and the
+    checkout.session.* events. An idempotent replay sends nothing again.
+
+Test controls (not Stripe's API):
+  POST /_config/webhook {"url", "secret"}            where webhooks go
+  POST /_config/disputes {"payment_intent", "amount"?, "reason"?}
+                                                      opens a dispute on the intent's charge (amount
+                                                      defaults to what is not refunded)
+  POST /_config/disputes/{id}/close {"status": "won"|"lost"}
+  POST /_config/refunds/{id}/fail {"failure_reason"?}  the refund fails (default expired_or_canceled_card):
+                                                      its money goes back, the charge's amount_refunded drops
+  GET  /_config/events[?type=]                        every event sent, oldest first
+  POST /_config/events/resend {"id": "evt_..."}       delivers a sent event again, unchanged
+
     python -m orcapulse_billing.sandbox.stripe_checkout --port 12111 --localstripe http://127.0.0.1:8420 \\
         --webhook-url http://127.0.0.1:8000/api/credits/webhook --webhook-secret whsec_...
 """
@@ -22,8 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
+import copy
 import html
 import json
 import logging
@@ -38,51 +60,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .stripe_api import StripeApi
+from .stripe_wire import IdempotencyKeys, decode_form, list_page, sign, stripe_error
+
+__all__ = ["Sandbox", "create_app", "decode_form", "sign", "stripe_error"]
+
 log = logging.getLogger("stripe-sandbox")
 SUCCESS, DECLINE, ASYNC_OK, ASYNC_FAIL = "4242424242424242", "4000000000000002", "4000000000000077", "4000000000009995"
 # localstripe accepts any valid 16-digit number; the async cards settle with its plain success card
 SETTLE_WITH = {SUCCESS: SUCCESS, ASYNC_OK: SUCCESS, ASYNC_FAIL: SUCCESS}
-
-
-def decode_form(body: bytes) -> dict:
-    """Stripe's form encoding (a[b][0][c]=1) back into nested dicts and lists."""
-    result: dict = {}
-    for key, value in parse_qsl(body.decode(), keep_blank_values=True):
-        parts = re.findall(r"[^\[\]]+", key)
-        node = result
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt = None if last else ([] if parts[i + 1].isdigit() else {})
-            if isinstance(node, list):
-                index = int(part)
-                while len(node) <= index:
-                    node.append(None)
-                if last:
-                    node[index] = value
-                else:
-                    node[index] = node[index] if node[index] is not None else nxt
-                    node = node[index]
-            else:
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, nxt)
-    return result
-
-
-def stripe_error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    error = {"type": "invalid_request_error", "message": message}
-    if code:
-        error["code"] = code
-    if param:
-        error["param"] = param
-    return JSONResponse({"error": error}, status_code=status)
-
-
-def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    t = int(timestamp if timestamp is not None else time.time())
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+FORWARDED_HEADERS = ("authorization", "content-type")
 
 
 class Sandbox:
@@ -91,10 +78,22 @@ class Sandbox:
         self.public_url = public_url.rstrip("/")
         self.webhook_url, self.webhook_secret = webhook_url, webhook_secret
         self.sessions: dict[str, dict] = {}
+        self.events: list[dict] = []  # every event sent, oldest first
         self.http = httpx.AsyncClient(timeout=10)
         self.retry_delays = (1, 2, 5, 10, 30)
+        self.deliveries: set[asyncio.Task] = set()
+        self.api = StripeApi(self)
 
     # -- localstripe -----------------------------------------------------------------------
+
+    async def ls_request(
+        self, method: str, path: str, params=None, content: bytes | None = None, request: Request | None = None
+    ) -> httpx.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS} if request else {}
+        auth = None if "authorization" in headers else ("sk_test_sandbox", "")
+        return await self.http.request(
+            method, self.localstripe_url + path, params=params, content=content, headers=headers, auth=auth
+        )
 
     async def ls(self, method: str, path: str, data: dict | None = None) -> dict:
         r = await self.http.request(method, self.localstripe_url + path, data=data, auth=("sk_test_sandbox", ""))
@@ -105,7 +104,7 @@ class Sandbox:
 
     # -- events ------------------------------------------------------------------------------
 
-    def event(self, kind: str, obj: dict) -> dict:
+    def event(self, kind: str, obj: dict, idempotency_key: str | None = None) -> dict:
         return {
             "id": "evt_" + secrets.token_hex(12),
             "object": "event",
@@ -114,8 +113,11 @@ class Sandbox:
             "type": kind,
             "livemode": False,
             "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-            "data": {"object": dict(obj)},
+            "request": {
+                "id": "req_" + secrets.token_hex(7) if idempotency_key else None,
+                "idempotency_key": idempotency_key,
+            },
+            "data": {"object": copy.deepcopy(obj)},
         }
 
     async def deliver(self, event: dict) -> None:
@@ -141,8 +143,16 @@ class Sandbox:
             except httpx.HTTPError as exc:
                 log.warning("webhook %s failed (%s); retrying", event["type"], exc)
 
-    def send(self, kind: str, obj: dict) -> None:
-        asyncio.get_running_loop().create_task(self.deliver(self.event(kind, obj)))
+    def deliver_later(self, event: dict) -> None:
+        task = asyncio.get_running_loop().create_task(self.deliver(event))
+        self.deliveries.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.deliveries.discard)
+
+    def send(self, kind: str, obj: dict, idempotency_key: str | None = None) -> dict:
+        event = self.event(kind, obj, idempotency_key)
+        self.events.append(event)
+        self.deliver_later(event)
+        return event
 
     # -- Checkout Sessions API ---------------------------------------------------------------
 
@@ -195,6 +205,11 @@ class Sandbox:
             )
         return JSONResponse(session)
 
+    async def list_sessions(self, request: Request) -> Response:
+        query = decode_form(request.url.query.encode())
+        filters = ("payment_intent", "status", "customer")
+        return list_page(list(self.sessions.values()), query, "/v1/checkout/sessions", filters)
+
     async def expire_session(self, request: Request) -> Response:
         session = self.sessions.get(request.path_params["id"])
         if session is None:
@@ -202,28 +217,13 @@ class Sandbox:
         if session["status"] != "open":
             return stripe_error(400, "Only open sessions can be expired.")
         session["status"] = "expired"
-        self.send("checkout.session.expired", session)
+        self.send("checkout.session.expired", session, request.headers.get("idempotency-key"))
         return JSONResponse(session)
 
     async def configure_webhook(self, request: Request) -> Response:
         body = await request.json()
         self.webhook_url, self.webhook_secret = body["url"], body["secret"]
         return JSONResponse({"url": self.webhook_url})
-
-    async def proxy(self, request: Request) -> Response:
-        """Everything else is localstripe's (customers, payment methods, intents, refunds)."""
-        r = await self.http.request(
-            request.method,
-            self.localstripe_url + request.url.path,
-            params=request.query_params,
-            content=await request.body(),
-            headers={
-                k: v
-                for k, v in request.headers.items()
-                if k.lower() in ("authorization", "content-type", "idempotency-key")
-            },
-        )
-        return Response(r.content, status_code=r.status_code, media_type="application/json")
 
     # -- the hosted page ---------------------------------------------------------------------
 
@@ -276,21 +276,28 @@ class Sandbox:
                     **{f"metadata[{k}]": v for k, v in session["metadata"].items()},
                 },
             )
+            intent = self.api.shape(intent)
             session.update(status="complete", payment_intent=intent["id"])
             if number == SUCCESS:
                 session["payment_status"] = "paid"
+                self.send("payment_intent.succeeded", intent)
                 self.send("checkout.session.completed", session)
             else:  # a delayed payment: completed now, settled (or not) a moment later
                 self.send("checkout.session.completed", session)
                 settled = dict(session, payment_status="paid" if number == ASYNC_OK else "unpaid")
-                kind = (
-                    "checkout.session.async_payment_succeeded"
-                    if number == ASYNC_OK
-                    else "checkout.session.async_payment_failed"
+                asyncio.get_running_loop().call_later(
+                    1.0, self._settle, settled, intent if number == ASYNC_OK else None
                 )
-                asyncio.get_running_loop().call_later(1.0, lambda: self.send(kind, settled))
                 session.update(payment_status=settled["payment_status"])
         return RedirectResponse(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"]), status_code=303)
+
+    def _settle(self, session: dict, succeeded_intent: dict | None) -> None:
+        """A delayed payment settles: Stripe sends payment_intent.succeeded with the async success."""
+        if succeeded_intent is not None:
+            self.send("payment_intent.succeeded", succeeded_intent)
+            self.send("checkout.session.async_payment_succeeded", session)
+        else:
+            self.send("checkout.session.async_payment_failed", session)
 
 
 def _page(message: str | None, session: dict | None, error: str | None) -> str:
@@ -321,15 +328,27 @@ border:0;border-radius:8px;background:#635bff;color:#fff;cursor:pointer}.cancel{
 
 
 def create_app(sandbox: Sandbox) -> Starlette:
+    api, once = sandbox.api, IdempotencyKeys().wrap
     return Starlette(
         routes=[
-            Route("/v1/checkout/sessions", sandbox.create_session, methods=["POST"]),
+            Route("/v1/checkout/sessions", once(sandbox.create_session), methods=["POST"]),
+            Route("/v1/checkout/sessions", sandbox.list_sessions, methods=["GET"]),
             Route("/v1/checkout/sessions/{id}", sandbox.get_session, methods=["GET"]),
-            Route("/v1/checkout/sessions/{id}/expire", sandbox.expire_session, methods=["POST"]),
+            Route("/v1/checkout/sessions/{id}/expire", once(sandbox.expire_session), methods=["POST"]),
+            Route("/v1/payment_intents", api.list_payment_intents, methods=["GET"]),
+            Route("/v1/disputes", api.list_disputes, methods=["GET"]),
+            Route("/v1/disputes/{id}", api.get_dispute, methods=["GET"]),
+            Route("/v1/events", api.list_events, methods=["GET"]),
+            Route("/v1/events/{id}", api.get_event, methods=["GET"]),
             Route("/_config/webhook", sandbox.configure_webhook, methods=["POST"]),
+            Route("/_config/disputes", api.create_dispute, methods=["POST"]),
+            Route("/_config/disputes/{id}/close", api.close_dispute, methods=["POST"]),
+            Route("/_config/refunds/{id}/fail", api.fail_refund, methods=["POST"]),
+            Route("/_config/events", api.sent_events, methods=["GET"]),
+            Route("/_config/events/resend", api.resend_event, methods=["POST"]),
             Route("/pay/{id}", sandbox.page, methods=["GET"]),
             Route("/pay/{id}", sandbox.pay, methods=["POST"]),
-            Route("/v1/{path:path}", sandbox.proxy, methods=["GET", "POST", "DELETE"]),
+            Route("/v1/{path:path}", once(api.proxy), methods=["GET", "POST", "DELETE"]),
         ]
     )
 
