@@ -14,7 +14,7 @@ from decimal import Decimal
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import accounts
-from .config import ConfigError, get_settings
+from .config import ConfigError, get_settings, start_refusal
 from .db import get_engine, upgrade
 from .ledger import LedgerError, Posting, get_account
 from .models import CreditSource, EntryType
@@ -130,7 +130,22 @@ def cmd_add_phone(args) -> None:
     print(f"{args.number} rented by {org.name!r} at {fmt4(to_units(args.monthly_cost))} credits a month")
 
 
+def _require_safe_start() -> None:
+    """Jobs refuse to run where the app would refuse to start (production without real keys)."""
+    reason = start_refusal(get_settings())  # a malformed setting raises ConfigError itself
+    if reason:
+        raise ConfigError(reason)
+
+
+def cmd_check_config(args) -> None:
+    _require_safe_start()
+    settings = get_settings()
+    mode = "production" if settings.production else "development"
+    print(f"configuration is fine: {mode} mode ({settings.mode_reason})")
+
+
 def cmd_bill_phones(args) -> None:
+    _require_safe_start()
     from .jobs import bill_phone_numbers, run_once
 
     engine = get_engine()
@@ -179,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("init-db", help="apply all migrations").set_defaults(func=cmd_init_db)
     sub.add_parser("seed-demo", help="create the demo organisation once").set_defaults(func=cmd_seed_demo)
+    sub.add_parser(
+        "check-config", help="check the configuration (production: real keys and webhook secrets)"
+    ).set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("create-org", help="create an organization (with its welcome credit)")
     p.add_argument("name")

@@ -2,11 +2,13 @@
 
 Plain Python, no framework: the ledger, jobs, CLI, REST routes and Reflex states all read the same
 `Settings`. Money settings are Decimals parsed strictly; a bad value stops start-up with a clear error.
+Standard library only (and money.py): scripts/run runs this module's check before the virtualenv exists.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -74,6 +76,23 @@ def _bonuses(raw: str) -> dict[str, Decimal]:
     return result
 
 
+ENVIRONMENTS = ("development", "production")
+
+
+def _environment() -> str | None:
+    value = (_env("ORCAPULSE_ENV") or "").strip().lower()
+    if value and value not in ENVIRONMENTS:
+        raise ConfigError(f"ORCAPULSE_ENV must be development or production, not {value!r}")
+    return value or None
+
+
+def _is_production(environment: str | None, app_url: str) -> bool:
+    """ORCAPULSE_ENV decides when set; unset, an https APP_URL means production."""
+    if environment is not None:
+        return environment == "production"
+    return app_url.strip().lower().startswith("https://")
+
+
 def default_data_dir() -> Path:
     return Path(_env("ORCAPULSE_DATA_DIR", str(PROJECT_ROOT / "data")))
 
@@ -108,15 +127,30 @@ class Settings:
     session_ttl_hours: int
     cookie_secure: bool
     package_bonus_percent: dict[str, Decimal]
+    environment: str | None = None  # ORCAPULSE_ENV as set (None: decided by APP_URL)
+
+    @property
+    def production(self) -> bool:
+        """Real money only: no sandbox, no test keys, no test-mode events (see check_production)."""
+        return _is_production(self.environment, self.app_url)
+
+    @property
+    def mode_reason(self) -> str:
+        if self.environment is not None:
+            return f"ORCAPULSE_ENV={self.environment}"
+        return "APP_URL is https" if self.production else "ORCAPULSE_ENV unset, APP_URL not https"
 
 
 def load_settings() -> Settings:
     data_dir = default_data_dir()
     smtp_port = _int("SMTP_PORT", 587)
+    environment = _environment()
+    app_url = _env("APP_URL", "http://localhost:3000") or ""
     return Settings(
         database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'orcapulse.db'}"),
         redis_url=_env("REDIS_URL"),
-        app_url=_env("APP_URL", "http://localhost:3000"),
+        app_url=app_url,
+        environment=environment,
         low_balance_threshold=_money("LOW_BALANCE_THRESHOLD", "5.00"),
         grace_limit=_money("GRACE_LIMIT", "5.00"),
         markup_percent=_money("MARKUP_PERCENT", "20"),
@@ -131,7 +165,8 @@ def load_settings() -> Settings:
         lemonsqueezy_variant_id=_env("LEMONSQUEEZY_VARIANT_ID"),
         lemonsqueezy_webhook_secret=_env("LEMONSQUEEZY_WEBHOOK_SECRET"),
         lemonsqueezy_js_url=_env("LEMONSQUEEZY_JS_URL", "https://app.lemonsqueezy.com/js/lemon.js"),
-        lemonsqueezy_test_mode=_flag("LEMONSQUEEZY_TEST_MODE", True),
+        # test-mode checkouts by default, except in production (where an explicit true refuses start-up)
+        lemonsqueezy_test_mode=_flag("LEMONSQUEEZY_TEST_MODE", not _is_production(environment, app_url)),
         payment_providers=_providers(_list("PAYMENT_PROVIDERS") or ("stripe", "lemonsqueezy")),
         smtp_host=_env("SMTP_HOST"),
         smtp_port=smtp_port,
@@ -148,3 +183,74 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+# -- production guard ----------------------------------------------------------------------------
+
+STRIPE_LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+
+def check_production(settings: Settings) -> list[str]:
+    """What stops this configuration from taking real money safely: [] outside production.
+
+    In production every enabled provider (PAYMENT_PROVIDERS) needs its real keys and webhook secret,
+    and nothing may point at a sandbox or ask for test mode."""
+    if not settings.production:
+        return []
+    problems: list[str] = []
+    if "stripe" in settings.payment_providers:
+        key = settings.stripe_secret_key
+        if not key:
+            problems.append("STRIPE_SECRET_KEY is not set")
+        elif not key.startswith(STRIPE_LIVE_KEY_PREFIXES):
+            problems.append("STRIPE_SECRET_KEY is not a live key (sk_live_... or rk_live_...)")
+        if not settings.stripe_webhook_secrets:
+            problems.append("STRIPE_WEBHOOK_SECRETS is not set")
+        if settings.stripe_api_base:
+            problems.append("STRIPE_API_BASE must be unset (it sends Stripe calls elsewhere, such as the sandbox)")
+    if "lemonsqueezy" in settings.payment_providers:
+        for name, value in (
+            ("LEMONSQUEEZY_API_KEY", settings.lemonsqueezy_api_key),
+            ("LEMONSQUEEZY_STORE_ID", settings.lemonsqueezy_store_id),
+            ("LEMONSQUEEZY_VARIANT_ID", settings.lemonsqueezy_variant_id),
+            ("LEMONSQUEEZY_WEBHOOK_SECRET", settings.lemonsqueezy_webhook_secret),
+        ):
+            if not value:
+                problems.append(f"{name} is not set")
+        if settings.lemonsqueezy_test_mode:
+            problems.append("LEMONSQUEEZY_TEST_MODE must be false")
+        for name, url in (
+            ("LEMONSQUEEZY_API_BASE", settings.lemonsqueezy_api_base),
+            ("LEMONSQUEEZY_JS_URL", settings.lemonsqueezy_js_url),
+        ):
+            if not url.lower().startswith("https://"):
+                problems.append(f"{name} must be an https URL (not a sandbox)")
+    return problems
+
+
+def start_refusal(settings: Settings | None = None) -> str | None:
+    """One line saying why the app must not start, or None when it may."""
+    try:
+        settings = settings or load_settings()
+    except ConfigError as exc:
+        return f"configuration error: {exc}"
+    problems = check_production(settings)
+    if not problems:
+        return None
+    return (
+        f"refusing to start in production mode ({settings.mode_reason}): {'; '.join(problems)}. "
+        "Production takes real money only and never starts the offline sandboxes."
+    )
+
+
+def require_safe_start(what: str = "OrcaPulse Billing") -> None:
+    """Where the app starts: one line on stderr and exit status 2 when start_refusal has a reason."""
+    reason = start_refusal()
+    if reason:
+        print(f"{what}: {reason}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":  # scripts/run, before anything starts: prints the mode, or refuses
+    require_safe_start()
+    print("production" if load_settings().production else "development")

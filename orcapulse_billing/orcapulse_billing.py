@@ -3,10 +3,13 @@
 import reflex as rx
 
 from .api import create_api_app
+from .config import require_safe_start
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
 
+# production: real provider keys and webhook secrets, or no start (one line on stderr, status 2)
+require_safe_start("OrcaPulse Billing")
 app = rx.App(api_transformer=create_api_app())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)

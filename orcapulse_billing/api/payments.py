@@ -456,6 +456,8 @@ def _signed_json(model: type[BaseModel], header: str, pattern: str | None = None
     openapi_extra=_signed_json(StripeEvent, "Stripe-Signature"),
 )
 async def stripe_webhook(request: Request) -> WebhookAck:
+    from ..payments import live_mode
+
     payload = await request.body()
     purchases = _purchases()
     signature = request.headers.get("stripe-signature")
@@ -466,6 +468,10 @@ async def stripe_webhook(request: Request) -> WebhookAck:
         event = purchases.gateway.verify_event(payload, signature)
     except WebhookSignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
+    try:
+        live_mode.check_stripe_event(get_settings(), event)
+    except live_mode.TestModeEvent as exc:  # production: test money is refused, nothing recorded
+        raise ApiError(400, exc.code, exc.message) from None
     _event(StripeEvent, body)
     try:
         outcome = await run_in_threadpool(purchases.handle_event, event)
@@ -485,6 +491,8 @@ LEMON_SIGNATURE = r"^[0-9A-Fa-f]{64}$"
     openapi_extra=_signed_json(LemonEvent, "X-Signature", LEMON_SIGNATURE),
 )
 async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
+    from ..payments import live_mode
+
     payload = await request.body()
     purchases = _lemon()
     signature = request.headers.get("x-signature")
@@ -495,6 +503,10 @@ async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
     except WebhookSignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
     body = _json_object(payload)
+    try:
+        live_mode.check_lemonsqueezy_event(get_settings(), body)
+    except live_mode.TestModeEvent as exc:  # production: test money is refused, nothing recorded
+        raise ApiError(400, exc.code, exc.message) from None
     _event(LemonEvent, body)
     outcome = await run_in_threadpool(purchases.handle_webhook, body)
     return WebhookAck(received=True, outcome=outcome)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from ..config import Settings
+from .live_mode import lemonsqueezy_checkout_test_mode
 from .stripe_gateway import PaymentError, WebhookSignatureError
 
 JSONAPI = "application/vnd.api+json"
@@ -52,7 +53,7 @@ class LemonSqueezyGateway:
             raise PaymentError("payments_unavailable", "Lemon Squeezy is not configured")
         self.store_id, self.variant_id = settings.lemonsqueezy_store_id, settings.lemonsqueezy_variant_id
         self.webhook_secret = settings.lemonsqueezy_webhook_secret
-        self.test_mode = settings.lemonsqueezy_test_mode
+        self.test_mode = lemonsqueezy_checkout_test_mode(settings)  # never in production
         self.retries, self.backoff = retries, backoff
         self.http = httpx.Client(
             base_url=settings.lemonsqueezy_api_base.rstrip("/"),
