@@ -46,6 +46,7 @@ SESSION_COOKIE = "opb_session"
 PORT_VARS = ("FRONTEND_PORT", "BACKEND_PORT", "LOCALSTRIPE_PORT", "STRIPE_SANDBOX_PORT", "LEMON_SANDBOX_PORT")
 # Settings that would make the run something other than the README's embedded default.
 CLEARED_VARS = (
+    "ORCAPULSE_ENV",  # production mode needs real keys; the smoke run is the sandboxed default
     "DATABASE_URL",
     "ORCAPULSE_DATA_DIR",
     "REDIS_URL",
@@ -59,6 +60,8 @@ CLEARED_VARS = (
     "LEMONSQUEEZY_API_BASE",
     "LEMONSQUEEZY_JS_URL",
     "LEMONSQUEEZY_WEBHOOK_SECRET",
+    "LEMONSQUEEZY_TEST_MODE",
+    "PAYMENT_PROVIDERS",
     "GRANIAN_WORKERS",
     "VIRTUAL_ENV",
 )

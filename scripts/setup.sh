@@ -4,6 +4,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
+DATA_DIR="${ORCAPULSE_DATA_DIR:-$ROOT/data}"  # git-ignored: the database, logs, this installation's sandbox secrets
 VENV="$ROOT/.venv"
 BUN_VERSION="1.4.4"
 NODE_MIN_VERSION="22.22.0"  # Reflex 0.10 warns below this
@@ -116,4 +117,39 @@ setup_localstripe_wait() {
 setup_database() {
   "$VENV/bin/orcapulse-billing" init-db >/dev/null
   "$VENV/bin/orcapulse-billing" seed-demo
+}
+
+# development or production (ORCAPULSE_ENV=production, or an https APP_URL), printed on stdout. Production
+# without real provider keys and webhook secrets prints one line on stderr and fails. Standard library only,
+# so it runs before anything is installed or started.
+check_mode() {
+  (cd "$ROOT" && "$(find_python)" -m orcapulse_billing.config)
+}
+
+# The offline sandboxes' webhook signing secrets: random, made once per installation into
+# $DATA_DIR/sandbox-secrets.env (mode 600), reused on later runs, never committed. Sets
+# SANDBOX_STRIPE_WEBHOOK_SECRET and SANDBOX_LEMONSQUEEZY_WEBHOOK_SECRET (not exported).
+setup_sandbox_secrets() {
+  local file="$DATA_DIR/sandbox-secrets.env" python
+  SANDBOX_STRIPE_WEBHOOK_SECRET="" SANDBOX_LEMONSQUEEZY_WEBHOOK_SECRET=""
+  if [ -f "$file" ]; then source "$file"; fi
+  if [ -z "$SANDBOX_STRIPE_WEBHOOK_SECRET" ] || [ -z "$SANDBOX_LEMONSQUEEZY_WEBHOOK_SECRET" ]; then
+    log "generating this installation's sandbox webhook secrets into $file"
+    python="$(find_python)"
+    mkdir -p "$DATA_DIR"
+    (
+      umask 077
+      {
+        echo "# Webhook signing secrets of this installation's offline payment sandboxes (scripts/run)."
+        echo "# Random per installation, never committed; delete this file to make new ones."
+        echo "SANDBOX_STRIPE_WEBHOOK_SECRET=whsec_$("$python" -c 'import secrets; print(secrets.token_hex(24))')"
+        echo "SANDBOX_LEMONSQUEEZY_WEBHOOK_SECRET=$("$python" -c 'import secrets; print(secrets.token_hex(32))')"
+      } >"$file.tmp"
+      mv "$file.tmp" "$file"
+    )
+    source "$file"
+  fi
+  chmod 600 "$file"
+  [ -n "$SANDBOX_STRIPE_WEBHOOK_SECRET" ] && [ -n "$SANDBOX_LEMONSQUEEZY_WEBHOOK_SECRET" ] \
+    || die "could not make the sandbox webhook secrets in $file"
 }

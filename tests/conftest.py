@@ -125,12 +125,14 @@ def app_database(tmp_path_factory, stripe_sandbox, lemon_sandbox) -> str:
     from orcapulse_billing.config import get_settings
     from orcapulse_billing.seed import seed_demo
 
+    from .sandboxes import STRIPE_PREVIOUS_WEBHOOK_SECRET
+
     url = f"sqlite:///{tmp_path_factory.mktemp('app') / 'app.db'}"
     os.environ["DATABASE_URL"] = url
     os.environ["STRIPE_SECRET_KEY"] = "sk_test_sandbox"
     os.environ["STRIPE_API_BASE"] = stripe_sandbox.api_base
     # two secrets, as during a rotation: events signed with either are accepted
-    os.environ["STRIPE_WEBHOOK_SECRETS"] = f"whsec_previous_rotated,{stripe_sandbox.webhook_secret}"
+    os.environ["STRIPE_WEBHOOK_SECRETS"] = f"{STRIPE_PREVIOUS_WEBHOOK_SECRET},{stripe_sandbox.webhook_secret}"
     os.environ.update(
         LEMONSQUEEZY_API_KEY="test_sandbox_key",
         LEMONSQUEEZY_API_BASE=lemon_sandbox.api_base,

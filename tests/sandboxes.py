@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,6 +15,11 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The sandboxes' webhook signing secrets: made fresh for each test session, never committed.
+STRIPE_WEBHOOK_SECRET = "whsec_" + secrets.token_hex(24)
+STRIPE_PREVIOUS_WEBHOOK_SECRET = "whsec_" + secrets.token_hex(24)  # also configured, as during a rotation
+LEMON_WEBHOOK_SECRET = secrets.token_hex(32)
 
 
 def free_port() -> int:
@@ -90,7 +96,7 @@ def start_stripe_sandbox() -> StripeSandbox:
         cwd=ROOT,
     )
     _wait(sb_url + "/v1/customers", sb, "the Stripe Checkout stand-in")
-    return StripeSandbox(sb_url, ls_url, "whsec_test_sandbox", [ls, sb])
+    return StripeSandbox(sb_url, ls_url, STRIPE_WEBHOOK_SECRET, [ls, sb])
 
 
 @dataclass
@@ -134,4 +140,4 @@ def start_lemon_sandbox() -> LemonSandbox:
         cwd=ROOT,
     )
     _wait(url + "/js/lemon.js", proc, "the Lemon Squeezy stand-in")
-    return LemonSandbox(url, "ls_signing_secret_test", proc)
+    return LemonSandbox(url, LEMON_WEBHOOK_SECRET, proc)
