@@ -3,13 +3,15 @@
 The spec's `checkCredits` middleware as two calls. `check` refuses new operations when the balance
 is at or below zero. `record_usage` posts the deduction after the operation has finished: a failed
 operation is never charged, and a completed one is charged even into the grace period (down to
-minus the grace limit), so calls already running end normally.
+minus the grace limit), so calls already running end normally. Charges are exact over time: what
+does not add up to a whole ledger unit yet is carried per account and operation
+(`usage_remainders`), so usage in small pieces is never free and never charged more than it cost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +19,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .history import billing_session
-from .ledger import Ledger, PostedEntry, Posting, get_account
+from .ledger import IdempotencyConflict, Ledger, PostedEntry, Posting, find_entry, get_account
 from .models import BillingSession, EntryType
-from .money import to_units
+from .money import from_units
 from .pricing import RATE_CARD, SESSION_COMPONENTS, openai_rate
+from .usage_remainders import (
+    SESSION_PARTS,
+    apportion,
+    carry,
+    lock_remainder,
+    record_uncharged,
+    seen_uncharged,
+    store_remainder,
+)
 
 SESSION_OPERATIONS = {"voice_pipeline": "pipeline", "voice_realtime": "realtime", "chat": "chat"}
 OPENAI_OPERATIONS = {"openai_input_tokens": "input", "openai_output_tokens": "output"}
@@ -115,10 +126,15 @@ def check(
 
 @dataclass(frozen=True)
 class UsageResult:
+    """`charged`: this report's key has a ledger entry (`entry`; `entry.replayed` on a replay). A report
+    whose cost did not yet add up to a whole ledger unit is not charged: its cost waits in the remainder.
+    `charge` is the report's own price (its `cost` exact); what was posted is `entry.amount`."""
+
     charged: bool
     entry: PostedEntry | None
     charge: Charge
     session_id: str | None
+    replayed: bool = False  # the idempotency key was seen before: nothing was changed
 
 
 def record_usage(
@@ -136,7 +152,24 @@ def record_usage(
     actor_ip: str | None = None,
     created_at: datetime | None = None,
 ) -> UsageResult:
-    """`created_at` backdates the entry (imports, the demo seed); live reports leave it unset."""
+    """Charge a finished operation exactly: never free, never more than its exact cost.
+
+    Per account and operation the part of a credit below one ledger unit (a ten-thousandth) is carried
+    in `usage_remainder`. For each report: total = carried remainder + exact cost; the report is charged
+    floor(total) units and carries the rest (0 <= rest < 1 unit). So what an account+operation has been
+    charged is always floor(its cumulative exact cost) in units: within one unit of the exact sum, never
+    above it. A report whose floor is 0 posts no entry; its key goes to `usage_report` so that a replay
+    does not add its cost twice. One report's charge may differ from its own cost rounded half-up: it can
+    be one unit more (the carried remainder completed a unit) or one unit less (its fraction is carried).
+
+    Everything happens in one ledger transaction, under the lock of the remainder row (PostgreSQL:
+    `SELECT ... FOR UPDATE`; SQLite: `BEGIN IMMEDIATE`), so concurrent reports of one account+operation
+    queue and none reads a stale remainder. A debit refused at the floor rolls it all back, remainder
+    included. A replayed key returns the first result and changes nothing.
+
+    A session's row stores its charged total split into parts (base, llm, stt, tts) that add up to it.
+    `created_at` backdates the entry (imports, the demo seed); live reports leave it unset.
+    """
     if status not in STATUSES:
         raise MeteringError(f"status must be one of {', '.join(STATUSES)}")
     if session is not None and session.ended_at and session.started_at and session.ended_at < session.started_at:
@@ -151,48 +184,78 @@ def record_usage(
         metadata["model"] = model
     if session is not None:
         metadata["usage_session_id"] = session.id
-    if to_units(charge.cost) == 0:
-        return UsageResult(False, None, charge, None)  # below a ten-thousandth of a credit
+    session_id = session.id if session else None
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
-        entry = ledger.post_in(
-            conn,
-            Posting(
-                account_id,
-                EntryType.usage,
-                -charge.cost,
-                charge.description,
-                category=charge.category,
-                metadata=metadata,
-                actor_user_id=actor_user_id,
-                actor_ip=actor_ip,
-                idempotency_key=f"usage:{idempotency_key}",
-                created_at=created_at,
-            ),
-        )
-        if session is not None and not entry.replayed:
-            if billing_session(conn, account_id, session.id) is not None:
-                raise MeteringError(f"session {session.id!r} was already billed")
-            _insert_session(conn, account_id, entry, operation, quantity, charge, session)
-    return UsageResult(True, entry, charge, session.id if session else None)
+        carried = lock_remainder(conn, account_id, operation)  # first: reports of this operation queue here
+        earlier = find_entry(conn, account_id, f"usage:{idempotency_key}")
+        if earlier is not None:
+            _check_same_report(earlier, charge, metadata, idempotency_key)
+            return UsageResult(True, earlier, charge, session_id, replayed=True)
+        if seen_uncharged(conn, account_id, idempotency_key):
+            return UsageResult(False, None, charge, session_id, replayed=True)
+        if session is not None and billing_session(conn, account_id, session.id) is not None:
+            raise MeteringError(f"session {session.id!r} was already billed")
+        units, rest = carry(carried, charge.cost)
+        entry = None
+        if units > 0:
+            entry = ledger.post_in(
+                conn,
+                Posting(
+                    account_id,
+                    EntryType.usage,
+                    -from_units(units),
+                    charge.description,
+                    category=charge.category,
+                    metadata=metadata,
+                    actor_user_id=actor_user_id,
+                    actor_ip=actor_ip,
+                    idempotency_key=f"usage:{idempotency_key}",
+                    created_at=created_at,
+                ),
+            )
+            if entry.replayed:  # the same key committed meanwhile under another operation's lock
+                return UsageResult(True, entry, charge, session_id, replayed=True)
+        else:
+            record_uncharged(conn, account_id, idempotency_key, created_at)
+        store_remainder(conn, account_id, operation, rest)
+        if session is not None:
+            when = entry.created_at if entry else created_at or datetime.now(UTC)
+            _insert_session(conn, account_id, entry, units, when, operation, quantity, charge, session)
+    return UsageResult(entry is not None, entry, charge, session_id)
+
+
+def _check_same_report(entry: PostedEntry, charge: Charge, metadata: dict[str, str], key: str) -> None:
+    """A key's replay must repeat its report: the posted amount depended on the remainder of the day,
+    so the entry is compared on what the report said (operation, quantity, model, session)."""
+    said = (entry.type, entry.category, entry.description, {k: entry.metadata.get(k) for k in metadata})
+    if said != (EntryType.usage.value, charge.category, charge.description.strip(), metadata):
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used with different parameters")
 
 
 def _insert_session(
     conn: Connection,
     account_id: int,
-    entry: PostedEntry,
+    entry: PostedEntry | None,
+    total_units: int,
+    created_at: datetime,
     operation: str,
     quantity: Decimal,
     charge: Charge,
     s: SessionInfo,
 ) -> None:
+    """The session's row. A session operation's parts are its charged total split so that they add up
+    to it exactly; another operation reported with a session (an SMS of a call) has no parts, only a total."""
     architecture = SESSION_OPERATIONS.get(operation)
-    parts = {k: to_units(v) for k, v in charge.breakdown.items() if k in ("base", "llm", "stt", "tts")}
+    if architecture is not None:
+        parts = apportion(total_units, {k: charge.breakdown[k] for k in SESSION_PARTS})
+    else:
+        parts = dict.fromkeys(SESSION_PARTS, 0)
     conn.execute(
         sa.insert(BillingSession).values(
             account_id=account_id,
             external_id=s.id,
-            ledger_entry_id=entry.id,
+            ledger_entry_id=entry.id if entry else None,
             operation=operation,
             agent_id=s.agent_id,
             agent_name=s.agent_name,
@@ -204,12 +267,12 @@ def _insert_session(
             transcript=s.transcript,
             recording_url=s.recording_url,
             analysis=s.analysis,
-            cost_base=parts.get("base", 0),
-            cost_llm=parts.get("llm", 0),
-            cost_stt=parts.get("stt", 0),
-            cost_tts=parts.get("tts", 0),
-            cost_total=-entry.amount_units,
-            created_at=entry.created_at,
+            cost_base=parts["base"],
+            cost_llm=parts["llm"],
+            cost_stt=parts["stt"],
+            cost_tts=parts["tts"],
+            cost_total=total_units,
+            created_at=created_at,
         )
     )
 
