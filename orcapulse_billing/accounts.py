@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from .db import writer
 from .ledger import Ledger, Posting
 from .models import ApiKey, CreditAccount, CreditSource, EntryType, Membership, Organization, Role, User
 
@@ -84,7 +85,7 @@ def create_organization(
 
 def find_organization(engine: Engine, ref: str | int) -> Organization:
     """By numeric id or exact name."""
-    with Session(engine) as session:
+    with Session(writer(engine)) as session:
         org = None
         if isinstance(ref, int) or str(ref).isdigit():
             org = session.get(Organization, int(ref))
@@ -119,7 +120,7 @@ def add_user(
         raise AccountsError(f"role must be one of owner, admin, member (got {role!r})") from None
     generated = None
     now = datetime.now(UTC)
-    with Session(engine) as session:
+    with Session(writer(engine)) as session:
         user = session.exec(select(User).where(User.email == email)).first()
         if user is None:
             if password is None:
@@ -151,7 +152,7 @@ class NewApiKey:
 
 def create_api_key(engine: Engine, email: str) -> NewApiKey:
     email = (email or "").strip().lower()
-    with Session(engine) as session:
+    with Session(writer(engine)) as session:
         user = session.exec(select(User).where(User.email == email)).first()
         if user is None:
             raise AccountsError(f"no user {email!r}")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .accounts import hash_api_key, hash_password, verify_password
-from .db import as_utc
+from .db import as_utc, writer
 from .models import ApiKey, AuditLog, AuthSession, Membership, Role, User
 
 SESSION_COOKIE = "opb_session"
@@ -72,7 +72,7 @@ def login(
     """Check the password and open a session. Returns the session token (for the cookie only),
     the principal and the expiry."""
     email = (email or "").strip().lower()
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         user = conn.execute(sa.select(User.id, User.email, User.password_hash).where(User.email == email)).first()
         if not verify_password(user.password_hash if user else _DUMMY_HASH, password or "") or user is None:
             audit(conn, "login_failed", organization_id=None, user_id=user.id if user else None, ip=ip, email=email)
@@ -100,7 +100,7 @@ def login(
 def logout(engine: Engine, token: str | None, *, ip: str | None = None) -> None:
     if not token:
         return
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         row = conn.execute(
             sa.select(AuthSession.id, AuthSession.user_id, AuthSession.organization_id).where(
                 AuthSession.token_hash == _token_hash(token), AuthSession.revoked_at.is_(None)
@@ -134,7 +134,7 @@ def principal_for_api_key(engine: Engine, key: str | None, organization_id: int 
     """API keys act as their user. A user in several organizations names one (X-Organization-Id)."""
     if not key:
         return None
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         row = conn.execute(
             sa.select(ApiKey.id, ApiKey.user_id, ApiKey.last_used_at, User.email)
             .join(User, User.id == ApiKey.user_id)
@@ -145,9 +145,11 @@ def principal_for_api_key(engine: Engine, key: str | None, organization_id: int 
         member = _membership(conn, row.user_id, organization_id)
         if member is None:
             return None
-        # "last used" to the minute: a write (and a disk flush) per request would cost more than
-        # the request itself
-        if row.last_used_at is None or as_utc(row.last_used_at) < _now() - timedelta(minutes=1):
+    # "last used" to the minute: a write (and a disk flush) per request would cost more than the request
+    # itself. A transaction of its own that only writes: on SQLite a read-then-write transaction cannot
+    # take the write lock while another writer holds it ("database is locked"); a lone UPDATE waits.
+    if row.last_used_at is None or as_utc(row.last_used_at) < _now() - timedelta(minutes=1):
+        with writer(engine).begin() as conn:
             conn.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=_now()))
     return Principal(row.user_id, row.email, member.organization_id, member.role, "api_key")
 

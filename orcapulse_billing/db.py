@@ -56,6 +56,15 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def writer(engine: Engine) -> Engine:
+    """The same engine for a transaction that writes: `BEGIN IMMEDIATE` on SQLite, so it takes the write
+    lock up front and waits its turn (busy timeout), instead of reading under a shared lock and then
+    failing at once with "database is locked" when another writer holds the lock. Nothing on PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(sqlite_immediate=True)
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process (the app's, the CLI's, or a test's)."""
     url = normalize_url(url or get_settings().database_url)

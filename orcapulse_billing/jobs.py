@@ -22,7 +22,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import as_utc
+from .db import as_utc, writer
 from .ledger import InsufficientCredits, Ledger, Posting, get_account
 from .models import EntryType, PhoneNumber
 from .money import from_units
@@ -96,7 +96,7 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
                 run.already_billed += 1
             else:
                 run.billed.append(description)
-            with engine.begin() as conn:
+            with writer(engine).begin() as conn:
                 conn.execute(
                     sa.update(PhoneNumber)
                     .where(
@@ -193,6 +193,28 @@ async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
             log.exception("auto-recharge sweep failed")
 
 
+async def reconcile_loop(every_seconds: int = 300) -> None:
+    """Lifespan task: at start-up and every 5 minutes, once per deployment, credit every paid charge
+    whose posting was lost and settle the charges awaiting confirmation (payments/reconcile.py)."""
+    from .config import get_settings
+    from .db import get_engine
+    from .payments.reconcile import Reconciler
+    from .payments.stripe_gateway import PaymentError
+    from .services import get_stripe_purchases
+
+    while True:
+        try:
+            engine = get_engine()
+            with run_once(engine, "reconcile", get_settings().redis_url, ttl_seconds=every_seconds) as mine:
+                if mine:
+                    await asyncio.to_thread(Reconciler(get_stripe_purchases(engine)).run)
+        except PaymentError as exc:  # Stripe not configured or not answering: the next round tries again
+            log.warning("reconcile skipped: %s", exc.message)
+        except Exception:
+            log.exception("reconcile failed")
+        await asyncio.sleep(every_seconds)
+
+
 def add_phone_number(
     engine: Engine, organization_id: int, number: str, monthly_cost: Decimal, acquired_at: datetime | None = None
 ) -> int:
@@ -203,7 +225,7 @@ def add_phone_number(
         raise ValueError(f"not an E.164 phone number: {number!r} (like +14155550100)")
     if monthly_cost <= 0:
         raise ValueError("the monthly cost must be positive")
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         if conn.execute(sa.select(PhoneNumber.id).where(PhoneNumber.number == "+" + digits)).first():
             raise ValueError(f"{number} is already rented")
         return conn.execute(

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .config import Settings
+from .db import writer
 from .ledger import PostedEntry, get_account
 from .models import EmailOutbox, Membership, Organization, User
 from .money import fmt_balance, to_units
@@ -73,7 +74,7 @@ class Notifier:
         queued = []
         for address in owners:
             try:
-                with self.engine.begin() as conn:
+                with writer(self.engine).begin() as conn:
                     queued.append(
                         conn.execute(
                             sa.insert(EmailOutbox)
@@ -95,6 +96,31 @@ class Notifier:
             threading.Thread(target=self.send_pending, name="mailer", daemon=True).start()
         return queued
 
+    def notify_operator(self, dedupe_key: str, subject: str, body: str) -> int | None:
+        """An email to whoever runs the deployment (OPERATOR_EMAIL), once per dedupe key: money that
+        needs a person. Kept in the outbox either way (`orcapulse-billing outbox`, `attention`)."""
+        address = self.settings.operator_email
+        try:
+            with writer(self.engine).begin() as conn:
+                queued: int | None = conn.execute(
+                    sa.insert(EmailOutbox)
+                    .values(
+                        dedupe_key=f"{dedupe_key}:{address}"[:200],
+                        organization_id=None,
+                        kind="needs_attention",
+                        to_address=address,
+                        subject=subject[:300],
+                        body=body,
+                        created_at=datetime.now(UTC),
+                    )
+                    .returning(EmailOutbox.id)
+                ).scalar()
+        except IntegrityError:
+            return None
+        if self.settings.smtp_host:
+            threading.Thread(target=self.send_pending, name="mailer", daemon=True).start()
+        return queued
+
     def send_pending(self) -> int:
         """Sends what the outbox holds unsent, one sender at a time; returns how many went out."""
         if not self.settings.smtp_host:
@@ -113,7 +139,7 @@ class Notifier:
                 except (OSError, smtplib.SMTPException) as exc:
                     error = str(exc)[:500]
                     log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
-                with self.engine.begin() as conn:
+                with writer(self.engine).begin() as conn:
                     conn.execute(
                         sa.update(EmailOutbox)
                         .where(EmailOutbox.id == mail.id)
