@@ -177,6 +177,41 @@ def cmd_outbox(args) -> None:
             print("    " + mail.body.replace("\n", "\n    "))
 
 
+def cmd_reconcile(args) -> None:
+    from .payments.reconcile import Reconciler
+    from .payments.stripe_gateway import PaymentError
+    from .services import get_stripe_purchases
+
+    try:
+        report = Reconciler(get_stripe_purchases()).run(args.since, dry_run=args.dry_run)
+    except PaymentError as exc:
+        raise UsageError(f"cannot reach Stripe: {exc.message}") from None
+    print("\n".join(report.lines()))
+
+
+def cmd_attention(args) -> None:
+    from .payments.events import attention_items, resolve_attention
+
+    engine = get_engine()
+    if args.resolve is not None:
+        if not resolve_attention(engine, args.resolve):
+            raise UsageError(f"no open attention item #{args.resolve}")
+        print(f"#{args.resolve} resolved")
+        return
+    items = attention_items(engine, include_resolved=args.all)
+    if not items:
+        print("nothing needs attention")
+    for item in items:
+        cents = item["amount_cents"]
+        money = f"{Decimal(cents) / 100:,.2f} {item['currency'] or ''}" if cents is not None else "-"
+        state = " (resolved)" if item["resolved_at"] else ""
+        org = f"org {item['organization_id']}" if item["organization_id"] else "no organization"
+        print(
+            f"#{item['id']} {item['created_at']:%Y-%m-%d %H:%M}  {item['provider']} {item['reference']}  {money}  {org}{state}"
+        )
+        print(f"    {item['reason']}: {item['detail']}")
+
+
 def _date(text: str):
     try:
         return datetime.strptime(text, "%Y-%m-%d").date()
@@ -236,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--full", action="store_true", help="with the message bodies")
     p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("reconcile", help="credit paid charges whose posting was lost; settle unconfirmed ones")
+    p.add_argument("--since", type=_when, help="look back to this date (YYYY-MM-DD; default: 3 days)")
+    p.add_argument("--dry-run", action="store_true", help="show what it would do, change nothing")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("attention", help="paid payments that matched nothing we could credit")
+    p.add_argument("--all", action="store_true", help="include resolved items")
+    p.add_argument("--resolve", type=int, metavar="ID", help="mark an item resolved")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("balance", help="show an organization's balance")
     p.add_argument("org", help="organization id or name")

@@ -128,6 +128,9 @@ class Settings:
     cookie_secure: bool
     package_bonus_percent: dict[str, Decimal]
     environment: str | None = None  # ORCAPULSE_ENV as set (None: decided by APP_URL)
+    operator_email: str = "billing-operator@localhost"  # money that needs a person (attention list)
+    stripe_timeout_seconds: int = 30  # an answer that never comes is a payment "being confirmed"
+    stripe_network_retries: int = 2  # with the same idempotency key: never a second charge
 
     @property
     def production(self) -> bool:
@@ -177,6 +180,9 @@ def load_settings() -> Settings:
         session_ttl_hours=_int("SESSION_TTL_HOURS", 168),
         package_bonus_percent=_bonuses(_env("PACKAGE_BONUS_PERCENT", "pkg_50:0,pkg_200:2,pkg_500:5,pkg_1000:10")),
         cookie_secure=_flag("COOKIE_SECURE", False),
+        operator_email=_env("OPERATOR_EMAIL", "billing-operator@localhost") or "billing-operator@localhost",
+        stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 30),
+        stripe_network_retries=_int("STRIPE_NETWORK_RETRIES", 2),
     )
 
 

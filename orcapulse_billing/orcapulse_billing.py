@@ -4,7 +4,7 @@ import reflex as rx
 
 from .api import create_api_app
 from .config import require_safe_start
-from .jobs import auto_recharge_sweep_loop, phone_billing_loop
+from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
 
@@ -13,3 +13,4 @@ require_safe_start("OrcaPulse Billing")
 app = rx.App(api_transformer=create_api_app())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
+app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once

@@ -71,7 +71,7 @@ def _publisher(engine: Engine):
                     "amount": fmt4(entry.amount_units),
                     "balance": fmt4(entry.balance_after_units),
                     # lets the tab whose own flow made a purchase announce it once (pages/billing/live.py)
-                    "key": entry.idempotency_key,
+                    "key": entry.metadata.get("purchaseKey") or entry.idempotency_key,
                 }
             )
 
@@ -84,8 +84,8 @@ def get_ledger(engine: Engine | None = None) -> Ledger:
 
 def get_stripe_purchases(engine: Engine | None = None):
     """The Stripe purchase flow, or PaymentError('payments_unavailable') when Stripe is not configured."""
-    from .payments.purchases import StripePurchases
     from .payments.stripe_gateway import StripeGateway
+    from .payments.stripe_purchases import StripePurchases
 
     engine = engine or get_engine()
     settings = get_settings()

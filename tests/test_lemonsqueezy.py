@@ -207,9 +207,13 @@ def test_unknown_organization_wrong_amount_and_unpaid_orders_are_not_credited(cl
     created = _checkout(client, org)
     base = str(uuid.uuid4().int % 10**8)
     cases = [
-        (_order_event(lemon_sandbox, created["session_id"], org, order_id=f"{base}1", org_id=987654), "rejected"),
-        (_order_event(lemon_sandbox, "ls_not_ours", org, order_id=f"{base}2"), "rejected"),
-        (_order_event(lemon_sandbox, created["session_id"], org, order_id=f"{base}3", total=4999), "rejected"),
+        # paid orders that match nothing we can credit are kept for an operator (the attention list)
+        (
+            _order_event(lemon_sandbox, created["session_id"], org, order_id=f"{base}1", org_id=987654),
+            "needs_attention",
+        ),
+        (_order_event(lemon_sandbox, "ls_not_ours", org, order_id=f"{base}2"), "needs_attention"),
+        (_order_event(lemon_sandbox, created["session_id"], org, order_id=f"{base}3", total=4999), "needs_attention"),
         (_order_event(lemon_sandbox, created["session_id"], org, order_id=f"{base}4", status="pending"), "pending"),
     ]
     for body, outcome in cases:
@@ -219,7 +223,15 @@ def test_unknown_organization_wrong_amount_and_unpaid_orders_are_not_credited(cl
         recorded = conn.execute(
             sa.text("SELECT outcome, detail FROM webhook_event WHERE event_id = :e"), {"e": f"order_created:{base}1"}
         ).one()
-    assert tuple(recorded) == ("rejected", "unknown organization")
+    assert tuple(recorded) == ("needs_attention", f"order {base}1: a paid order that matches no checkout of ours")
+    with org.engine.connect() as conn:
+        reasons = conn.execute(
+            sa.text(
+                "SELECT reason FROM attention_item WHERE provider = 'lemonsqueezy' AND reference LIKE :b ORDER BY reference"
+            ),
+            {"b": f"{base}%"},
+        ).scalars()
+        assert list(reasons) == ["unknown_checkout", "unknown_checkout", "amount_mismatch"]
 
 
 def test_a_refund_through_the_client_reaches_the_ledger(app, client, org, lemon_sandbox):
@@ -242,3 +254,33 @@ def test_a_refund_through_the_client_reaches_the_ledger(app, client, org, lemon_
             break
         time.sleep(0.1)
     assert org.account().balance == Decimal("15.0000")
+
+
+def test_an_order_first_delivered_pending_is_credited_once_when_it_is_paid(client, org, lemon_sandbox):
+    """Its event id is fixed per order (order_created:<id>): a pending outcome must stay open, and a
+    refund that overtakes the order waits for it."""
+    created = _checkout(client, org)
+    order_id = str(uuid.uuid4().int % 10**9)
+    pending = _order_event(lemon_sandbox, created["session_id"], org, order_id=order_id, status="pending")
+    paid = _order_event(lemon_sandbox, created["session_id"], org, order_id=order_id)
+    refunded = _order_event(
+        lemon_sandbox, created["session_id"], org, order_id=order_id, event="order_refunded", refunded=1000
+    )
+    assert _post(client, lemon_sandbox, pending).json()["outcome"] == "pending"
+    assert _post(client, lemon_sandbox, refunded).json()["outcome"] == "waiting"
+    assert org.account().transaction_count == 0
+    assert _post(client, lemon_sandbox, paid).json()["outcome"] == "processed"
+    assert org.account().balance == Decimal("40.0000")  # credited, and the waiting refund applied with it
+    for body in (paid, pending, refunded):
+        assert _post(client, lemon_sandbox, body).json()["outcome"] == "replay"
+    assert org.account().balance == Decimal("40.0000")
+    with org.engine.connect() as conn:
+        assert check_invariants(conn, org.account_id) == []
+
+
+def test_a_paid_order_in_another_currency_is_not_credited_and_needs_attention(client, org, lemon_sandbox):
+    created = _checkout(client, org)
+    body = _order_event(lemon_sandbox, created["session_id"], org)
+    body["data"]["attributes"]["currency"] = "EUR"
+    assert _post(client, lemon_sandbox, body).json()["outcome"] == "needs_attention"
+    assert org.account().transaction_count == 0

@@ -23,7 +23,7 @@ from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, hi
 from ..ledger import IdempotencyConflict, InsufficientCredits, get_account
 from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
-from ..payments.purchases import choose
+from ..payments.flow import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..services import get_auto_recharger, get_ledger, run_in_background
 from . import schemas as s
@@ -359,7 +359,7 @@ def post_usage(
         entry=entry_json(_as_item(entry)) if entry else None,
         balance=fmt4(entry.balance_after_units) if entry else None,
         session_id=result.session_id,
-        replayed=bool(entry and entry.replayed),
+        replayed=result.replayed or bool(entry and entry.replayed),
     )
 
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger("orcapulse_billing.api")
 
 _STATUS_CODES = {
+    202: "payment_pending",
     400: "invalid_request",
     401: "unauthenticated",
     402: "insufficient_credits",

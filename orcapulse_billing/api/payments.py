@@ -17,7 +17,7 @@ from ..auth import Principal
 from ..config import get_settings
 from ..db import get_engine
 from ..money import fmt4
-from ..payments.purchases import PurchaseError, choose, return_urls
+from ..payments.flow import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
 from ..pricing import PACKAGES
 from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
@@ -41,6 +41,10 @@ PAYMENT_STATUS = {
     "authentication_required": 402,
     "payment_failed": 402,
     "payment_provider_unreachable": 503,
+    # charged or not, the provider's answer was lost: the webhook or the reconcile job settles it, and a
+    # retry with the same Idempotency-Key answers with the outcome (never a second charge)
+    "payment_pending": 202,
+    "idempotency_key_reused": 409,
     "payments_unavailable": 503,
 }
 PackageId = Literal[tuple(p.id for p in PACKAGES)]  # type: ignore[valid-type]
@@ -139,7 +143,7 @@ def _payment_error(exc: PaymentError) -> ApiError:
 @router.post(
     "/create-checkout",
     response_model=CheckoutCreated,
-    responses=responses(400, 401, 403, 429, 503),
+    responses=responses(400, 401, 403, 409, 429, 503),
     summary="Start a Stripe Checkout for a package or a custom amount ($1-$100)",
 )
 def create_checkout(
@@ -185,7 +189,7 @@ def _start_checkout(principal: Principal, choice, request: Request, idempotency_
 @router.post(
     "/create-setup-checkout",
     response_model=CheckoutCreated,
-    responses=responses(400, 401, 403, 429, 503),
+    responses=responses(400, 401, 403, 409, 429, 503),
     summary="Save a card without charging (Stripe Checkout in setup mode)",
 )
 def create_setup_checkout(
@@ -197,8 +201,14 @@ def create_setup_checkout(
 @router.post(
     "/quick-purchase",
     response_model=QuickPurchaseResult,
-    responses=responses(400, 401, 402, 403, 404, 409, 429, 503),
+    responses=responses(202, 400, 401, 402, 403, 404, 409, 429, 503),
     summary="Charge the saved card now (off-session) and add the credits",
+    description=(
+        "Send an Idempotency-Key per purchase and reuse it on every retry: the card is charged at most once. "
+        "202 `payment_pending`: the payment provider's answer was lost; the credits are added as soon as it "
+        "confirms the payment (webhook or reconciliation), and a retry with the same key answers with the "
+        "outcome. 409 `payment_in_progress`: this purchase, or another of the organization's, is still unsettled."
+    ),
 )
 def quick_purchase(
     body: QuickPurchaseRequest,
@@ -474,7 +484,7 @@ async def stripe_webhook(request: Request) -> WebhookAck:
         raise ApiError(400, exc.code, exc.message) from None
     _event(StripeEvent, body)
     try:
-        outcome = await run_in_threadpool(purchases.handle_event, event)
+        outcome = await run_in_threadpool(purchases.handle_event, event, payload.decode())  # the raw event is kept
     except PaymentError as exc:  # Stripe itself unreachable while reading card details: let it retry
         raise ApiError(503, exc.code, exc.message) from None
     return WebhookAck(received=True, outcome=outcome)
@@ -508,7 +518,7 @@ async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
     except live_mode.TestModeEvent as exc:  # production: test money is refused, nothing recorded
         raise ApiError(400, exc.code, exc.message) from None
     _event(LemonEvent, body)
-    outcome = await run_in_threadpool(purchases.handle_webhook, body)
+    outcome = await run_in_threadpool(purchases.handle_webhook, body, payload.decode())
     return WebhookAck(received=True, outcome=outcome)
 
 

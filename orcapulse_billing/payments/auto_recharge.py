@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,11 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from ..auth import Principal
+from ..db import writer
 from ..ledger import DbRow, PostedEntry, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditAccount, PaymentMethod, User
 from ..money import fmt_balance, from_units, to_units
-from .purchases import Choice, PurchaseError, StripePurchases, table_of
+from .flow import Choice, PurchaseError, table_of
 from .stripe_gateway import PaymentError
+from .stripe_purchases import StripePurchases
 
 if TYPE_CHECKING:
     from ..notifications import Notifier
@@ -126,7 +129,7 @@ class AutoRecharger:
             )
         if monthly_cap is not None and monthly_cap < amount:
             raise PurchaseError("invalid_request", "the monthly cap must be at least one recharge amount")
-        with self.engine.begin() as conn:
+        with writer(self.engine).begin() as conn:
             has_card = conn.execute(
                 sa.select(col(PaymentMethod.id)).where(col(PaymentMethod.organization_id) == principal.organization_id)
             ).first()
@@ -194,7 +197,7 @@ class AutoRecharger:
             if get_account(conn, organization_id=organization_id).balance_units >= policy.threshold:
                 return "not_needed"
         now = _now()
-        with self.engine.begin() as conn:  # the claim: one trigger wins, on any worker
+        with writer(self.engine).begin() as conn:  # the claim: one trigger wins, on any worker
             claimed = conn.execute(
                 sa.update(t)
                 .where(
@@ -209,7 +212,7 @@ class AutoRecharger:
         try:
             return self._recharge(organization_id)
         finally:
-            with self.engine.begin() as conn:
+            with writer(self.engine).begin() as conn:
                 conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(claimed_until=None))
 
     def _recharge(self, organization_id: int) -> str:
@@ -223,6 +226,7 @@ class AutoRecharger:
                 sa.select(sa.func.coalesce(sa.func.sum(col(CheckoutSession.amount)), 0)).where(
                     col(CheckoutSession.organization_id) == organization_id,
                     col(CheckoutSession.mode) == "auto",
+                    col(CheckoutSession.status).in_(("completed", "charging", "unknown")),
                     col(CheckoutSession.created_at) >= month_start,
                 )
             ).scalar()
@@ -237,23 +241,20 @@ class AutoRecharger:
                 principal,
                 Choice(None, amount, amount, Decimal(0), Decimal(0)),
                 payment_method_id=None,
-                request_key=f"auto-{organization_id}-{policy.attempts}",
+                request_key=self._request_key(organization_id, policy.attempts),
                 ip=None,
                 auto_recharge=True,
             )
-        except (PaymentError, PurchaseError) as exc:
+        except PurchaseError as exc:
+            if exc.code == "payment_in_progress":
+                return "in_flight"  # another charge of this organization awaits confirmation
             return self._failed(organization_id, policy, exc.message)
-        with self.engine.begin() as conn:
+        except PaymentError as exc:
+            if exc.code == "payment_pending":
+                return "pending"  # charged or not, the webhook or the reconcile job settles it; not a failure
+            return self._failed(organization_id, policy, exc.message)
+        with writer(self.engine).begin() as conn:
             conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(consecutive_failures=0))
-            conn.execute(
-                sa.update(CheckoutSession)
-                .where(
-                    col(CheckoutSession.organization_id) == organization_id,
-                    col(CheckoutSession.mode) == "quick",
-                    col(CheckoutSession.payment_intent_id) == entries[0].metadata.get("stripePaymentIntentId"),
-                )
-                .values(mode="auto")
-            )
         self.notifier.notify_owners(
             organization_id,
             "auto_recharge_succeeded",
@@ -264,11 +265,27 @@ class AutoRecharger:
         )
         return "charged"
 
+    def _request_key(self, organization_id: int, attempts: int) -> str:
+        """The key of this organization's unsettled auto-recharge if there is one (a retry of the same
+        charge, never a second one), else a new one for this claim."""
+        prefix = f"auto-{organization_id}-"
+        with self.engine.connect() as conn:
+            unsettled = conn.execute(
+                sa.select(col(CheckoutSession.idempotency_key)).where(
+                    col(CheckoutSession.organization_id) == organization_id,
+                    col(CheckoutSession.mode) == "auto",
+                    col(CheckoutSession.status).in_(("charging", "unknown")),
+                )
+            ).scalar()
+        if unsettled and unsettled.startswith(prefix):
+            return unsettled.removeprefix(prefix)
+        return f"{attempts}-{uuid.uuid4().hex[:12]}"
+
     def _failed(self, organization_id: int, policy: DbRow, reason: str) -> str:
         t = table_of(AutoRechargePolicy)
         failures = policy.consecutive_failures + 1
         disable = failures >= MAX_FAILURES
-        with self.engine.begin() as conn:
+        with writer(self.engine).begin() as conn:
             conn.execute(
                 sa.update(t)
                 .where(t.c.organization_id == organization_id)

@@ -1,10 +1,14 @@
 """Buying credits through Lemon Squeezy's checkout overlay: the checkout we create carries our
 reference in `checkout_data.custom`; the signed `order_created` webhook credits it once, and
-`order_refunded` posts each refunded delta once. Lemon Squeezy signs no timestamp and retries, so
-events are deduplicated by order and event (and refunded total)."""
+`order_refunded` posts each refunded delta once (with the bonus share). Lemon Squeezy signs no timestamp
+and retries, so events are deduplicated by order and event (and refunded total). An order first
+delivered as `pending` is evaluated again when it is delivered as paid (its event id is fixed per
+order); a refund that overtakes its order waits for it; a paid order that matches nothing of ours, or
+whose amount or currency differs, goes to the needs-attention list."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -18,18 +22,12 @@ from ..config import Settings
 from ..ledger import Ledger
 from ..models import CheckoutSession, Organization
 from ..money import to_units
+from .events import Outcome, event_outcome, needs_attention, process_event
+from .flow import UNITS_PER_CENT, Choice, credit_checkout, now, table_of
 from .lemonsqueezy_gateway import LemonOrder, LemonSqueezyGateway, order_from
-from .purchases import (
-    UNITS_PER_CENT,
-    Choice,
-    EventOutcome,
-    _now,
-    credit_checkout,
-    event_seen,
-    process_event,
-    refund_checkout,
-    table_of,
-)
+from .takebacks import refund_to
+
+FINAL = ("processed", "duplicate", "ignored", "rejected", "needs_attention")
 
 PROVIDER = "lemonsqueezy"
 
@@ -67,7 +65,7 @@ class LemonPurchases:
                     status="open",
                     url=checkout.url,
                     actor_ip=ip,
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
         return {"session_id": reference, "url": checkout.url}
@@ -82,7 +80,7 @@ class LemonPurchases:
                 )
             ).scalar()
 
-    def handle_webhook(self, body: Mapping[str, Any]) -> str:
+    def handle_webhook(self, body: Mapping[str, Any], payload: str | None = None) -> str:
         meta = body.get("meta") or {}
         event_name = str(meta.get("event_name") or "")
         data = body.get("data") or {}
@@ -92,57 +90,82 @@ class LemonPurchases:
         event_id = f"{event_name}:{order.id}"
         if event_name == "order_refunded":
             event_id += f":{order.refunded_cents}"  # each refunded total once
-        if event_seen(self.engine, PROVIDER, event_id):
+        if event_outcome(self.engine, PROVIDER, event_id) in FINAL:
             return "replay"
         return process_event(
-            self.ledger, PROVIDER, event_id, event_name, lambda conn: self._apply(conn, event_name, order)
+            self.ledger,
+            PROVIDER,
+            event_id,
+            event_name,
+            body,
+            lambda conn, _eid, kind, obj: self._apply(conn, kind, obj),
+            payload=payload or json.dumps(dict(body)),
         )
 
-    def _apply(self, conn: Connection, event_name: str, order: LemonOrder) -> EventOutcome:
+    def _apply(self, conn: Connection, event_name: str, body: Mapping[str, Any]) -> Outcome:
+        meta = body.get("meta") or {}
+        order = order_from(body.get("data") or {}, meta.get("custom_data") or {})
         t = table_of(CheckoutSession)
         if event_name == "order_created":
-            org_id = order.custom_data.get("organization_id")
-            if not (
-                org_id
-                and str(org_id).isdigit()
-                and conn.execute(sa.select(col(Organization.id)).where(col(Organization.id) == int(org_id))).first()
-            ):
-                return "rejected", "unknown organization", None
-            row = conn.execute(
-                sa.select(t).where(
-                    t.c.provider == PROVIDER,
-                    t.c.provider_id == order.custom_data.get("checkout_ref"),
-                    t.c.organization_id == int(org_id),
-                )
-            ).first()
+            raw_org = str(order.custom_data.get("organization_id") or "")
+            org_id = int(raw_org) if raw_org.isdigit() else None
+            known_org = (
+                org_id is not None
+                and conn.execute(sa.select(col(Organization.id)).where(col(Organization.id) == org_id)).first()
+            )
+            row = (
+                conn.execute(
+                    sa.select(t).where(
+                        t.c.provider == PROVIDER,
+                        t.c.provider_id == order.custom_data.get("checkout_ref"),
+                        t.c.organization_id == org_id,
+                    )
+                ).first()
+                if known_org
+                else None
+            )
             if row is None:
-                return "rejected", "no checkout of ours matches this order", int(org_id)
+                if order.status == "paid":
+                    return self._attention(
+                        conn, order, "unknown_checkout", "a paid order that matches no checkout of ours"
+                    )
+                return Outcome("rejected", "no checkout of ours matches this order")
             if order.status != "paid":
-                return "pending", f"order status {order.status}", row.organization_id
-            if order.total_cents * UNITS_PER_CENT != row.amount:
-                return "rejected", "amount does not match our checkout", row.organization_id
-            if not credit_checkout(
-                self.ledger,
-                conn,
-                row,
-                provider_reference=order.id,
-                metadata={
-                    "feature": "checkout_overlay",
-                    "lemonSqueezyOrderId": order.id,
-                    "lemonSqueezyCheckoutRef": row.provider_id,
-                },
+                return Outcome("pending", f"order status {order.status}", row.organization_id)
+            if order.total_cents * UNITS_PER_CENT != row.amount or order.currency.lower() != row.currency:
+                return self._attention(
+                    conn,
+                    order,
+                    "amount_mismatch",
+                    f"paid {order.total_cents} {order.currency} for a checkout of {row.amount // UNITS_PER_CENT} "
+                    f"{row.currency}",
+                    row.organization_id,
+                )
+            if (
+                credit_checkout(
+                    self.ledger,
+                    conn,
+                    row,
+                    provider_reference=order.id,
+                    metadata={
+                        "feature": "checkout_overlay",
+                        "lemonSqueezyOrderId": order.id,
+                        "lemonSqueezyCheckoutRef": row.provider_id,
+                    },
+                )
+                is None
             ):
-                return "duplicate", "already credited", row.organization_id
-            return "processed", "credited", row.organization_id
+                return Outcome("duplicate", "already credited", row.organization_id)
+            return Outcome("processed", "credited", row.organization_id)
         if event_name == "order_refunded":
             row = conn.execute(
                 sa.select(t).where(
                     t.c.provider == PROVIDER, t.c.payment_intent_id == order.id, t.c.status == "completed"
                 )
             ).first()
-            if row is None:
-                return "rejected", "no purchase of ours matches this order", None
-            return refund_checkout(
+            if row is None:  # the order may not be credited yet: evaluated again when it is
+                return Outcome("waiting", "no credited purchase of ours matches this order yet", None, order.id)
+            return refund_to(
                 self.ledger,
                 conn,
                 row,
@@ -150,4 +173,22 @@ class LemonPurchases:
                 key=f"lemonsqueezy-refund:{order.id}",
                 metadata={"lemonSqueezyOrderId": order.id},
             )
-        return "ignored", None, None
+        return Outcome("ignored")
+
+    def _attention(
+        self, conn: Connection, order: LemonOrder, reason: str, detail: str, organization_id: int | None = None
+    ) -> Outcome:
+        from ..services import get_notifier
+
+        notifier = get_notifier(self.engine)
+        return needs_attention(
+            conn,
+            lambda key, subject: notifier.notify_operator(key, subject, subject + "\n"),
+            provider=PROVIDER,
+            reference=order.id,
+            reason=reason,
+            detail=f"order {order.id}: {detail}",
+            organization_id=organization_id,
+            amount_cents=order.total_cents,
+            currency=order.currency,
+        )

@@ -35,6 +35,7 @@ class LemonOrder:
     total_cents: int
     refunded_cents: int
     custom_data: dict[str, Any]  # checkout_data.custom as it came back (JSON)
+    currency: str = "USD"
 
 
 class LemonSqueezyGateway:
@@ -152,6 +153,7 @@ def order_from(data: Mapping[str, Any], custom: Mapping[str, Any]) -> LemonOrder
         int(a.get("total") or 0),
         int(a.get("refunded_amount") or 0),
         dict(custom),
+        str(a.get("currency") or "USD"),
     )
 
 

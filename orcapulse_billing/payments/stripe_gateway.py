@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import stripe
-from stripe import APIConnectionError, CardError, StripeError
+from stripe import APIConnectionError, CardError, IdempotencyError, StripeError
 
 from ..config import Settings
 
@@ -49,6 +49,31 @@ class Charge:
     payment_intent_id: str
     status: str
     amount_cents: int
+    currency: str = "usd"
+
+
+@dataclass(frozen=True)
+class IntentSummary:
+    """A PaymentIntent as the reconcile job needs it."""
+
+    id: str
+    status: str
+    amount_cents: int
+    currency: str
+    metadata: dict[str, str]
+    created: int
+
+
+def _summary(pi: stripe.PaymentIntent) -> IntentSummary:
+    plain = pi.to_dict()
+    return IntentSummary(
+        plain["id"],
+        str(plain["status"]),
+        int(plain["amount"]),
+        str(plain["currency"]),
+        {str(k): str(v) for k, v in (plain.get("metadata") or {}).items()},
+        int(plain["created"]),
+    )
 
 
 def _card(pm: stripe.PaymentMethod) -> Card:
@@ -62,10 +87,14 @@ class StripeGateway:
     def __init__(self, settings: Settings):
         if not settings.stripe_secret_key:
             raise PaymentError("payments_unavailable", "card payments are not configured")
+        # Retries resend the same idempotency key, so Stripe answers a retried charge with the first
+        # attempt's result instead of charging again. A bounded timeout: an answer that never comes
+        # is a payment "being confirmed" (webhooks and the reconcile job settle it), not a hung request.
         self.client = stripe.StripeClient(
             settings.stripe_secret_key,
             base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-            max_network_retries=0,
+            max_network_retries=settings.stripe_network_retries,
+            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
         )
         self.webhook_secrets = settings.stripe_webhook_secrets
 
@@ -86,6 +115,17 @@ class StripeGateway:
                 retryable=True,
             ) from None
         except StripeError as exc:
+            if isinstance(exc, IdempotencyError) or (exc.http_status == 409 and "idempotent" in str(exc).lower()):
+                raise PaymentError(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was already used for a different request; use a new key per purchase",
+                ) from None
+            if (exc.http_status or 0) >= 500:
+                raise PaymentError(
+                    "payment_provider_unreachable", "the payment provider is not answering; try again", retryable=True
+                ) from None
+            if exc.http_status == 404:
+                raise PaymentError("not_found", exc.user_message or "no such object at the payment provider") from None
             raise PaymentError(
                 "payment_failed", exc.user_message or "the payment provider refused the request"
             ) from None
@@ -115,7 +155,7 @@ class StripeGateway:
         try:
             self._call(self.client.v1.payment_methods.detach, payment_method_id)
         except PaymentError as exc:
-            if exc.code != "payment_failed":  # already detached or gone at Stripe: removing locally is right
+            if exc.code not in ("payment_failed", "not_found"):  # already detached or gone: removing locally is right
                 raise
 
     # -- checkout and charges ---------------------------------------------------------------
@@ -191,7 +231,27 @@ class StripeGateway:
             )
         if intent["status"] != "succeeded":
             raise PaymentError("card_declined", f"the payment did not succeed ({intent['status']})")
-        return Charge(intent["id"], intent["status"], int(intent["amount"]))
+        return Charge(intent["id"], intent["status"], int(intent["amount"]), str(intent["currency"]))
+
+    # -- what reconciliation and events read back ---------------------------------------------------
+
+    def payment_intent(self, payment_intent_id: str) -> IntentSummary:
+        return _summary(self._call(self.client.v1.payment_intents.retrieve, payment_intent_id))
+
+    def recent_payment_intents(self, created_since: int) -> list[IntentSummary]:
+        """Every PaymentIntent created since then (auto-paginated), newest first."""
+        page = self._call(self.client.v1.payment_intents.list, params={"created": {"gte": created_since}, "limit": 100})
+        return [_summary(pi) for pi in page.auto_paging_iter()]
+
+    def recent_checkout_sessions(self, created_since: int) -> list[dict[str, Any]]:
+        page = self._call(
+            self.client.v1.checkout.sessions.list, params={"created": {"gte": created_since}, "limit": 100}
+        )
+        return [s.to_dict() for s in page.auto_paging_iter()]
+
+    def charge(self, charge_id: str) -> dict[str, Any]:
+        """The charge as Stripe holds it now (`amount_refunded` excludes failed refunds)."""
+        return self._call(self.client.v1.charges.retrieve, charge_id).to_dict()
 
     # -- webhooks -------------------------------------------------------------------------------
 

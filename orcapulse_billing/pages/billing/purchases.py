@@ -17,7 +17,7 @@ from ...auth import Principal
 from ...config import get_settings
 from ...db import get_engine
 from ...money import MoneyError, fmt_balance, parse_amount, to_units
-from ...payments.purchases import PurchaseError, choose, return_urls
+from ...payments.flow import PurchaseError, choose, return_urls
 from ...payments.stripe_gateway import PaymentError
 from ...pricing import PACKAGES
 from ...services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
@@ -48,6 +48,7 @@ class Purchases(rx.State, mixin=True):
     checkout_url: str = ""
     popup_blocked: bool = False
     _checkout_session: str = ""
+    _quick_keys: dict[str, str] = {}  # purchase intent -> its idempotency key, until it ends
     _checkout_mode: str = ""
     _checkout_provider: str = ""
     _checkout_credits: str = ""  # what the checkout adds, bonus included: "$525.00"
@@ -197,17 +198,35 @@ class Purchases(rx.State, mixin=True):
         if principal is None:
             yield rx.toast.error("Only owners can add credits.")
             return
+        if self.buying:
+            return  # a second click while the first runs: the button is disabled, and so is this
         try:
             choice = choose(get_settings(), package_id or None, self.custom_amount if not package_id else None)
-            request_key = uuid.uuid4().hex
-            self._own_toast(f"quick:{request_key}")  # announced below, not by the live update
+            # One key per purchase intent: a retry after an error or a timeout reuses it, so the card is
+            # charged at most once; a new key only after the purchase ended (credited or declined).
+            intent = f"{choice.package_id or 'custom'}:{choice.price}"
+            request_key = self._quick_keys.get(intent) or uuid.uuid4().hex
+            self._quick_keys = {intent: request_key}
+            self._own_toast(f"quick-{principal.organization_id}-{request_key}")  # announced below, not live
             self.buying = True
             yield
             await asyncio.to_thread(_quick_purchase, principal, choice, request_key, self._client_ip())
-        except (PurchaseError, PaymentError) as exc:
+        except PaymentError as exc:
+            self.buying = False
+            if exc.code == "payment_pending":
+                self.purchase_error = (
+                    "Payment being confirmed: the credits appear as soon as the card network confirms it."
+                )
+                await self._reload()
+                return
+            self._quick_keys = {}
+            self.purchase_error = exc.message
+            return
+        except PurchaseError as exc:
             self.buying = False
             self.purchase_error = exc.message
             return
+        self._quick_keys = {}
         self.buying, self.add_credits_open = False, False
         await self._reload()
         yield rx.toast.success(f"Credits added successfully! +{fmt_balance(to_units(choice.credits + choice.bonus))}")

@@ -22,6 +22,7 @@ def package_card(p, *, can_quick_pay, quick_pay_label, buying, on_checkout, on_q
                 color_scheme="purple",
                 on_click=on_checkout(p["id"]),
                 loading=buying,
+                disabled=buying,
                 data_testid="checkout-" + p["id"].to(str),
             ),
             rx.cond(
@@ -34,6 +35,7 @@ def package_card(p, *, can_quick_pay, quick_pay_label, buying, on_checkout, on_q
                     color_scheme="green",
                     on_click=on_quick_purchase(p["id"]),
                     loading=buying,
+                    disabled=buying,
                     data_testid="quick-" + p["id"].to(str),
                 ),
             ),
@@ -139,6 +141,7 @@ def add_credits_dialog(
                     "Checkout",
                     on_click=on_checkout_custom,
                     loading=buying,
+                    disabled=buying,
                     data_testid="custom-checkout",
                 ),
                 rx.cond(
@@ -148,6 +151,7 @@ def add_credits_dialog(
                         variant="soft",
                         color_scheme="green",
                         loading=buying,
+                        disabled=buying,
                         on_click=on_quick_purchase(""),
                         data_testid="custom-quick",
                     ),
