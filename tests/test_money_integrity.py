@@ -32,6 +32,7 @@ from .faultproxy import FaultProxy
 from .sandboxes import ROOT
 
 PI_CREATE = ("POST", "/v1/payment_intents")
+_APP: dict[str, str] = {}  # the running app's backend and page URLs (set by held_webhooks)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ def held_webhooks(app, stripe_sandbox):
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     stripe_sandbox.configure_webhook(f"http://127.0.0.1:{sink.server_address[1]}/held")
+    _APP.update(url=app.backend_url, page=app.base_url)
     yield stripe_sandbox
     stripe_sandbox.configure_webhook(app.backend_url + "/api/credits/webhook")
     sink.shutdown()
@@ -685,3 +687,43 @@ def test_a_void_during_a_refund_returns_the_credits_once_and_never_re_credits_mo
     assert _deliver(client, _event("charge.refunded", refunded["data"]["object"])) == "duplicate"
     assert _balance(org) == Decimal(50)
     _sound(org)
+
+
+# -- the page: a payment being confirmed ----------------------------------------------------------
+
+
+def test_the_page_shows_a_charge_being_confirmed_until_its_webhook_settles_it(
+    held_webhooks, app_through_proxy, page, org
+):
+    """In the browser: Pay now, the answer is lost, the page says "being confirmed" (never "nothing was
+    charged") until the webhook credits it; the buttons are disabled while the purchase runs."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from .apiutil import PASSWORD
+    from .browser import sign_in
+
+    _card(org)
+    app_through_proxy.add(*PI_CREATE, "drop_response", times=3)
+    sign_in(page, _APP["page"], org.emails["owner"], PASSWORD)
+    expect(page).to_have_url(re.compile(r"/billing$"), timeout=30_000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$0.00", timeout=30_000)
+    page.get_by_test_id("add-credits-button").click()
+    page.get_by_test_id("quick-pkg_50").click()
+    expect(page.get_by_test_id("add-credits-dialog")).to_contain_text("Payment being confirmed", timeout=30_000)
+    expect(page.get_by_test_id("add-credits-dialog")).not_to_contain_text("nothing was charged")
+    page.keyboard.press("Escape")
+    banner = page.get_by_test_id("pending-payment-banner")
+    expect(banner).to_contain_text("Payment of $50.00 being confirmed")
+    (succeeded,) = _sent(held_webhooks, "payment_intent.succeeded", id=_intents_for(held_webhooks, org)[0]["id"])
+    payload = json.dumps(succeeded).encode()
+    r = httpx.post(
+        _APP["url"] + "/api/credits/webhook",
+        content=payload,
+        headers={"Stripe-Signature": sign(payload, _secret()), "Content-Type": "application/json"},
+    )
+    assert r.json()["outcome"] == "processed"
+    expect(page.get_by_test_id("balance-value")).to_have_text("$50.00", timeout=20_000)
+    expect(banner).to_have_count(0)
+    assert _balance(org) == Decimal(50) and len(_intents_for(held_webhooks, org)) == 1

@@ -16,7 +16,7 @@ from ...config import get_settings
 from ...db import get_engine
 from ...history import HistoryQuery, billing_session, entry_detail, history_page, usage_summary
 from ...ledger import get_account
-from ...models import Organization
+from ...models import CheckoutSession, Organization
 from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
 from ...services import get_auto_recharger
 from ...state import SharedReads
@@ -99,7 +99,18 @@ def _load(
         if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
             result = history_page(conn, acct.id, query, page=result.total_pages, page_size=page_size)
         spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
+        # saved-card charges whose answer was lost: shown as being confirmed until they settle
+        pending = conn.execute(
+            sa.select(CheckoutSession.amount)
+            .where(
+                CheckoutSession.organization_id == organization_id,
+                CheckoutSession.status.in_(("charging", "unknown")),
+            )
+            .order_by(CheckoutSession.id)
+        ).scalars()
+        pending_labels = [fmt_balance(units) for units in pending]
     return {
+        "pending": ", ".join(pending_labels),
         "org_name": org_name or "",
         "balance_units": acct.balance_units,
         "added_units": acct.lifetime_added_units,

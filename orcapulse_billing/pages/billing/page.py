@@ -10,7 +10,7 @@ from ...config import get_settings
 from . import BillingState as S
 from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
-from .views.header import error_state, header, low_balance_banner, skeleton, waiting_banner
+from .views.header import error_state, header, low_balance_banner, pending_payment_banner, skeleton, waiting_banner
 from .views.history import empty_state, history_controls, history_footer, history_table
 from .views.history_filters import history_range_controls
 from .views.session_panel import session_panel
@@ -24,6 +24,7 @@ def content() -> rx.Component:
         waiting_banner(
             waiting=S.waiting, popup_blocked=S.popup_blocked, checkout_url=S.checkout_url, on_stop=S.cancel_waiting
         ),
+        pending_payment_banner(pending_payment=S.pending_payment),
         low_balance_banner(
             low_balance=S.low_balance,
             negative=S.negative,

@@ -70,6 +70,7 @@ class BillingPage(rx.State, mixin=True):
     rows: list[dict[str, str]] = []
     spend: list[dict] = []
     spend_total: str = "$0.00"
+    pending_payment: str = ""  # amounts of saved-card charges being confirmed, e.g. "$50.00"
     panel_open: bool = False
     panel_row: dict[str, str] = {}
     panel_session: dict[str, str] = {}
@@ -182,6 +183,7 @@ class BillingPage(rx.State, mixin=True):
             result["total_pages"],
         )
         self.spend, self.spend_total = result["spend"], result["spend_total"]
+        self.pending_payment = result["pending"]
         self._show_auto_recharge(result["auto"])
         return True
 

@@ -163,6 +163,28 @@ def waiting_banner(*, waiting, popup_blocked, checkout_url, on_stop) -> rx.Compo
     )
 
 
+def pending_payment_banner(*, pending_payment) -> rx.Component:
+    """A charge whose confirmation was lost on the way: the credits follow when the provider confirms."""
+    return rx.cond(
+        pending_payment != "",
+        rx.callout.root(
+            rx.callout.icon(rx.spinner(size="2")),
+            rx.vstack(
+                rx.text("Payment of ", pending_payment, " being confirmed", weight="bold"),
+                rx.text(
+                    "The card network has not confirmed it yet. The credits appear as soon as it does; "
+                    "you will not be charged twice.",
+                    size="2",
+                ),
+                spacing="1",
+            ),
+            color_scheme="amber",
+            width="100%",
+            data_testid="pending-payment-banner",
+        ),
+    )
+
+
 def skeleton() -> rx.Component:
     return rx.vstack(
         rx.grid(
