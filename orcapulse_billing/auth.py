@@ -72,16 +72,23 @@ def login(
     """Check the password and open a session. Returns the session token (for the cookie only),
     the principal and the expiry."""
     email = (email or "").strip().lower()
-    with writer(engine).begin() as conn:
+    # The password is checked outside any transaction (it is slow on purpose) and the writes are short
+    # transactions of their own: on SQLite no sign-in holds the write lock while hashing, and the
+    # audit row of a failed attempt is committed, not rolled back with the failure.
+    with engine.connect() as conn:
         user = conn.execute(sa.select(User.id, User.email, User.password_hash).where(User.email == email)).first()
-        if not verify_password(user.password_hash if user else _DUMMY_HASH, password or "") or user is None:
+        member = _membership(conn, user.id, None) if user else None
+    if not verify_password(user.password_hash if user else _DUMMY_HASH, password or "") or user is None:
+        with writer(engine).begin() as conn:
             audit(conn, "login_failed", organization_id=None, user_id=user.id if user else None, ip=ip, email=email)
-            raise AuthError("wrong email or password")
-        member = _membership(conn, user.id, None)
-        if member is None:
-            raise AuthError("this user belongs to no organization")
-        token = secrets.token_urlsafe(32)
-        expires = _now() + timedelta(hours=ttl_hours)
+        raise AuthError("wrong email or password")
+    if member is None:
+        with writer(engine).begin() as conn:
+            audit(conn, "login_refused", organization_id=None, user_id=user.id, ip=ip, reason="no organization")
+        raise AuthError("this user belongs to no organization")
+    token = secrets.token_urlsafe(32)
+    expires = _now() + timedelta(hours=ttl_hours)
+    with writer(engine).begin() as conn:
         conn.execute(
             sa.insert(AuthSession).values(
                 token_hash=_token_hash(token),

@@ -10,6 +10,7 @@ the public copies are for display only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -64,14 +65,14 @@ class SessionState(rx.State):
     email: str = ""
     role: str = ""
 
-    def current_principal(self) -> Principal | None:
+    def _current_principal(self) -> Principal | None:
         """Re-reads the session and membership from the database: privileged handlers call this
         again rather than trusting anything cached in the tab's state."""
         token = session_token_from_cookie_header(self.router.headers.cookie)
         return self._apply_principal(principal_for_session(get_engine(), token))
 
-    async def live_principal(self) -> Principal | None:
-        """current_principal for live updates: a check at most LIVE_RECHECK seconds old, made off
+    async def _live_principal(self) -> Principal | None:
+        """_current_principal for live updates: a check at most LIVE_RECHECK seconds old, made off
         the event loop."""
         token = session_token_from_cookie_header(self.router.headers.cookie)
         return self._apply_principal(
@@ -87,11 +88,20 @@ class SessionState(rx.State):
             self.email, self.role = email, role
         return principal
 
+    def _binding(self, principal: Principal | None) -> str:
+        """Who this tab shows data for: the signed-in session and organization. Anything tied to a user
+        (a live listener, the page's public vars) belongs to one binding and ends when it changes (a
+        sign-out, another sign-in in the same tab, another organization)."""
+        if principal is None:
+            return ""
+        token = session_token_from_cookie_header(self.router.headers.cookie) or ""
+        return f"{principal.user_id}:{principal.organization_id}:{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+
     @rx.var
     def is_owner(self) -> bool:
         return self.role == "owner"
 
     @rx.event
     def require_login(self):
-        if self.current_principal() is None:
+        if self._current_principal() is None:
             return rx.redirect("/login")

@@ -28,10 +28,11 @@ _BILLING_UPDATED = "window.dispatchEvent(new CustomEvent('billingUpdated', {deta
 
 
 class LiveUpdates(rx.State, mixin=True):
-    """Relies on SessionState (current_principal, live_principal) and BillingPage (loaded,
+    """Relies on SessionState (_current_principal, _live_principal) and BillingPage (loaded,
     _reload, _show_balance), with which BillingState composes it."""
 
     _live_beat: float = 0.0  # when the live listener last showed it is alive (monotonic seconds)
+    _live_binding: str = ""  # the session and organization this tab's data and listener belong to
     _live_entry: int = 0  # the newest entry whose balance a live update showed
     # idempotency keys of purchases this tab's own flow announces ("Credits added successfully!"):
     # the live update raises no second toast for them or their bonus
@@ -45,9 +46,12 @@ class LiveUpdates(rx.State, mixin=True):
         """Listens for this organization's committed postings (any worker, with Redis) and pushes
         the new figures to this tab over its socket: no polling while the socket is up."""
         async with self:
-            principal = self.current_principal()
+            principal = self._current_principal()
             if principal is None or time.monotonic() - self._live_beat < LIVE_BEAT * 2:
                 return  # signed out, or a listener is already running for this tab
+            mine = self._binding(principal)
+            if mine != self._live_binding:
+                return  # the page has not loaded for this user yet: its load starts the listener
             self._live_beat = time.monotonic()
         usage = _UsageBurst()
         with get_event_bus().listen(principal.organization_id) as queue:
@@ -61,6 +65,9 @@ class LiveUpdates(rx.State, mixin=True):
                 except TimeoutError:
                     if usage.due is None:
                         async with self:
+                            # a listener never outlives its tab's session or binding
+                            if not await self._still_mine(mine):
+                                return
                             self._live_beat = time.monotonic()
                     continue
                 events = [event]
@@ -70,9 +77,9 @@ class LiveUpdates(rx.State, mixin=True):
                 async with self:
                     # The new balance first, as the posting left it: a small update that shows
                     # at once; the cards and the history page follow from the database.
+                    if not await self._still_mine(mine):
+                        return  # signed out, or another user or organization now: not theirs to see
                     self._live_beat = time.monotonic()
-                    if await self.live_principal() is None:
-                        return
                     if latest.get("entry_id", 0) > self._live_entry and "balance" in latest:
                         self._live_entry = latest["entry_id"]
                         self._show_balance(to_units(latest["balance"]))
@@ -85,6 +92,10 @@ class LiveUpdates(rx.State, mixin=True):
                     if not await self._reload(after=latest.get("entry_id", 0)):
                         return
 
+    async def _still_mine(self, binding: str) -> bool:
+        """Is this tab still showing `binding` (the listener's), with its session still valid?"""
+        return self._live_binding == binding and self._binding(await self._live_principal()) == binding
+
     @rx.event
     async def heartbeat(self, _value=None):
         """Every 30 s from the page. While the live listener runs: one cheap read of the account's
@@ -93,6 +104,11 @@ class LiveUpdates(rx.State, mixin=True):
         dropped, worker restarted): catch up and listen again."""
         if not self.loaded:
             return
+        principal = await self._live_principal()
+        if principal is None:
+            return rx.redirect("/login")
+        if self._binding(principal) != self._live_binding:
+            return type(self).load  # another user or organization in this tab: start over for them
         if time.monotonic() - self._live_beat >= LIVE_BEAT * 2:
             if not await self._reload():
                 return rx.redirect("/login")

@@ -35,7 +35,7 @@ _OPEN_OVERLAY = """(() => {
 
 
 class Purchases(rx.State, mixin=True):
-    """Relies on SessionState (current_principal, is_owner), BillingPage (_reload) and LiveUpdates
+    """Relies on SessionState (_current_principal, is_owner), BillingPage (_reload) and LiveUpdates
     (_own_toast), with which BillingState composes it."""
 
     add_credits_open: bool = False
@@ -62,7 +62,7 @@ class Purchases(rx.State, mixin=True):
     auto_error: str = ""
 
     def _owner(self) -> Principal | None:
-        principal = self.current_principal()
+        principal = self._current_principal()
         return principal if principal is not None and principal.is_owner else None
 
     def _client_ip(self) -> str | None:
@@ -161,7 +161,7 @@ class Purchases(rx.State, mixin=True):
     async def watch_checkout(self):
         """Waits for the signed webhook to settle the checkout (the popup's own return proves nothing)."""
         async with self:
-            principal = self.current_principal()
+            principal = self._current_principal()
             session_id, provider = self._checkout_session, self._checkout_provider
         if principal is None or not session_id:
             return

@@ -39,7 +39,7 @@ def _day(value) -> str | None:
 
 
 class BillingPage(rx.State, mixin=True):
-    """Relies on SessionState (current_principal, live_principal), LiveUpdates (`live`) and
+    """Relies on SessionState (_current_principal, _live_principal), LiveUpdates (`live`) and
     Purchases (`_show_auto_recharge`), with which BillingState composes it."""
 
     loaded: bool = False
@@ -154,7 +154,7 @@ class BillingPage(rx.State, mixin=True):
         """`after`: a live update (the committed entry's id) or a catch-up (the account's newest
         seq, tagged); tabs showing the same page share one read of it instead of each querying the
         database."""
-        principal = await self.live_principal() if after else self.current_principal()
+        principal = await self._live_principal() if after else self._current_principal()
         if principal is None:
             return False
         try:
@@ -195,6 +195,12 @@ class BillingPage(rx.State, mixin=True):
 
     @rx.event
     async def load(self):
+        binding = self._binding(self._current_principal())
+        if binding != self._live_binding:
+            # another user, session or organization in this tab: nothing of the previous one stays
+            # (its figures, cards, dialogs, checkout, toasts), and its listener ends at its next check
+            self.reset()
+            self._live_binding = binding
         self.loaded = False
         self._read_url()
         if not await self._reload():
@@ -294,7 +300,7 @@ class BillingPage(rx.State, mixin=True):
     async def open_row(self, row: dict):
         """Any entry's detail: read again from the database by its id, within this organization
         (the row the tab sends only names the entry)."""
-        principal = self.current_principal()
+        principal = self._current_principal()
         if principal is None:
             return rx.redirect("/login")
         entry_id = str(row.get("id", ""))
