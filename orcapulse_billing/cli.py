@@ -78,9 +78,15 @@ def cmd_add_user(args) -> None:
 
 
 def cmd_create_api_key(args) -> None:
-    new = accounts.create_api_key(get_engine(), args.email)
+    engine = get_engine()
+    org = accounts.find_organization(engine, args.org) if args.org else None
+    new = accounts.create_api_key(
+        engine, args.email, args.scope or (), organization_id=org.id if org else None, name=args.name
+    )
     print(new.key)
-    print(f"(shown once; stored as a hash; prefix {new.prefix})", file=sys.stderr)
+    scopes = ", ".join(new.scopes) or "none (read only)"
+    where = f"bound to {org.name!r}" if org else "acts in any of the user's organizations"
+    print(f"(shown once; stored as a hash; prefix {new.prefix}; scopes: {scopes}; {where})", file=sys.stderr)
 
 
 def cmd_grant(args) -> None:
@@ -182,10 +188,12 @@ def cmd_reconcile(args) -> None:
     from .payments.stripe_gateway import PaymentError
     from .services import get_stripe_purchases
 
+    _require_safe_start()  # production: never reconcile against a sandbox or with test keys
     try:
         report = Reconciler(get_stripe_purchases()).run(args.since, dry_run=args.dry_run)
     except PaymentError as exc:
-        raise UsageError(f"cannot reach Stripe: {exc.message}") from None
+        what = "Stripe is not configured (STRIPE_SECRET_KEY)" if exc.code == "payments_unavailable" else exc.message
+        raise UsageError(f"reconcile needs Stripe: {what}") from None
     print("\n".join(report.lines()))
 
 
@@ -246,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("create-api-key", help="create an API key for a user (printed once)")
     p.add_argument("email")
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPE",
+        help=f"repeatable or a comma list; one of: {', '.join(accounts.SCOPES)} (owners' and admins' keys only). "
+        "Without: read only",
+    )
+    p.add_argument("--org", help="bind the key to this organization (id or name); default: any of the user's")
+    p.add_argument("--name", help="a label: what the key is for")
     p.set_defaults(func=cmd_create_api_key)
 
     p = sub.add_parser("grant", help="post a manual credit or adjustment")

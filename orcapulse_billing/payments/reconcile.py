@@ -45,8 +45,12 @@ class ReconcileReport:
             + [f"{verb}mark failed {ref}" for ref in self.failed]
             + [f"needs attention {ref}" for ref in self.attention]
             + [
-                f"{len(self.credited)} {verb}credited, {len(self.failed)} {verb}marked failed, "
-                f"{len(self.attention)} need attention, {self.in_order} in order"
+                (
+                    f"would credit {len(self.credited)}, would mark {len(self.failed)} failed"
+                    if self.dry_run
+                    else f"{len(self.credited)} credited, {len(self.failed)} marked failed"
+                )
+                + f", {len(self.attention)} need attention, {self.in_order} in order"
             ]
         )
 
