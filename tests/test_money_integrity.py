@@ -322,6 +322,25 @@ def test_killed_between_charge_and_posting_reconcile_credits_every_paid_charge_o
     _sound(org)
 
 
+def test_reconcile_credits_a_paid_checkout_whose_webhook_never_came_and_closes_an_expired_one(
+    held_webhooks, client, org
+):
+    paid = client.post("/api/credits/create-checkout", json={"package_id": "pkg_200"}, headers=org.auth("owner"))
+    expired = client.post("/api/credits/create-checkout", json={"package_id": "pkg_50"}, headers=org.auth("owner"))
+    assert paid.status_code == expired.status_code == 200
+    page = httpx.post(paid.json()["url"], data={"card": "4242 4242 4242 4242", "action": "pay"})
+    assert page.status_code == 303  # paid on the hosted page; its webhooks went nowhere
+    _sdk(held_webhooks.api_base).v1.checkout.sessions.expire(expired.json()["session_id"])
+    assert _balance(org) == 0
+    report = _reconcile(org)
+    assert paid.json()["session_id"] in report.credited and expired.json()["session_id"] in report.failed
+    assert _balance(org) == Decimal(204)
+    again = _reconcile(org)
+    assert paid.json()["session_id"] not in again.credited and _balance(org) == Decimal(204)
+    assert sorted(a.status for a in _attempts(org)) == ["completed", "expired"]
+    _sound(org)
+
+
 def test_killed_before_the_charge_reached_stripe_nothing_is_credited_and_the_next_purchase_goes_through(
     held_webhooks, org, proxy
 ):

@@ -142,6 +142,11 @@ class Reconciler:
             row = conn.execute(
                 sa.select(t.c.status).where(t.c.provider == "stripe", t.c.provider_id == session.get("id"))
             ).first()
+        if row is not None and row.status == "open" and session.get("status") == "expired":
+            report.failed.append(str(session["id"]))  # its checkout.session.expired never came
+            if not dry_run:
+                self._as_event(f"reconcile:{session['id']}:expired", "checkout.session.expired", session)
+            return
         if row is None or row.status == "completed" or session.get("payment_status") != "paid":
             report.in_order += 1
             return
