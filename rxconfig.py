@@ -7,6 +7,21 @@ import reflex as rx
 
 _HERE = Path(__file__).resolve().parent
 
+# Reflex's state manager (REFLEX_REDIS_URL) creates its own Redis clients with no timeouts: a Redis
+# that accepts but never answers would hold every socket event forever. redis-py reads timeouts from
+# the URL's query string, so they go there (in the environment, which Reflex reads after this file
+# and its workers inherit). Its socket timeout is longer than ours: Reflex's lock subscription reads
+# with it and reconnects each time it passes in silence.
+REFLEX_REDIS_SOCKET_TIMEOUT = 10.0
+if os.environ.get("REFLEX_REDIS_URL"):
+    from orcapulse_billing.config import ConfigError
+    from orcapulse_billing.redis_client import url_with_timeouts
+
+    try:
+        os.environ["REFLEX_REDIS_URL"] = url_with_timeouts(os.environ["REFLEX_REDIS_URL"], REFLEX_REDIS_SOCKET_TIMEOUT)
+    except ConfigError:  # a bad setting: the app's start-up check says which, on one line
+        pass
+
 config = rx.Config(
     app_name="orcapulse_billing",
     # bun comes from the npm registry into .tools/ (scripts/setup.sh): Reflex cannot download it here.

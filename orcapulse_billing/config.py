@@ -50,6 +50,16 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer") from None
 
 
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(_env(name, str(default)) or default)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds") from None
+    if not 0 < value < 3600:
+        raise ConfigError(f"{name} must be a positive number of seconds")
+    return value
+
+
 def _flag(name: str, default: bool) -> bool:
     return (_env(name, "true" if default else "false") or "").lower() in ("1", "true", "yes", "on")
 
@@ -131,6 +141,10 @@ class Settings:
     operator_email: str = "billing-operator@localhost"  # money that needs a person (attention list)
     stripe_timeout_seconds: int = 30  # an answer that never comes is a payment "being confirmed"
     stripe_network_retries: int = 2  # with the same idempotency key: never a second charge
+    # Every Redis client (events, job locks, rate limits, Reflex's state manager): a Redis that
+    # accepts connections but never answers costs a caller seconds, never forever (redis_client.py)
+    redis_connect_timeout: float = 1.0  # REDIS_CONNECT_TIMEOUT, seconds
+    redis_socket_timeout: float = 1.0  # REDIS_SOCKET_TIMEOUT, seconds
 
     @property
     def production(self) -> bool:
@@ -183,6 +197,8 @@ def load_settings() -> Settings:
         operator_email=_env("OPERATOR_EMAIL", "billing-operator@localhost") or "billing-operator@localhost",
         stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 30),
         stripe_network_retries=_int("STRIPE_NETWORK_RETRIES", 2),
+        redis_connect_timeout=_seconds("REDIS_CONNECT_TIMEOUT", 1.0),
+        redis_socket_timeout=_seconds("REDIS_SOCKET_TIMEOUT", 1.0),
     )
 
 

@@ -4,43 +4,136 @@ Every committed posting is published once. On the embedded default the bus is in
 REDIS_URL set it goes through Redis pub/sub, so a posting made by any worker (or the CLI, or a
 job) reaches the listeners of every worker. Listeners are asyncio queues of the tabs a worker
 serves; the Reflex page drains them (framework-free here).
+
+A posting never waits on Redis: `publish` puts the event on a bounded outbox that one publisher
+thread per process drains (full: the oldest event is dropped, counted and logged). When Redis
+fails or does not answer within its timeouts (redis_client.py), events go to this worker's own
+tabs for a few seconds before Redis is tried again; other workers' tabs catch up with their 30 s
+heartbeat. The subscriber reconnects with backoff and treats a Redis that stops answering its
+PINGs as gone. At exit, the outbox gets a moment to drain (a CLI grant still reaches the tabs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import os
+import random
 import threading
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 CHANNEL = "orcapulse:billing-events"
+OUTBOX_SIZE = 1000  # events waiting for Redis; beyond this the oldest is dropped
+REDIS_DOWN_PAUSE = 5.0  # seconds after a failed publish during which events stay in this worker
+PING_EVERY = 5.0  # seconds of silence on the subscription before the subscriber PINGs Redis
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0  # the subscriber's backoff between attempts, seconds
 
 
 class EventBus:
-    def __init__(self, redis_url: str | None = None):
+    def __init__(self, redis_url: str | None = None, *, outbox_size: int = OUTBOX_SIZE, settings=None):
         self._listeners: dict[int, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._redis = None
         self._subscriber: threading.Thread | None = None
+        self._subscriber_pid = 0
+        self._outbox: deque[dict] = deque()
+        self._outbox_size = outbox_size
+        self._outbox_changed = threading.Condition()
+        self._publishing = False  # the publisher thread holds an event it took from the outbox
+        self._publisher: threading.Thread | None = None
+        self._publisher_pid = 0
+        self._redis_down_until = 0.0
+        self.dropped = 0  # events dropped from a full outbox
+        self.connected = threading.Event()  # the subscription is confirmed by Redis
+        self.subscriptions = 0  # confirmed subscriptions so far (more than one: it reconnected)
         if redis_url:
-            import redis
+            from .redis_client import redis_client
 
-            self._redis = redis.Redis.from_url(redis_url)
+            self._redis = redis_client(redis_url, settings)
+            self._answer_within = 2 * (self._redis.get_connection_kwargs().get("socket_timeout") or 1.0) + 1
+            atexit.register(self.flush)
 
     # -- publishing (any thread) -------------------------------------------------------------
 
     def publish(self, event: dict) -> None:
-        """`event` carries at least organization_id; called after the posting committed."""
-        if self._redis is not None:
+        """`event` carries at least organization_id; called after the posting committed. Never waits
+        on Redis: the event goes to the outbox and the publisher thread sends it."""
+        if self._redis is None:
+            self._deliver(event)
+            return
+        with self._outbox_changed:
+            if len(self._outbox) >= self._outbox_size:
+                self._outbox.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning("billing events: outbox full, %d event(s) dropped so far (Redis slow?)", self.dropped)
+            self._outbox.append(event)
+            self._outbox_changed.notify_all()
+        self._ensure_publisher()
+
+    def pending(self) -> int:
+        """Events not yet handed to Redis (or to this worker's tabs)."""
+        with self._outbox_changed:
+            return len(self._outbox) + self._publishing
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until the outbox is empty (at most `timeout` seconds, by default about one
+        publish's timeouts); True when it is."""
+        if self._redis is None:
+            return True
+        deadline = time.monotonic() + (self._answer_within + 1 if timeout is None else timeout)
+        with self._outbox_changed:
+            while self._outbox or self._publishing:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._publisher is None or not self._publisher.is_alive():
+                    return False
+                self._outbox_changed.wait(left)
+        return True
+
+    def _ensure_publisher(self) -> None:
+        if self._publisher is not None and self._publisher_pid == os.getpid() and self._publisher.is_alive():
+            return
+        with self._lock:
+            if self._publisher is not None and self._publisher_pid == os.getpid() and self._publisher.is_alive():
+                return
+            self._publisher = threading.Thread(target=self._publish_forever, name="billing-events-out", daemon=True)
+            self._publisher_pid = os.getpid()
+            self._publisher.start()
+
+    def _publish_forever(self) -> None:
+        while True:
+            with self._outbox_changed:
+                self._publishing = False
+                self._outbox_changed.notify_all()
+                while not self._outbox:
+                    self._outbox_changed.wait()
+                event = self._outbox.popleft()
+                self._publishing = True
+            try:
+                self._send(event)
+            except Exception:  # never let one event stop the thread
+                log.exception("billing events: publishing failed")
+
+    def _send(self, event: dict) -> None:
+        assert self._redis is not None
+        if time.monotonic() >= self._redis_down_until:
             try:
                 self._redis.publish(CHANNEL, json.dumps(event))
                 return
-            except Exception:  # Redis down: still tell this worker's tabs; the others catch up by refresh
-                log.exception("publishing a billing event to Redis failed")
+            except Exception as exc:  # down or not answering: this worker's tabs still hear it
+                log.warning(
+                    "billing events: Redis publish failed (%s); this worker's tabs only for %.0f s, "
+                    "the other workers' tabs catch up on their heartbeat",
+                    exc,
+                    REDIS_DOWN_PAUSE,
+                )
+                self._redis_down_until = time.monotonic() + REDIS_DOWN_PAUSE
         self._deliver(event)
 
     def _deliver(self, event: dict) -> None:
@@ -74,24 +167,61 @@ class EventBus:
             return len(self._listeners.get(organization_id, ()))
 
     def _ensure_subscriber(self) -> None:
-        if self._redis is None or self._subscriber is not None:
+        if self._redis is None or (self._subscriber is not None and self._subscriber_pid == os.getpid()):
             return
         with self._lock:
-            if self._subscriber is not None:
+            if self._subscriber is not None and self._subscriber_pid == os.getpid():
                 return
             self._subscriber = threading.Thread(target=self._subscribe_forever, name="billing-events", daemon=True)
+            self._subscriber_pid = os.getpid()
             self._subscriber.start()
 
     def _subscribe_forever(self) -> None:
-        import time
-
+        """Subscribes, and again after every failure, waiting longer each time (with jitter) up
+        to RECONNECT_MAX. Postings published while no subscription stands are not replayed: the
+        tabs' heartbeat catches up."""
+        delay, quiet = RECONNECT_MIN, False
         while True:
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
-                for message in pubsub.listen():
-                    if message.get("type") == "message":
+                self._subscription()
+            except Exception as exc:
+                if self.connected.is_set():  # it stood: a new outage, logged and retried quickly
+                    delay, quiet = RECONNECT_MIN, False
+                if not quiet:
+                    log.warning("billing events: the Redis subscription failed (%s); reconnecting", exc)
+                    quiet = True
+            self.connected.clear()
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _subscription(self) -> None:
+        """One subscription, until Redis fails or stops answering: the subscription must be
+        confirmed, and a PING after PING_EVERY seconds of silence answered, within about two
+        socket timeouts."""
+        assert self._redis is not None
+        pubsub = self._redis.pubsub()
+        try:
+            pubsub.subscribe(CHANNEL)
+            asked = time.monotonic()  # waiting for an answer since (None: not waiting)
+            heard = asked
+            while True:
+                message = pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if message is not None:
+                    heard, asked = now, None
+                    if message["type"] == "subscribe" and not self.connected.is_set():
+                        self.connected.set()
+                        self.subscriptions += 1
+                        log.info("billing events: subscribed on Redis (%d)", self.subscriptions)
+                    elif message["type"] == "message":
                         self._deliver(json.loads(message["data"]))
+                elif asked is not None and now - asked > self._answer_within:
+                    raise TimeoutError(f"Redis did not answer within {self._answer_within:.0f} s")
+                elif asked is None and now - heard >= PING_EVERY:
+                    pubsub.ping()
+                    asked = now
+        finally:
+            try:
+                pubsub.close()
             except Exception:
-                log.exception("the billing events subscription failed; reconnecting")
-                time.sleep(1)
+                pass

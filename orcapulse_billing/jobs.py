@@ -13,11 +13,12 @@ import calendar
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -30,6 +31,7 @@ from .money import from_units
 log = logging.getLogger(__name__)
 PHONE_BILLING_AT = time(2, 15, tzinfo=UTC)
 _local_locks: dict[str, threading.Lock] = {}
+T = TypeVar("T")
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -110,18 +112,31 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
 
 @contextmanager
 def run_once(engine: Engine, name: str, redis_url: str | None = None, ttl_seconds: int = 3600) -> Iterator[bool]:
-    """Yields True to the one runner that holds `name` now, False to the others."""
+    """Yields True to the one runner that holds `name` now, False to the others. With Redis it fails
+    closed: a Redis that is down or does not answer within its timeouts yields False (the round is
+    skipped and logged; the next one catches up)."""
     if redis_url:
         import redis
 
-        client = redis.Redis.from_url(redis_url)
+        from .redis_client import redis_client
+
+        client = redis_client(redis_url, retries=0)
         key = f"orcapulse:job:{name}"
-        got = bool(client.set(key, "1", nx=True, ex=ttl_seconds))
         try:
-            yield got
+            got = bool(client.set(key, "1", nx=True, ex=ttl_seconds))
+        except redis.RedisError as exc:
+            log.warning("job %s skipped: Redis did not answer for its lock (%s)", name, exc)
+            got = None
+        try:
+            yield bool(got)
         finally:
-            if got:
-                client.delete(key)
+            try:
+                if got:
+                    client.delete(key)
+            except redis.RedisError as exc:  # the lock expires on its own after ttl_seconds
+                log.warning("job %s: releasing its Redis lock failed (%s)", name, exc)
+            finally:
+                client.close()
         return
     if engine.dialect.name == "postgresql":
         lock_id = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -150,26 +165,34 @@ def seconds_until(at: time, now: datetime) -> float:
     return (target - now).total_seconds()
 
 
+def _locked_round(
+    engine: Engine, name: str, redis_url: str | None, work: Callable[[Engine], T], ttl: int = 3600
+) -> T | None:
+    """One round of a lifespan job on a worker thread, lock and all: taking the lock talks to Redis
+    or the database, which must never hold the event loop (the backend would not even start)."""
+    with run_once(engine, name, redis_url, ttl_seconds=ttl) as mine:
+        return work(engine) if mine else None
+
+
 async def phone_billing_loop() -> None:
     """Lifespan task: catch up at start, then every day at 02:15 UTC, once per deployment."""
     from .config import get_settings
     from .db import get_engine
     from .services import get_ledger
 
+    def bill(engine: Engine) -> PhoneBillingRun:
+        return bill_phone_numbers(engine, get_ledger(engine), datetime.now(UTC).date())
+
     while True:
         try:
-            engine = get_engine()
-            with run_once(engine, "phone-billing", get_settings().redis_url) as mine:
-                if mine:
-                    run = await asyncio.to_thread(
-                        bill_phone_numbers, engine, get_ledger(engine), datetime.now(UTC).date()
-                    )
-                    log.info(
-                        "phone billing: %d billed, %d already billed, %d refused",
-                        len(run.billed),
-                        run.already_billed,
-                        len(run.refused),
-                    )
+            run = await asyncio.to_thread(_locked_round, get_engine(), "phone-billing", get_settings().redis_url, bill)
+            if run is not None:
+                log.info(
+                    "phone billing: %d billed, %d already billed, %d refused",
+                    len(run.billed),
+                    run.already_billed,
+                    len(run.refused),
+                )
         except Exception:  # keep the schedule; the next run catches up
             log.exception("phone billing failed")
         await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(UTC)))
@@ -185,10 +208,14 @@ async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            engine = get_engine()
-            with run_once(engine, "auto-recharge-sweep", get_settings().redis_url, ttl_seconds=every_seconds) as mine:
-                if mine:
-                    await asyncio.to_thread(get_auto_recharger(engine).sweep)
+            await asyncio.to_thread(
+                _locked_round,
+                get_engine(),
+                "auto-recharge-sweep",
+                get_settings().redis_url,
+                lambda engine: get_auto_recharger(engine).sweep(),
+                every_seconds,
+            )
         except Exception:
             log.exception("auto-recharge sweep failed")
 
@@ -204,10 +231,14 @@ async def reconcile_loop(every_seconds: int = 300) -> None:
 
     while True:
         try:
-            engine = get_engine()
-            with run_once(engine, "reconcile", get_settings().redis_url, ttl_seconds=every_seconds) as mine:
-                if mine:
-                    await asyncio.to_thread(Reconciler(get_stripe_purchases(engine)).run)
+            await asyncio.to_thread(
+                _locked_round,
+                get_engine(),
+                "reconcile",
+                get_settings().redis_url,
+                lambda engine: Reconciler(get_stripe_purchases(engine)).run(),
+                every_seconds,
+            )
         except PaymentError as exc:  # Stripe not configured or not answering: the next round tries again
             log.warning("reconcile skipped: %s", exc.message)
         except Exception:

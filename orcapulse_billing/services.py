@@ -18,7 +18,8 @@ from .notifications import Notifier
 
 @lru_cache(maxsize=1)
 def get_event_bus() -> EventBus:
-    return EventBus(get_settings().redis_url)
+    settings = get_settings()
+    return EventBus(settings.redis_url, settings=settings)  # its Redis client has timeouts (redis_client.py)
 
 
 @lru_cache(maxsize=8)
