@@ -130,7 +130,7 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
 
     upgrade(url)
     engine = make_engine(url)
-    org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("member",), welcome=Decimal(10_000))
+    org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("owner", "member"), welcome=Decimal(10_000))
     deployment = start_deployment(url, redis_url, shape="shared", workers=workers)
     try:
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
@@ -152,7 +152,8 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
             for f in connect_frames
             if f.startswith("40/_event,") and '"pathname":"/billing' in f
         )
-        api = httpx.Client(base_url=deployment.page_url, headers=org.auth("member"), timeout=60)
+        # usage is reported with the owner's key (usage:write); members' keys read only
+        api = httpx.Client(base_url=deployment.page_url, headers=org.auth("owner"), timeout=60)
         light = LightClients()
         print(f"\nlive updates, {label}: {args.tabs} Chromium tabs, {args.posts} posts each run")
         for n_clients in args.clients:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from .db import writer
+from .db import as_utc, writer
 from .ledger import Ledger, Posting
 from .models import ApiKey, CreditAccount, CreditSource, EntryType, Membership, Organization, Role, User
 
@@ -143,26 +144,242 @@ def add_user(
         return user, generated
 
 
+# -- API keys and their scopes ---------------------------------------------------------------------
+
+USAGE_WRITE = "usage:write"
+SCOPES = {USAGE_WRITE: "report usage (spends the organization's credits)"}
+# What each role's keys may carry. A key's scopes are also cut to this at every use, for the role
+# its user has in the organization the key acts in (a demoted user's key loses them at once).
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    Role.owner.value: frozenset({USAGE_WRITE}),
+    Role.admin.value: frozenset({USAGE_WRITE}),
+    Role.member.value: frozenset(),
+}
+_ROLE_RANK = {Role.owner.value: 0, Role.admin.value: 1, Role.member.value: 2}
+
+
+class UnknownUser(AccountsError):
+    """No such user (in that organization)."""
+
+
+class UnknownApiKey(AccountsError):
+    """No such key (in that organization)."""
+
+
+class ScopeNotAllowed(AccountsError):
+    """A scope the user's role may not hold."""
+
+
+class NotPermitted(AccountsError):
+    """The maker may not act on keys of a user with more rights (an admin and an owner's keys)."""
+
+
+def _check_maker(maker_role: str | None, role: str | None, what: str) -> None:
+    if maker_role is not None and _ROLE_RANK.get(role or "", 9) < _ROLE_RANK.get(maker_role, 9):
+        raise NotPermitted(f"an {maker_role} cannot {what} of an {role}")
+
+
+def parse_scopes(values: Iterable[str]) -> tuple[str, ...]:
+    """Scopes from repeated values and comma lists ("usage:write", "a,b"): known ones only, sorted, once each."""
+    found = {part.strip() for value in values for part in value.split(",") if part.strip()}
+    unknown = sorted(found - SCOPES.keys())
+    if unknown:
+        raise AccountsError(f"unknown scope {unknown[0]!r}; known scopes: {', '.join(SCOPES)}")
+    return tuple(sorted(found))
+
+
+def scopes_of(text: str | None) -> frozenset[str]:
+    """The scopes stored in an api_key row (comma-separated text)."""
+    return frozenset(part for part in (text or "").split(",") if part)
+
+
+def allowed_scopes(role: str | None) -> frozenset[str]:
+    return ROLE_SCOPES.get(role or "", frozenset())
+
+
 @dataclass(frozen=True)
 class NewApiKey:
     key: str  # shown once, never stored
     prefix: str
     id: int
+    scopes: tuple[str, ...] = ()
 
 
-def create_api_key(engine: Engine, email: str) -> NewApiKey:
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: int
+    prefix: str
+    name: str | None
+    email: str
+    role: str | None  # the user's role in the organization listed
+    organization_id: int | None
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _roles(conn, user_id: int) -> dict[int, str]:
+    rows = conn.execute(
+        sa.select(Membership.organization_id, Membership.role).where(Membership.user_id == user_id)
+    ).all()
+    return {r.organization_id: r.role for r in rows}
+
+
+def create_api_key(
+    engine: Engine,
+    email: str,
+    scopes: Iterable[str] = (),
+    *,
+    organization_id: int | None = None,
+    name: str | None = None,
+    maker_role: str | None = None,
+    actor_user_id: int | None = None,
+    ip: str | None = None,
+) -> NewApiKey:
+    """A new key for the user, printed once and stored as a hash. With `organization_id` the key is
+    bound to that organization (the user must belong to it); without, it acts in any of the user's
+    organizations. A scope the user's role does not allow is refused (ScopeNotAllowed): for an
+    unbound key, the user's highest role; the role where the key acts is checked again at every use.
+    With `maker_role`, a key that would act with more rights than its maker's is refused (NotPermitted)."""
+    from .auth import audit  # auth builds on this module
+
     email = (email or "").strip().lower()
-    with Session(writer(engine)) as session:
-        user = session.exec(select(User).where(User.email == email)).first()
-        if user is None:
-            raise AccountsError(f"no user {email!r}")
+    wanted = parse_scopes(scopes)
+    name = (name or "").strip() or None
+    if name is not None and len(name) > 100:
+        raise AccountsError("a key's name is at most 100 characters")
+    now = datetime.now(UTC)
+    with writer(engine).begin() as conn:
+        user = conn.execute(sa.select(User.id, User.email).where(User.email == email)).first()
+        roles = _roles(conn, user.id) if user else {}
+        if user is None or (organization_id is not None and organization_id not in roles):
+            raise UnknownUser(f"no user {email!r}" + (" in this organization" if organization_id else ""))
+        if organization_id is not None:
+            role: str | None = roles[organization_id]
+        else:
+            role = min(roles.values(), key=lambda r: _ROLE_RANK.get(r, 9), default=None)
+        _check_maker(maker_role, role, "make keys")
+        refused = [scope for scope in wanted if scope not in allowed_scopes(role)]
+        if refused:
+            who = f"{email} is a {role}" if role else f"{email} belongs to no organization"
+            raise ScopeNotAllowed(f"{who}: only owners' and admins' keys may have {refused[0]}")
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKey(
-            user_id=user.id,
-            prefix=key[: len(API_KEY_PREFIX) + 6],
-            key_hash=hash_api_key(key),
-            created_at=datetime.now(UTC),
+        prefix = key[: len(API_KEY_PREFIX) + 6]
+        key_id = conn.execute(
+            sa.insert(ApiKey).values(
+                user_id=user.id,
+                organization_id=organization_id,
+                name=name,
+                scopes=",".join(wanted),
+                prefix=prefix,
+                key_hash=hash_api_key(key),
+                created_at=now,
+            )
+        ).inserted_primary_key[0]
+        audit(
+            conn,
+            "api_key_created",
+            organization_id=organization_id,
+            user_id=actor_user_id,
+            ip=ip,
+            key_id=key_id,
+            prefix=prefix,
+            email=email,
+            scopes=list(wanted),
+            via="api" if actor_user_id is not None else "cli",
         )
-        session.add(row)
-        session.commit()
-        return NewApiKey(key=key, prefix=row.prefix, id=row.id)
+    return NewApiKey(key, prefix, key_id, wanted)
+
+
+def _keys_of(organization_id: int):
+    """The keys that can act in an organization: bound to it, or unbound keys of its members."""
+    members = sa.select(Membership.user_id).where(Membership.organization_id == organization_id)
+    return sa.or_(
+        ApiKey.organization_id == organization_id,
+        sa.and_(ApiKey.organization_id.is_(None), ApiKey.user_id.in_(members)),
+    )
+
+
+def list_api_keys(engine: Engine, organization_id: int, *, key_id: int | None = None) -> list[ApiKeyInfo]:
+    """The keys that can act in the organization (revoked ones too), newest first; never a secret."""
+    query = (
+        sa.select(
+            ApiKey.id,
+            ApiKey.prefix,
+            ApiKey.name,
+            ApiKey.organization_id,
+            ApiKey.scopes,
+            ApiKey.created_at,
+            ApiKey.last_used_at,
+            ApiKey.revoked_at,
+            User.email,
+            Membership.role,
+        )
+        .join(User, User.id == ApiKey.user_id)
+        .outerjoin(
+            Membership, sa.and_(Membership.user_id == ApiKey.user_id, Membership.organization_id == organization_id)
+        )
+        .where(_keys_of(organization_id))
+        .order_by(ApiKey.id.desc())
+    )
+    if key_id is not None:
+        query = query.where(ApiKey.id == key_id)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        ApiKeyInfo(
+            id=r.id,
+            prefix=r.prefix,
+            name=r.name,
+            email=r.email,
+            role=r.role,
+            organization_id=r.organization_id,
+            scopes=tuple(sorted(scopes_of(r.scopes))),
+            created_at=as_utc(r.created_at),
+            last_used_at=as_utc(r.last_used_at) if r.last_used_at else None,
+            revoked_at=as_utc(r.revoked_at) if r.revoked_at else None,
+        )
+        for r in rows
+    ]
+
+
+def revoke_api_key(
+    engine: Engine,
+    organization_id: int,
+    key_id: int,
+    *,
+    maker_role: str | None = None,
+    actor_user_id: int | None = None,
+    ip: str | None = None,
+) -> bool:
+    """Revoke a key that can act in the organization. False when it was revoked already (nothing
+    written); UnknownApiKey when there is no such key there; with `maker_role`, NotPermitted for the
+    key of a user with more rights."""
+    from .auth import audit
+
+    with writer(engine).begin() as conn:
+        row = conn.execute(
+            sa.select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Membership.role)
+            .outerjoin(
+                Membership,
+                sa.and_(Membership.user_id == ApiKey.user_id, Membership.organization_id == organization_id),
+            )
+            .where(ApiKey.id == key_id, _keys_of(organization_id))
+        ).first()
+        if row is None:
+            raise UnknownApiKey(f"no API key {key_id} in this organization")
+        _check_maker(maker_role, row.role, "revoke the keys")
+        if row.revoked_at is not None:
+            return False
+        conn.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=datetime.now(UTC)))
+        audit(
+            conn,
+            "api_key_revoked",
+            organization_id=organization_id,
+            user_id=actor_user_id,
+            ip=ip,
+            key_id=key_id,
+            prefix=row.prefix,
+        )
+    return True

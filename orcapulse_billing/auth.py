@@ -12,7 +12,7 @@ from http.cookies import CookieError, SimpleCookie
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .accounts import hash_api_key, hash_password, verify_password
+from .accounts import allowed_scopes, hash_api_key, hash_password, scopes_of, verify_password
 from .db import as_utc, writer
 from .models import ApiKey, AuditLog, AuthSession, Membership, Role, User
 
@@ -33,10 +33,15 @@ class Principal:
     organization_id: int
     role: str
     via: str  # "session" | "api_key"
+    # An API key's scopes (accounts.SCOPES) that the role allows in this organization; sessions: none.
+    scopes: frozenset[str] = frozenset()
 
     @property
     def is_owner(self) -> bool:
         return self.role == Role.owner.value
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
 
 
 def _token_hash(token: str) -> str:
@@ -138,17 +143,23 @@ def principal_for_session(engine: Engine, token: str | None) -> Principal | None
 
 
 def principal_for_api_key(engine: Engine, key: str | None, organization_id: int | None = None) -> Principal | None:
-    """API keys act as their user. A user in several organizations names one (X-Organization-Id)."""
+    """API keys act as their user. A user in several organizations names one (X-Organization-Id); a
+    key bound to an organization acts only there. The key's scopes are cut to what the user's role
+    there allows, read fresh on every call (a member's key never reports usage)."""
     if not key:
         return None
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(ApiKey.id, ApiKey.user_id, ApiKey.last_used_at, User.email)
+            sa.select(ApiKey.id, ApiKey.user_id, ApiKey.organization_id, ApiKey.scopes, ApiKey.last_used_at, User.email)
             .join(User, User.id == ApiKey.user_id)
             .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
         ).first()
         if row is None:
             return None
+        if row.organization_id is not None:
+            if organization_id not in (None, row.organization_id):
+                return None
+            organization_id = row.organization_id
         member = _membership(conn, row.user_id, organization_id)
         if member is None:
             return None
@@ -158,7 +169,8 @@ def principal_for_api_key(engine: Engine, key: str | None, organization_id: int 
     if row.last_used_at is None or as_utc(row.last_used_at) < _now() - timedelta(minutes=1):
         with writer(engine).begin() as conn:
             conn.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=_now()))
-    return Principal(row.user_id, row.email, member.organization_id, member.role, "api_key")
+    scopes = scopes_of(row.scopes) & allowed_scopes(member.role)
+    return Principal(row.user_id, row.email, member.organization_id, member.role, "api_key", scopes)
 
 
 def session_token_from_cookie_header(header: str | None) -> str | None:

@@ -84,10 +84,20 @@ class Membership(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
+    """A key acts as its user, with that user's role. `scopes` (comma-separated, see
+    accounts.SCOPES) adds what a role alone does not allow a key: `usage:write` reports usage.
+    A key made through the REST API is bound to the organization it was made in; one made by the
+    CLI without `--org` acts in any of its user's organizations."""
+
     __tablename__ = "api_key"
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=False, index=True))
+    organization_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=True, index=True)
+    )
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    scopes: str = Field(default="", sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
     prefix: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     key_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
     created_at: datetime = _ts(nullable=False)

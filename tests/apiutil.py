@@ -1,12 +1,13 @@
 """Test organizations for the API and page tests: an org with an owner, an admin and a member,
-each with a password and an API key, created through the real services."""
+each with a password and an API key (owners' and admins' with `usage:write`, members' read only),
+created through the real services."""
 
 from __future__ import annotations
 
 import uuid
 from decimal import Decimal
 
-from orcapulse_billing.accounts import account_id_for, add_user, create_api_key, create_organization
+from orcapulse_billing.accounts import ROLE_SCOPES, account_id_for, add_user, create_api_key, create_organization
 from orcapulse_billing.ledger import Ledger, Posting, get_account
 from orcapulse_billing.metering import SessionInfo, record_usage
 
@@ -27,7 +28,8 @@ class Org:
             email = f"{role}-{tag}@example.test"
             user, _ = add_user(engine, self.org, email, role, PASSWORD)
             self.emails[role], self.user_ids[role] = email, user.id
-            self.keys[role] = create_api_key(engine, email).key
+            # the key a role's services would use: owners' and admins' report usage, members' read only
+            self.keys[role] = create_api_key(engine, email, ROLE_SCOPES[role]).key
 
     def auth(self, role: str) -> dict:
         return {"Authorization": f"Bearer {self.keys[role]}"}

@@ -37,7 +37,8 @@ def test_login_sets_an_httponly_cookie_and_logout_revokes_it(client, org: Org):
     assert "opb_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
     token = client.cookies.get("opb_session")
     assert client.get("/api/auth/me").json()["email"] == org.emails["owner"]
-    assert client.post("/api/auth/logout").status_code == 204
+    assert client.post("/api/auth/logout").status_code == 403  # a signed-in write names its origin
+    assert client.post("/api/auth/logout", headers={"Origin": "http://testserver"}).status_code == 204
     client.cookies.set("opb_session", token)  # a stolen copy of the old cookie
     assert client.get("/api/credits/balance").status_code == 401
 
@@ -227,7 +228,7 @@ def test_metering_charges_exactly_the_rate_card(client, org: Org, operation):
     body = {"operation": operation, "quantity": quantity, "status": "completed", "idempotency_key": uuid.uuid4().hex}
     if operation.startswith("openai"):
         body["model"] = "gpt-4o-mini"
-    r = client.post("/api/credits/usage", json=body, headers=org.auth("member"))
+    r = client.post("/api/credits/usage", json=body, headers=org.auth("owner"))
     assert r.status_code == 200, r.text
     cost = Decimal(expected).quantize(Decimal("0.0001"))
     assert r.json()["cost"] == f"{cost:.4f}" and r.json()["entry"]["amount"] == f"{-cost:.4f}"
@@ -240,13 +241,13 @@ def test_voice_session_description_and_rounding(client, org: Org):
     org.post("purchase", "10")
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={"operation": "ai_call", "quantity": 0.7, "status": "completed", "idempotency_key": "r1"},
     )
     assert r.json()["cost"] == "0.0118"  # 0.01176 rounds half-up at posting
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={
             "operation": "voice_pipeline",
             "quantity": "3.5",
@@ -262,7 +263,7 @@ def test_failed_operations_are_never_charged(client, org: Org):
     org.post("purchase", "10")
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={"operation": "voice_pipeline", "quantity": "30", "status": "failed", "idempotency_key": "f1"},
     )
     assert r.status_code == 200 and r.json()["charged"] is False and r.json()["entry"] is None
@@ -283,7 +284,7 @@ def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: 
     # a call that started with credit runs long: it is charged into the grace period
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={"operation": "voice_realtime", "quantity": "50", "status": "completed", "idempotency_key": "long"},
     )
     assert r.status_code == 200 and r.json()["balance"] == "-4.5000"
@@ -293,7 +294,7 @@ def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: 
     before = org.account()
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={"operation": "voice_realtime", "quantity": "10", "status": "completed", "idempotency_key": "past-grace"},
     )
     assert r.status_code == 402 and org.account() == before
@@ -302,15 +303,15 @@ def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: 
 def test_usage_idempotency(client, org: Org):
     org.post("purchase", "10")
     body = {"operation": "sms_twilio", "quantity": "3", "status": "completed"}
-    first = client.post("/api/credits/usage", json=body, headers={**org.auth("member"), "Idempotency-Key": "sms-1"})
-    again = client.post("/api/credits/usage", json=body, headers={**org.auth("member"), "Idempotency-Key": "sms-1"})
+    first = client.post("/api/credits/usage", json=body, headers={**org.auth("owner"), "Idempotency-Key": "sms-1"})
+    again = client.post("/api/credits/usage", json=body, headers={**org.auth("owner"), "Idempotency-Key": "sms-1"})
     assert first.status_code == again.status_code == 200
     assert again.json()["replayed"] and again.json()["entry"]["id"] == first.json()["entry"]["id"]
     other = client.post(
-        "/api/credits/usage", json={**body, "quantity": "4"}, headers={**org.auth("member"), "Idempotency-Key": "sms-1"}
+        "/api/credits/usage", json={**body, "quantity": "4"}, headers={**org.auth("owner"), "Idempotency-Key": "sms-1"}
     )
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
-    missing = client.post("/api/credits/usage", json=body, headers=org.auth("member"))
+    missing = client.post("/api/credits/usage", json=body, headers=org.auth("owner"))
     assert missing.status_code == 400
     assert org.account().transaction_count == 2
 
@@ -345,14 +346,14 @@ def test_usage_idempotency(client, org: Org):
 def test_bad_usage_input_is_400_and_writes_nothing(client, org: Org, body):
     org.post("purchase", "10")
     before = org.account()
-    r = client.post("/api/credits/usage", json=body, headers=org.auth("member"))
+    r = client.post("/api/credits/usage", json=body, headers=org.auth("owner"))
     assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_request", "invalid_json")
     assert org.account() == before
 
 
 def test_malformed_json_is_400(client, org: Org):
     r = client.post(
-        "/api/credits/usage", content=b"{not json", headers={**org.auth("member"), "Content-Type": "application/json"}
+        "/api/credits/usage", content=b"{not json", headers={**org.auth("owner"), "Content-Type": "application/json"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", "invalid_request")
 
@@ -371,7 +372,7 @@ def test_billing_session_keeps_its_breakdown_and_entry(client, org: Org, other: 
     }
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={
             "operation": "voice_pipeline",
             "quantity": "3.5",
@@ -390,7 +391,7 @@ def test_billing_session_keeps_its_breakdown_and_entry(client, org: Org, other: 
     assert client.get("/api/credits/sessions/nope", headers=org.auth("member")).status_code == 404
     dup = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={
             "operation": "voice_pipeline",
             "quantity": "1",
@@ -430,8 +431,9 @@ def matrix_orgs(app_engine, app_ledger):
 @pytest.mark.parametrize("method, path, body", ENDPOINTS)
 @pytest.mark.parametrize("who", ["owner", "admin", "member", "other", "anonymous"])
 def test_role_matrix(client, matrix_orgs, who, method, path, body):
-    """Every member role can view and meter its own organization; another organization's member
-    sees only their own; anonymous callers get 401 and write nothing."""
+    """Every member role can view its own organization, owners' and admins' usage:write keys meter it
+    and members' keys cannot (403 insufficient_scope); another organization's member sees only their
+    own; anonymous callers get 401 and write nothing."""
     org, other = matrix_orgs
     headers = {} if who == "anonymous" else (other.auth("member") if who == "other" else org.auth(who))
     headers["Idempotency-Key"] = uuid.uuid4().hex
@@ -444,6 +446,10 @@ def test_role_matrix(client, matrix_orgs, who, method, path, body):
         return
     if path.endswith("/sessions/s1") and who == "other":
         assert r.status_code == 404
+        return
+    if path == "/api/credits/usage" and who in ("member", "other"):
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
+        assert (mine.account(), theirs.account()) == (mine_before, theirs_before)
         return
     assert r.status_code == 200, r.text
     assert theirs.account() == theirs_before  # nothing crosses organizations
@@ -536,7 +542,7 @@ def test_usage_quantity_numbers_round_to_six_places_and_analysis_numbers_are_kep
     org.post("purchase", "10")
     r = client.post(
         "/api/credits/usage",
-        headers=org.auth("member"),
+        headers=org.auth("owner"),
         json={
             "operation": "voice_pipeline",
             "quantity": 1.00000049,
@@ -550,7 +556,7 @@ def test_usage_quantity_numbers_round_to_six_places_and_analysis_numbers_are_kep
     assert got["duration_minutes"] == "1" and got["analysis"] == {"score": 0.25, "turns": 3, "big": 1e30}
     nan = b'{"operation": "sms_twilio", "quantity": NaN, "status": "completed", "idempotency_key": "n"}'
     r = client.post(
-        "/api/credits/usage", content=nan, headers={**org.auth("member"), "Content-Type": "application/json"}
+        "/api/credits/usage", content=nan, headers={**org.auth("owner"), "Content-Type": "application/json"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", "invalid_request")
 

@@ -14,7 +14,9 @@ Three things generated data cannot do by itself, done here exactly as the docume
   a session not ending before it starts, a monthly cap not below the recharge amount. Positive
   (schema-valid) requests are made to keep them; a request breaking one is refused with 400.
 - State: a session is billed once (a new id per generated report), and enabling auto-recharge or
-  a one-click purchase needs a saved card (one is saved again when a generated DELETE removed it).
+  a one-click purchase needs a saved card (one is saved again when a generated DELETE removed it);
+  a generated DELETE /api/keys/{id} may revoke the caller's own key (it gets a new one, with its
+  role's scopes: the owner's reports usage, the member's reads only).
 - Provider signatures: a webhook request whose signature header is schema-valid gets a real
   signature over the exact bytes sent (`SignWebhooks`, playing Stripe and Lemon Squeezy), so the
   event handlers see generated events; missing or malformed signatures are left as they are.
@@ -133,6 +135,7 @@ def _header(case, name: str) -> str | None:
 def keep_rules(case) -> None:
     """Makes a schema-valid request keep the rules its description states beyond JSON Schema."""
     org = CALLER["org"]
+    _ensure_key()
     if (name := _header(case, "Authorization")) and case.headers[name] == f"Bearer {CALLER_KEY}":
         case.headers[name] = f"Bearer {CALLER['key']}"
     if case.meta is not None and not case.meta.generation.mode.is_positive:
@@ -160,6 +163,16 @@ def keep_rules(case) -> None:
         _ensure_card(org)
 
 
+def _ensure_key() -> None:
+    """A generated DELETE /api/keys/{id} may revoke the caller's own key: the caller gets a new one."""
+    from orcapulse_billing.accounts import ROLE_SCOPES, create_api_key
+    from orcapulse_billing.auth import principal_for_api_key
+
+    org, role = CALLER["org"], CALLER["role"]
+    if principal_for_api_key(org.engine, CALLER["key"]) is None:
+        org.keys[role] = CALLER["key"] = create_api_key(org.engine, org.emails[role], ROLE_SCOPES[role]).key
+
+
 def _ensure_card(org) -> None:
     from orcapulse_billing.models import PaymentMethod
     from orcapulse_billing.services import get_stripe_purchases
@@ -185,6 +198,8 @@ WRITTEN = sa.text(
         (SELECT count(*) FROM payment_method WHERE organization_id = :o),
         (SELECT count(*) FROM audit_log WHERE organization_id = :o),
         (SELECT count(*) FROM webhook_event),
+        (SELECT count(*) || ' ' || count(revoked_at) FROM api_key WHERE organization_id = :o
+            OR user_id IN (SELECT user_id FROM membership WHERE organization_id = :o)),
         (SELECT enabled || ' ' || threshold || ' ' || amount || ' ' || coalesce(monthly_cap, '-')
             FROM auto_recharge_policy WHERE organization_id = :o)"""
 )
@@ -233,7 +248,7 @@ def member(app_engine, app_ledger, stripe_sandbox):
 
 def _as(caller) -> None:
     org, role = caller
-    CALLER.update(org=org, key=org.keys[role])
+    CALLER.update(org=org, role=role, key=org.keys[role])
 
 
 @schema.parametrize()

@@ -420,7 +420,7 @@ def test_live_updates_reach_every_tab_of_the_organization_and_no_other(app, brow
 
         r = client.post(
             "/api/credits/usage",
-            headers={**org.auth("member"), "Idempotency-Key": "live-1"},
+            headers={**org.auth("owner"), "Idempotency-Key": "live-1"},
             json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"},
         )
         assert r.status_code == 200, r.text

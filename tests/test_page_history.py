@@ -190,7 +190,7 @@ def test_purchases_through_the_page_record_the_ip_show_who_and_where_and_toast_o
     # a usage charge reported through the API: its session breakdown, and who and where as well
     r = client.post(
         "/api/credits/usage",
-        headers={**org.auth("member"), "Idempotency-Key": "detail-call-1"},
+        headers={**org.auth("owner"), "Idempotency-Key": "detail-call-1"},
         json={
             "operation": "voice_pipeline",
             "quantity": "3.5",
@@ -206,7 +206,7 @@ def test_purchases_through_the_page_record_the_ip_show_who_and_where_and_toast_o
         expect(panel).to_contain_text(text)
     expect(panel.get_by_test_id("detail-balance-before")).to_have_text("$105.0000")
     expect(panel.get_by_test_id("detail-balance-after")).to_have_text("$104.7445")
-    expect(panel.get_by_test_id("detail-actor")).to_have_text(org.emails["member"])
+    expect(panel.get_by_test_id("detail-actor")).to_have_text(org.emails["owner"])
     expect(panel.get_by_test_id("detail-ip")).to_have_text("testclient")  # the API request's own address
     expect(panel.get_by_test_id("detail-source")).to_have_count(0)  # a debit has no source
     page.screenshot(path=str(ARTIFACTS / "history_detail_usage.png"))
@@ -219,7 +219,7 @@ def test_a_burst_of_usage_makes_one_toast(app, page, client, app_engine, app_led
     for n in range(3):
         r = client.post(
             "/api/credits/usage",
-            headers={**org.auth("member"), "Idempotency-Key": f"burst-{n}"},
+            headers={**org.auth("owner"), "Idempotency-Key": f"burst-{n}"},
             json={"operation": "sms_twilio", "quantity": "3", "status": "completed"},
         )
         assert r.status_code == 200, r.text

@@ -102,7 +102,7 @@ def test_postings_on_any_worker_reach_the_tabs_on_another(scale_out, browser, re
         # Usage reported to the third worker.
         r = httpx.post(
             api_worker.url + "/api/credits/usage",
-            headers={**org.auth("member"), "Idempotency-Key": "so-1"},
+            headers={**org.auth("owner"), "Idempotency-Key": "so-1"},
             json={"operation": "voice_pipeline", "quantity": "10", "status": "completed"},
             timeout=30,
         )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from ..db import get_engine
-from . import auth_routes, credits, errors, openapi, payments
+from . import auth_routes, credits, errors, keys, openapi, payments
 
 
 def create_api_app() -> FastAPI:
@@ -31,6 +31,7 @@ def create_api_app() -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
     app.include_router(payments.router)
+    app.include_router(keys.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
     openapi.install(app, payments.WEBHOOK_EVENTS)
     return app

@@ -27,7 +27,7 @@ from ..payments.flow import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..services import get_auto_recharger, get_ledger, run_in_background
 from . import schemas as s
-from .deps import DecimalRoute, client_ip, current_principal
+from .deps import INSUFFICIENT_SCOPE, DecimalRoute, client_ip, current_principal, usage_principal
 from .errors import ApiError, responses
 
 router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=DecimalRoute)
@@ -305,8 +305,11 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
 @router.post(
     "/usage",
     response_model=s.UsageResponse,
-    responses=responses(400, 401, 402, 409),
+    responses={**responses(400, 401, 402, 409), **INSUFFICIENT_SCOPE},
     summary="Report a finished operation; completed ones are charged, failed ones never",
+    description="Spends the organization's credits, so it needs an API key with the `usage:write` scope "
+    "(owners and admins create them: POST /api/keys). A session, a member's key or a key without the scope "
+    "gets 403 `insufficient_scope` and nothing is recorded.",
 )
 def post_usage(
     body: s.UsageRequest,
@@ -318,7 +321,7 @@ def post_usage(
         max_length=150,
         description="Required unless the body's `idempotency_key` carries it; equal to it when both are sent.",
     ),
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(usage_principal),
 ) -> s.UsageResponse:
     key = body.idempotency_key or idempotency_key
     if key is None:

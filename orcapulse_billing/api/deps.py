@@ -13,11 +13,13 @@ from fastapi import Depends, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie, HTTPBearer
 
+from ..accounts import USAGE_WRITE
 from ..auth import SESSION_COOKIE, Principal, principal_for_api_key, principal_for_session
 from ..config import get_settings
 from ..db import get_engine
+from ..models import Role
 from ..ratelimit import RateLimiter
-from .errors import ApiError
+from .errors import ApiError, ErrorBody
 
 
 def _not_json(constant: str) -> Any:
@@ -92,6 +94,40 @@ def current_principal(
 def owner_principal(principal: Principal = Depends(current_principal)) -> Principal:
     if not principal.is_owner:
         raise ApiError(403, "forbidden", "only owners of the organization can do this")
+    return principal
+
+
+# The documented 403 of every route that spends credits.
+INSUFFICIENT_SCOPE = {
+    403: {
+        "model": ErrorBody,
+        "description": f"insufficient_scope: spending needs an API key with the `{USAGE_WRITE}` scope (owners and "
+        "admins create them: POST /api/keys); a session, a member's key or a key without the scope is refused",
+    }
+}
+
+
+def usage_principal(
+    request: Request,
+    _key: Annotated[Any, Security(API_KEY, scopes=[USAGE_WRITE])] = None,
+    _session: Annotated[Any, Security(SESSION)] = None,
+) -> Principal:
+    """Who may spend: an API key with the usage:write scope (never a session, never a member's key).
+    A session is documented as a way in because it is one: it is answered 403, not 401."""
+    principal = current_principal(request)
+    if not principal.has_scope(USAGE_WRITE):
+        if principal.via == "session":
+            why = "a signed-in session cannot report usage"
+        elif principal.role == Role.member.value:
+            why = "this is a member's key, and members' keys are read only"
+        else:
+            why = "this API key does not have it"
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"reporting usage needs an API key with the {USAGE_WRITE} scope ({why}); "
+            "an owner or admin creates one with POST /api/keys",
+        )
     return principal
 
 

@@ -25,6 +25,13 @@ LINKS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
             "description": "The billing session the usage was reported with (when `session_id` is not null).",
         },
     },
+    ("/api/keys", "post", "201"): {
+        "RevokeKey": {
+            "target": ("/api/keys/{key_id}", "delete"),
+            "parameters": {"key_id": "$response.body#/id"},
+            "description": "Revoke the key just made.",
+        },
+    },
     ("/api/credits/payment-methods", "get", "200"): {
         "ChargeCard": {
             "target": ("/api/credits/quick-purchase", "post"),
