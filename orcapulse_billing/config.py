@@ -7,12 +7,14 @@ Standard library only (and money.py): scripts/run runs this module's check befor
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .money import MoneyError, parse_amount
 
@@ -86,6 +88,52 @@ def _bonuses(raw: str) -> dict[str, Decimal]:
     return result
 
 
+def origin_of(url: str) -> str | None:
+    """The browser's form of a URL's origin: 'scheme://host[:port]', lower-case, without the default
+    port; None when it is not an http(s) URL with a host (or its port is malformed)."""
+    parsed = urlsplit(url.strip())
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    if scheme not in ("http", "https") or not parsed.hostname:
+        return None
+    host = parsed.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" if port in (None, DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origins(name: str) -> tuple[str, ...]:
+    result = []
+    for entry in _list(name):
+        origin = origin_of(entry)
+        if origin is None or urlsplit(entry).path not in ("", "/"):
+            raise ConfigError(f"{name}: {entry!r} is not an origin (scheme://host[:port])")
+        result.append(origin)
+    return tuple(result)
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(name: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in _list(name))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer")
+    return value
+
+
 ENVIRONMENTS = ("development", "production")
 
 
@@ -145,6 +193,12 @@ class Settings:
     # accepts connections but never answers costs a caller seconds, never forever (redis_client.py)
     redis_connect_timeout: float = 1.0  # REDIS_CONNECT_TIMEOUT, seconds
     redis_socket_timeout: float = 1.0  # REDIS_SOCKET_TIMEOUT, seconds
+    # Who may call, from where, with what (README "Security"): the page's origins besides APP_URL's
+    # (REST CORS, the Reflex socket, cookie-authenticated writes), the proxies whose X-Forwarded-For
+    # names the client, and the largest request body. COOKIE_SECURE (above) defaults to on for https.
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = 1024 * 1024
 
     @property
     def production(self) -> bool:
@@ -193,12 +247,16 @@ def load_settings() -> Settings:
         smtp_starttls=_flag("SMTP_STARTTLS", True),
         session_ttl_hours=_int("SESSION_TTL_HOURS", 168),
         package_bonus_percent=_bonuses(_env("PACKAGE_BONUS_PERCENT", "pkg_50:0,pkg_200:2,pkg_500:5,pkg_1000:10")),
-        cookie_secure=_flag("COOKIE_SECURE", False),
         operator_email=_env("OPERATOR_EMAIL", "billing-operator@localhost") or "billing-operator@localhost",
         stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 30),
         stripe_network_retries=_int("STRIPE_NETWORK_RETRIES", 2),
         redis_connect_timeout=_seconds("REDIS_CONNECT_TIMEOUT", 1.0),
         redis_socket_timeout=_seconds("REDIS_SOCKET_TIMEOUT", 1.0),
+        # who may call, from where, with what (README "Security")
+        allowed_origins=_origins("ALLOWED_ORIGINS"),
+        trusted_proxies=_networks("TRUSTED_PROXIES"),
+        max_body_bytes=_positive_int("MAX_BODY_BYTES", 1024 * 1024),
+        cookie_secure=_flag("COOKIE_SECURE", app_url.strip().lower().startswith("https://")),
     )
 
 

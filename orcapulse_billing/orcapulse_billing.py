@@ -7,10 +7,15 @@ from .config import require_safe_start
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
+from .trust import socket_origin_allowed
 
 # production: real provider keys and webhook secrets, or no start (one line on stderr, status 2)
 require_safe_start("OrcaPulse Billing")
 app = rx.App(api_transformer=create_api_app())
+# The socket (/_event) accepts a handshake only from the app's origins, read per handshake (trust.py):
+# Reflex gives python-engineio a fixed copy of rxconfig's cors_allowed_origins, which cannot name the
+# backend's own origin (known once Reflex has its ports).
+app.sio.eio.cors_allowed_origins = socket_origin_allowed
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once

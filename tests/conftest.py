@@ -157,12 +157,18 @@ def app(app_database, stripe_sandbox, lemon_sandbox):
     reflex_environment()
     from reflex.testing import AppHarness
 
+    from orcapulse_billing.config import get_settings
+
     with AppHarness.create(root=ROOT, app_name="orcapulse_billing") as harness:
         # The harness serves the page on "localhost" but points its socket at 127.0.0.1; one host
         # name keeps cookies working.
         harness.base_url = harness.frontend_url.replace("localhost", "127.0.0.1").rstrip("/")
         host, port = harness.backend.servers[0].sockets[0].getsockname()[:2]
         harness.backend_url = f"http://{host}:{port}"
+        # The page's origin is known only now (the harness picks its port): it is the app's URL, the
+        # origin whose socket handshakes and signed-in writes the app accepts (read per request).
+        os.environ["APP_URL"] = harness.base_url
+        get_settings.cache_clear()
         stripe_sandbox.configure_webhook(harness.backend_url + "/api/credits/webhook")
         lemon_sandbox.configure(
             webhook_url=harness.backend_url + "/api/credits/lemonsqueezy/webhook",

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from ..config import get_settings
 from ..db import get_engine
-from . import auth_routes, credits, errors, keys, openapi, payments
+from . import auth_routes, credits, errors, guards, keys, openapi, payments
 
 
 def create_api_app() -> FastAPI:
@@ -28,6 +29,7 @@ def create_api_app() -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
+    guards.install(app, get_settings().max_body_bytes)
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
     app.include_router(payments.router)

@@ -19,6 +19,7 @@ from ..config import get_settings
 from ..db import get_engine
 from ..models import Role
 from ..ratelimit import RateLimiter
+from ..trust import client_address
 from .errors import ApiError, ErrorBody
 
 
@@ -50,7 +51,9 @@ class DecimalRoute(APIRoute):
 
 
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address: X-Forwarded-For counts only from a peer in TRUSTED_PROXIES."""
+    peer = request.client.host if request.client else None
+    return client_address(peer, ", ".join(request.headers.getlist("x-forwarded-for")))
 
 
 # Documentation of the two ways in (the check below reads the request itself).

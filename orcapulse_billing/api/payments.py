@@ -473,6 +473,8 @@ async def stripe_webhook(request: Request) -> WebhookAck:
     signature = request.headers.get("stripe-signature")
     if not signature:
         raise ApiError(400, "invalid_signature", "missing Stripe-Signature header")
+    if not signature.isascii():  # Stripe's own check compares str digests, which must be ASCII
+        raise ApiError(400, "invalid_signature", "the Stripe-Signature is not a Stripe signature header")
     body = _json_object(payload)
     try:
         event = purchases.gateway.verify_event(payload, signature)
@@ -506,7 +508,7 @@ async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
     payload = await request.body()
     purchases = _lemon()
     signature = request.headers.get("x-signature")
-    if signature is not None and not re.fullmatch(LEMON_SIGNATURE, signature):
+    if signature is not None and not (signature.isascii() and re.fullmatch(LEMON_SIGNATURE, signature)):
         raise ApiError(400, "invalid_signature", "the X-Signature is not a hex HMAC-SHA256")
     try:
         purchases.gateway.verify(payload, signature)

@@ -21,6 +21,7 @@ from ...payments.flow import PurchaseError, choose, return_urls
 from ...payments.stripe_gateway import PaymentError
 from ...pricing import PACKAGES
 from ...services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
+from ...trust import client_address
 
 _OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
 # lemon.js is loaded by the page; createLemonSqueezy() (re)initialises it for the single-page app.
@@ -66,9 +67,11 @@ class Purchases(rx.State, mixin=True):
         return principal if principal is not None and principal.is_owner else None
 
     def _client_ip(self) -> str | None:
-        """The browser's address as the socket's connection has it: Reflex takes it from
-        X-Forwarded-For behind `trusted_proxy_hops` trusted proxies (rxconfig), else the peer."""
-        return self.router.session.client_ip or None
+        """The browser's address, decided as for the REST routes (trust.client_address): the socket's
+        peer (Reflex's own client_ip, with rxconfig's trusted_proxy_hops left at 0), or X-Forwarded-For
+        when that peer is one of TRUSTED_PROXIES."""
+        forwarded = self.router.headers.raw_headers.get("x-forwarded-for")
+        return client_address(self.router.session.client_ip or None, forwarded)
 
     @rx.event
     async def open_add_credits(self):
