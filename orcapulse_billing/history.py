@@ -28,7 +28,7 @@ TYPE_FILTERS: dict[str, tuple[str, ...] | None] = {
     "topup": ("purchase", "bonus"),
     "usage": ("usage",),
     "refund": ("refund", "dispute"),
-    "adjustment": ("adjustment",),
+    "adjustment": ("adjustment", "expiry"),
 }
 TYPE_LABELS = {
     "all": "All Transactions",

@@ -39,6 +39,7 @@ class EntryType(str, Enum):
     usage = "usage"
     refund = "refund"
     dispute = "dispute"
+    expiry = "expiry"
     adjustment = "adjustment"
 
 
@@ -50,6 +51,7 @@ class CreditSource(str, Enum):
     welcome = "welcome"
     manual = "manual"
     refund = "refund"
+    promotional = "promotional"
 
 
 class Organization(SQLModel, table=True):
@@ -126,6 +128,8 @@ class CreditAccount(SQLModel, table=True):
     usage_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     refund_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     adjustment_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    # credits reserved by active holds: available = balance - held (never below the floor)
+    held: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -137,6 +141,7 @@ ENTRY_KINDS = {
     "usage": "usage",
     "refund": "refund",
     "dispute": "refund",  # a chargeback takes credits back as a refund does, and a won one returns them
+    "expiry": "adjustment",  # what remained of an expired grant
     "adjustment": "adjustment",
 }
 
@@ -470,3 +475,72 @@ class UsageReport(SQLModel, table=True):
     account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
     idempotency_key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
     created_at: datetime = _ts(nullable=False)
+
+
+class CreditGrant(SQLModel, table=True):
+    """Every credit is a grant: what it added, what remains of it, when it expires and its place in the
+    burn order (`priority`: lower is spent first: promotional and welcome, then bonus, then purchased;
+    within a class the earliest-expiring first, then the oldest). Debits consume grants in that order
+    (`GrantConsumption`), in the posting's transaction."""
+
+    __tablename__ = "credit_grant"
+    __table_args__ = (
+        sa.Index("ix_credit_grant_burn_order", "account_id", "priority", "expires_at", "id"),
+        sa.CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_credit_grant_remaining"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
+    entry_id: int | None = Field(
+        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True, index=True)
+    )
+    source: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    priority: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units granted
+    remaining: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    expires_at: datetime | None = _ts(nullable=True)
+    # the purchase it came from (a refund or dispute of it removes what remains of it first)
+    checkout_session_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("checkout_session.id"), nullable=True)
+    )
+    expiry_notified_at: datetime | None = _ts(nullable=True)  # the 7-day warning went out
+    expired_at: datetime | None = _ts(nullable=True)  # its remainder was posted as an `expiry` entry
+    created_at: datetime = _ts(nullable=False)
+
+
+class GrantConsumption(SQLModel, table=True):
+    """Which grants a debit used, and how much of each."""
+
+    __tablename__ = "grant_consumption"
+
+    entry_id: int = Field(sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), primary_key=True))
+    grant_id: int = Field(sa_column=sa.Column(BigId, sa.ForeignKey("credit_grant.id"), primary_key=True))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+
+
+class CreditHold(SQLModel, table=True):
+    """A reservation for an operation in progress (a call): the available balance is the balance
+    minus active holds. Captured with the actual cost (which may exceed it), released on failure,
+    expired after a while."""
+
+    __tablename__ = "credit_hold"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_credit_hold_account_key"),
+        sa.Index("ix_credit_hold_active", "status", "expires_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
+    operation: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    model: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+    estimated_quantity: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))  # exact decimal text
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units reserved
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # active|captured|released|expired
+    idempotency_key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    captured_entry_id: int | None = Field(
+        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True)
+    )
+    actor_user_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    expires_at: datetime = _ts(nullable=False)
+    created_at: datetime = _ts(nullable=False)
+    settled_at: datetime | None = _ts(nullable=True)

@@ -28,6 +28,7 @@ TYPE_BADGES = {
     "usage": "Usage",
     "refund": "Refund",
     "dispute": "Dispute",
+    "expiry": "Expired",
     "adjustment": "Adjustment",
 }
 CATEGORY_LABELS = {
@@ -178,6 +179,7 @@ SOURCE_LABELS = {
     "welcome": "Welcome credit",
     "manual": "Manual grant",
     "refund": "Refund",
+    "promotional": "Promotional credit",
 }
 # provider references a purchase's or refund's metadata may hold, in the order the panel lists them
 REFERENCES = (
