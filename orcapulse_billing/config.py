@@ -199,6 +199,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    hold_ttl_seconds: int = 900  # HOLD_TTL_SECONDS: an active hold not captured or released by then expires
 
     @property
     def production(self) -> bool:
@@ -256,6 +257,7 @@ def load_settings() -> Settings:
         allowed_origins=_origins("ALLOWED_ORIGINS"),
         trusted_proxies=_networks("TRUSTED_PROXIES"),
         max_body_bytes=_positive_int("MAX_BODY_BYTES", 1024 * 1024),
+        hold_ttl_seconds=_positive_int("HOLD_TTL_SECONDS", 900),
         cookie_secure=_flag("COOKIE_SECURE", app_url.strip().lower().startswith("https://")),
     )
 

@@ -1,9 +1,10 @@
 """Metering: may an operation start, and what did a finished one cost.
 
-The spec's `checkCredits` middleware as two calls. `check` refuses new operations when the balance
-is at or below zero. `record_usage` posts the deduction after the operation has finished: a failed
-operation is never charged, and a completed one is charged even into the grace period (down to
-minus the grace limit), so calls already running end normally. Charges are exact over time: what
+The spec's `checkCredits` middleware as two calls. `check` refuses new operations when the available
+balance (the balance minus active holds, holds.py) is at or below zero. `record_usage` posts the
+deduction after the operation has finished: a failed operation is never charged, and a completed one
+is always charged, with no floor: past minus the grace limit the balance goes below it as debt, which
+blocks new operations and holds until it is paid. Charges are exact over time: what
 does not add up to a whole ledger unit yet is carried per account and operation
 (`usage_remainders`), so usage in small pieces is never free and never charged more than it cost.
 """
@@ -37,6 +38,9 @@ SESSION_OPERATIONS = {"voice_pipeline": "pipeline", "voice_realtime": "realtime"
 OPENAI_OPERATIONS = {"openai_input_tokens": "input", "openai_output_tokens": "output"}
 OPERATIONS = tuple(RATE_CARD) + tuple(SESSION_OPERATIONS) + tuple(OPENAI_OPERATIONS)
 STATUSES = ("completed", "failed")
+# Completed work is always recorded: usage posts with this floor (no floor), so a balance past minus
+# the grace limit goes below it as debt instead of the platform giving the work away.
+DEBT_FLOOR = -Decimal(10**12)
 
 
 class MeteringError(ValueError):
@@ -104,9 +108,10 @@ def price(
 
 @dataclass(frozen=True)
 class CheckResult:
-    allowed: bool
+    allowed: bool  # the available balance is above zero
     balance_units: int
     estimated_cost: Decimal
+    available_units: int  # the balance minus active holds
 
 
 def check(
@@ -118,10 +123,13 @@ def check(
     markup_percent: Decimal,
     model: str | None = None,
 ) -> CheckResult:
+    from .holds import reserved_units  # holds prices with this module
+
     charge = price(operation, estimated_quantity, markup_percent=markup_percent, model=model)
     with engine.connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
-    return CheckResult(acct.balance_units > 0, acct.balance_units, charge.cost)
+        available = acct.balance_units - reserved_units(conn, acct.id)
+    return CheckResult(available > 0, acct.balance_units, charge.cost, available)
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,9 @@ def record_usage(
 
     Everything happens in one ledger transaction, under the lock of the remainder row (PostgreSQL:
     `SELECT ... FOR UPDATE`; SQLite: `BEGIN IMMEDIATE`), so concurrent reports of one account+operation
-    queue and none reads a stale remainder. A debit refused at the floor rolls it all back, remainder
-    included. A replayed key returns the first result and changes nothing.
+    queue and none reads a stale remainder. A completed operation is never refused for the balance: it
+    posts with no floor (`DEBT_FLOOR`), past minus the grace limit as debt. A replayed key returns the
+    first result and changes nothing.
 
     A session's row stores its charged total split into parts (base, llm, stt, tts) that add up to it.
     `created_at` backdates the entry (imports, the demo seed); live reports leave it unset.
@@ -179,9 +188,7 @@ def record_usage(
     )
     if status == "failed":
         return UsageResult(False, None, charge, None)  # never charge a failed operation
-    metadata = {"provider": _provider(operation), "feature": operation, "quantity": _qty(quantity)}
-    if model:
-        metadata["model"] = model
+    metadata = usage_metadata(operation, quantity, model)
     if session is not None:
         metadata["usage_session_id"] = session.id
     session_id = session.id if session else None
@@ -196,33 +203,78 @@ def record_usage(
             return UsageResult(False, None, charge, session_id, replayed=True)
         if session is not None and billing_session(conn, account_id, session.id) is not None:
             raise MeteringError(f"session {session.id!r} was already billed")
-        units, rest = carry(carried, charge.cost)
-        entry = None
-        if units > 0:
-            entry = ledger.post_in(
-                conn,
-                Posting(
-                    account_id,
-                    EntryType.usage,
-                    -from_units(units),
-                    charge.description,
-                    category=charge.category,
-                    metadata=metadata,
-                    actor_user_id=actor_user_id,
-                    actor_ip=actor_ip,
-                    idempotency_key=f"usage:{idempotency_key}",
-                    created_at=created_at,
-                ),
-            )
-            if entry.replayed:  # the same key committed meanwhile under another operation's lock
-                return UsageResult(True, entry, charge, session_id, replayed=True)
-        else:
+        entry, units = post_charge(
+            ledger,
+            conn,
+            account_id,
+            operation,
+            carried,
+            charge,
+            metadata,
+            ledger_key=f"usage:{idempotency_key}",
+            actor_user_id=actor_user_id,
+            actor_ip=actor_ip,
+            created_at=created_at,
+        )
+        if entry is not None and entry.replayed:  # the same key committed meanwhile under another operation's lock
+            return UsageResult(True, entry, charge, session_id, replayed=True)
+        if entry is None:
             record_uncharged(conn, account_id, idempotency_key, created_at)
-        store_remainder(conn, account_id, operation, rest)
         if session is not None:
             when = entry.created_at if entry else created_at or datetime.now(UTC)
             _insert_session(conn, account_id, entry, units, when, operation, quantity, charge, session)
     return UsageResult(entry is not None, entry, charge, session_id)
+
+
+def usage_metadata(operation: str, quantity: Decimal, model: str | None) -> dict[str, str]:
+    """What a usage entry says about the operation (a usage report's and a captured hold's alike)."""
+    metadata = {"provider": _provider(operation), "feature": operation, "quantity": _qty(quantity)}
+    if model:
+        metadata["model"] = model
+    return metadata
+
+
+def post_charge(
+    ledger: Ledger,
+    conn: Connection,
+    account_id: int,
+    operation: str,
+    carried: Decimal,
+    charge: Charge,
+    metadata: dict[str, str],
+    *,
+    ledger_key: str,
+    actor_user_id: int | None = None,
+    actor_ip: str | None = None,
+    created_at: datetime | None = None,
+) -> tuple[PostedEntry | None, int]:
+    """Inside the caller's ledger transaction, after `lock_remainder` gave `carried`: posts
+    floor(carried + cost) units of completed usage with no floor (it may leave debt) and stores the
+    rest. Returns (the entry or None when nothing reached a whole unit, the units charged). A replayed
+    `ledger_key` changes nothing (the remainder is left as it is)."""
+    units, rest = carry(carried, charge.cost)
+    entry = None
+    if units > 0:
+        entry = ledger.post_in(
+            conn,
+            Posting(
+                account_id,
+                EntryType.usage,
+                -from_units(units),
+                charge.description,
+                category=charge.category,
+                metadata=metadata,
+                actor_user_id=actor_user_id,
+                actor_ip=actor_ip,
+                idempotency_key=ledger_key,
+                floor=DEBT_FLOOR,
+                created_at=created_at,
+            ),
+        )
+        if entry.replayed:
+            return entry, units
+    store_remainder(conn, account_id, operation, rest)
+    return entry, units
 
 
 def _check_same_report(entry: PostedEntry, charge: Charge, metadata: dict[str, str], key: str) -> None:

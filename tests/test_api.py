@@ -87,6 +87,8 @@ def test_balance_flags_low_balance_grace_and_operations(client, org: Org):
     body = client.get("/api/credits/balance", headers=org.auth("member")).json()
     assert body == {
         "balance": "0.0000",
+        "available": "0.0000",
+        "reserved": "0.0000",
         "currency": "USD",
         "low_balance": True,
         "low_balance_threshold": "5.0000",
@@ -270,7 +272,7 @@ def test_failed_operations_are_never_charged(client, org: Org):
     assert org.account().transaction_count == 1 and org.account().balance == Decimal(10)
 
 
-def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: Org):
+def test_check_refuses_at_zero_and_completed_calls_are_charged_into_grace_and_debt(client, org: Org):
     org.post("purchase", "1")
     ok = client.post(
         "/api/credits/check", json={"operation": "ai_call", "estimated_quantity": "5"}, headers=org.auth("member")
@@ -290,14 +292,31 @@ def test_check_refuses_at_zero_and_running_calls_finish_into_grace(client, org: 
     assert r.status_code == 200 and r.json()["balance"] == "-4.5000"
     refused = client.post("/api/credits/check", json={"operation": "sms_twilio"}, headers=org.auth("member"))
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_credits"
-    # beyond the grace limit nothing is written
-    before = org.account()
+    # beyond the grace limit a completed operation is still recorded (never free): the balance is debt
     r = client.post(
         "/api/credits/usage",
         headers=org.auth("owner"),
         json={"operation": "voice_realtime", "quantity": "10", "status": "completed", "idempotency_key": "past-grace"},
     )
-    assert r.status_code == 402 and org.account() == before
+    assert r.status_code == 200 and r.json()["balance"] == "-5.6000" and r.json()["charged"]
+    assert org.account().balance == Decimal("-5.6")
+    # and the debt blocks new operations and holds until it is paid
+    refused = client.post("/api/credits/check", json={"operation": "sms_twilio"}, headers=org.auth("member"))
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_credits"
+    held = client.post(
+        "/api/credits/holds",
+        headers=org.auth("owner"),
+        json={"operation": "sms_twilio", "estimated_quantity": "1", "idempotency_key": "after-debt"},
+    )
+    assert held.status_code == 402 and held.json()["error"]["code"] == "insufficient_credits"
+    org.post("purchase", "5.6")
+    refused = client.post("/api/credits/check", json={"operation": "sms_twilio"}, headers=org.auth("member"))
+    assert refused.status_code == 402  # at zero: still nothing new
+    org.post("purchase", "1")
+    assert (
+        client.post("/api/credits/check", json={"operation": "sms_twilio"}, headers=org.auth("member")).status_code
+        == 200
+    )
 
 
 def test_usage_idempotency(client, org: Org):

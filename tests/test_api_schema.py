@@ -13,8 +13,9 @@ Three things generated data cannot do by itself, done here exactly as the docume
   usage key in the body or in the Idempotency-Key header (the same when both), `from` not after `to`,
   a session not ending before it starts, a monthly cap not below the recharge amount. Positive
   (schema-valid) requests are made to keep them; a request breaking one is refused with 400.
-- State: a session is billed once (a new id per generated report), and enabling auto-recharge or
-  a one-click purchase needs a saved card (one is saved again when a generated DELETE removed it);
+- State: a session is billed once (a new id per generated report), a chat hold is captured in whole
+  messages, and enabling auto-recharge or a one-click purchase needs a saved card (one is saved
+  again when a generated DELETE removed it);
   a generated DELETE /api/keys/{id} may revoke the caller's own key (it gets a new one, with its
   role's scopes: the owner's reports usage, the member's reads only).
 - Provider signatures: a webhook request whose signature header is schema-valid gets a real
@@ -156,6 +157,15 @@ def keep_rules(case) -> None:
             start, end = session.get("started_at"), session.get("ended_at")
             if isinstance(start, str) and isinstance(end, str) and parse_timestamp(end) < parse_timestamp(start):
                 session["started_at"], session["ended_at"] = end, start
+    if case.path == "/api/credits/holds/{hold_id}/capture" and isinstance(body, dict) and "quantity" in body:
+        # a chat hold is captured in whole messages (its description says so)
+        with org.engine.connect() as conn:
+            operation = conn.execute(
+                sa.text("SELECT operation FROM credit_hold WHERE id = :h"),
+                {"h": (case.path_parameters or {}).get("hold_id")},
+            ).scalar()
+        if operation == "chat" and Decimal(str(body["quantity"])) % 1:
+            body["quantity"] = "1"
     if case.path == "/api/credits/auto-recharge" and case.method == "PUT" and isinstance(body, dict):
         if body.get("monthly_cap") is not None and Decimal(body["monthly_cap"]) < Decimal(body["amount"]):
             body["monthly_cap"] = body["amount"]
@@ -194,6 +204,8 @@ WRITTEN = sa.text(
         (SELECT count(*) FROM ledger_entry WHERE account_id = :a
             AND (metadata IS NULL OR metadata NOT LIKE '%autoRecharge%')),
         (SELECT count(*) FROM billing_session WHERE account_id = :a),
+        (SELECT count(*) || ' ' || count(settled_at) FROM credit_hold WHERE account_id = :a),
+        (SELECT held FROM credit_account WHERE id = :a),
         (SELECT count(*) FROM checkout_session WHERE organization_id = :o),
         (SELECT count(*) FROM payment_method WHERE organization_id = :o),
         (SELECT count(*) FROM audit_log WHERE organization_id = :o),

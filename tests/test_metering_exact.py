@@ -19,10 +19,10 @@ import sqlalchemy as sa
 
 from orcapulse_billing.accounts import account_id_for, create_organization
 from orcapulse_billing.db import make_engine
-from orcapulse_billing.ledger import IdempotencyConflict, InsufficientCredits, Ledger, Posting, check_invariants
+from orcapulse_billing.ledger import IdempotencyConflict, Ledger, Posting, check_invariants
 from orcapulse_billing.ledger import get_account as ledger_account
 from orcapulse_billing.metering import SessionInfo, price, record_usage
-from orcapulse_billing.money import UNITS_PER_CREDIT
+from orcapulse_billing.money import UNITS_PER_CREDIT, to_units
 
 from .conftest import GRACE
 
@@ -149,21 +149,21 @@ def test_replays_of_tiny_reports_change_nothing(engine, ledger, new_account):
     assert state(engine, account_id) == before
 
 
-def test_a_refused_charge_keeps_the_remainder_as_it_was(engine, ledger, new_account):
+def test_a_charge_past_the_floor_is_recorded_as_debt_and_stays_exact(engine, ledger, new_account):
+    """Completed usage is always recorded (it used to be refused at the floor, which gave it away):
+    past minus the grace limit the balance goes into debt, and the remainders stay exact."""
     account_id = new_account()
     org_id = org_of(engine, account_id)
     report(ledger, org_id, "before-floor-1")  # 0.4986 units carried
-    ledger.post(Posting(account_id, "usage", -GRACE, "down to the floor", category="ai_call"))
-    before = state(engine, account_id)
-    with pytest.raises(InsufficientCredits):
-        report(ledger, org_id, "past-floor", Decimal(10_000))  # 0.0018: at the floor, refused
-    assert state(engine, account_id) == before
-    # below a whole unit nothing is posted, so nothing is refused: the cost waits in the remainder
-    assert not report(ledger, org_id, "before-floor-2").charged  # 0.9972 units
-    with pytest.raises(InsufficientCredits):
-        report(ledger, org_id, "before-floor-3")  # 1.4958 units: one unit to post, refused
-    assert state(engine, account_id)["remainders"] == {"openai_input_tokens": TOKEN_COST * 2}
-    assert state(engine, account_id)["invariants"] == []
+    ledger.post(Posting(account_id, "adjustment", -GRACE, "down to the floor"))
+    past = report(ledger, org_id, "past-floor", Decimal(10_000))  # 0.0018 + 0.4986 units carried
+    assert past.entry is not None and past.entry.amount_units == -18
+    assert past.entry.balance_after_units == -to_units(GRACE) - 18  # below the floor: debt
+    assert not report(ledger, org_id, "before-floor-2").charged  # 0.9972 units carried
+    third = report(ledger, org_id, "before-floor-3")  # 1.4958 units: one unit posted, into the debt
+    assert third.entry is not None and third.entry.amount_units == -1
+    assert_exact(engine, account_id, {"openai_input_tokens": TOKEN_COST * 3 + past.charge.cost})
+    assert state(engine, account_id)["balance"] == -to_units(GRACE) - 19
 
 
 def session_report(ledger: Ledger, org_id: int, session_id: str, minutes: str, key: str | None = None):

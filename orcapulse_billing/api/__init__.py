@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..config import get_settings
 from ..db import get_engine
-from . import auth_routes, credits, errors, guards, keys, openapi, payments
+from . import auth_routes, credits, errors, guards, holds, keys, openapi, payments
 
 
 def create_api_app() -> FastAPI:
@@ -32,6 +32,7 @@ def create_api_app() -> FastAPI:
     guards.install(app, get_settings().max_body_bytes)
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
+    app.include_router(holds.router)
     app.include_router(payments.router)
     app.include_router(keys.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)

@@ -20,7 +20,8 @@ from ..auth import Principal
 from ..config import get_settings
 from ..db import get_engine
 from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, history_page, iter_history, usage_summary
-from ..ledger import IdempotencyConflict, InsufficientCredits, get_account
+from ..holds import reserved_units
+from ..ledger import IdempotencyConflict, get_account
 from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
 from ..payments.flow import choose
@@ -94,15 +95,18 @@ def balance_json(organization_id: int) -> s.Balance:
     settings = get_settings()
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
+        reserved = reserved_units(conn, acct.id)
     threshold = to_units(settings.low_balance_threshold)
     return s.Balance(
         balance=fmt4(acct.balance_units),
+        available=fmt4(acct.balance_units - reserved),
+        reserved=fmt4(reserved),
         currency=acct.currency,
         low_balance=acct.balance_units < threshold,
         low_balance_threshold=fmt4(threshold),
         grace_limit=fmt4(to_units(settings.grace_limit)),
         in_grace_period=acct.balance_units < 0,
-        can_start_operations=acct.balance_units > 0,
+        can_start_operations=acct.balance_units - reserved > 0,
         lifetime_added=fmt4(acct.lifetime_added_units),
         lifetime_consumed=fmt4(acct.lifetime_consumed_units),
         transaction_count=acct.transaction_count,
@@ -279,7 +283,7 @@ def get_session(
     "/check",
     response_model=s.CheckResponse,
     responses=responses(400, 401, 402),
-    summary="May a new operation start? (402 at or below zero)",
+    summary="May a new operation start? (402 when the available balance is at or below zero)",
 )
 def post_check(body: s.CheckRequest, principal: Principal = Depends(current_principal)):
     try:
@@ -297,7 +301,10 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
         allowed=result.allowed, balance=fmt4(result.balance_units), estimated_cost=fmt4(to_units(result.estimated_cost))
     )
     if not result.allowed:
-        answer.reason = "the balance is at or below zero: add credits to start new operations"
+        answer.reason = (
+            f"the available balance ({fmt4(result.available_units)}: the balance less active holds) is at or "
+            "below zero: add credits to start new operations"
+        )
         raise ApiError(402, "insufficient_credits", answer.reason)
     return answer
 
@@ -305,8 +312,8 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
 @router.post(
     "/usage",
     response_model=s.UsageResponse,
-    responses={**responses(400, 401, 402, 409), **INSUFFICIENT_SCOPE},
-    summary="Report a finished operation; completed ones are charged, failed ones never",
+    responses={**responses(400, 401, 409), **INSUFFICIENT_SCOPE},
+    summary="Report a finished operation; completed ones are always charged (into debt if need be), failed ones never",
     description="Spends the organization's credits, so it needs an API key with the `usage:write` scope "
     "(owners and admins create them: POST /api/keys). A session, a member's key or a key without the scope "
     "gets 403 `insufficient_scope` and nothing is recorded.",
@@ -351,8 +358,6 @@ def post_usage(
         raise ApiError(400, "invalid_request", str(exc)) from None
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
-    except InsufficientCredits as exc:
-        raise ApiError(402, "insufficient_credits", str(exc)) from None
     except IntegrityError:  # the same session id billed concurrently under another key
         raise ApiError(409, "conflict", "this session was billed concurrently under another key") from None
     entry = result.entry

@@ -25,6 +25,19 @@ LINKS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
             "description": "The billing session the usage was reported with (when `session_id` is not null).",
         },
     },
+    ("/api/credits/holds", "post", "201"): {
+        "CaptureHold": {
+            "target": ("/api/credits/holds/{hold_id}/capture", "post"),
+            "parameters": {"hold_id": "$response.body#/id"},
+            "requestBody": {"quantity": "$response.body#/estimated_quantity"},
+            "description": "The operation completed as estimated: charge it and release the hold.",
+        },
+        "ReleaseHold": {
+            "target": ("/api/credits/holds/{hold_id}/release", "post"),
+            "parameters": {"hold_id": "$response.body#/id"},
+            "description": "The operation failed: release the hold.",
+        },
+    },
     ("/api/keys", "post", "201"): {
         "RevokeKey": {
             "target": ("/api/keys/{key_id}", "delete"),
