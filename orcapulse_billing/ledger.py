@@ -80,6 +80,16 @@ _DEFAULT_SOURCE = {
 }
 
 
+# Burn order classes: lower is spent first. Anything not named here (purchase, manual, refund, a
+# migrated balance) is 2: paid-for credits are spent last.
+GRANT_PRIORITY = {CreditSource.promotional.value: 0, CreditSource.welcome.value: 0, CreditSource.bonus.value: 1}
+PAID_PRIORITY = 2
+
+
+def grant_priority(source: str | None) -> int:
+    return GRANT_PRIORITY.get(source or "", PAID_PRIORITY)
+
+
 @dataclass(frozen=True)
 class Posting:
     """What to post. `amount` is signed: credits positive, debits negative.
@@ -100,6 +110,13 @@ class Posting:
     idempotency_key: str | None = None
     floor: Decimal | None = None
     created_at: datetime | None = None
+    # credits: when the grant it creates expires (None: never)
+    expires_at: datetime | None = None
+    # the purchase it belongs to: its credits' grants remember it, and its refunds and disputes
+    # take from those grants first
+    checkout_session_id: int | None = None
+    # debits: consume this grant only (an expiry takes exactly what remains of its grant)
+    from_grant: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,9 @@ class _Prepared:
     actor_ip: str | None
     idempotency_key: str | None
     created_at: datetime
+    expires_at: datetime | None = None
+    checkout_session_id: int | None = None
+    from_grant: int | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -169,6 +189,9 @@ class _Prepared:
             "actor_ip": self.actor_ip,
             "idempotency_key": self.idempotency_key,
             "created_at": self.created_at,
+            "priority": grant_priority(self.source),
+            "expires_at": self.expires_at,
+            "checkout_session_id": self.checkout_session_id,
         }
 
 
@@ -205,6 +228,23 @@ _TYPED = (
     sa.bindparam("metadata", type_=JsonType),
     sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
     sa.bindparam("day", type_=sa.Date()),
+    sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
+)
+
+# A credit's grant. What it adds pays the account's debt first (a negative balance_before), so its
+# remainder is min(amount, balance_after), never below zero: sum(remainders) == max(balance, 0).
+_GRANT_COLUMNS = (
+    "account_id, entry_id, source, priority, amount, remaining, expires_at, checkout_session_id, created_at"
+)
+
+# Burn order: the purchase's own grants first (refunds and disputes of it), then by class, then the
+# earliest expiry (none last), then the oldest. `:only` restricts it to one grant (an expiry).
+_BURN_ORDER = (
+    "CASE WHEN checkout_session_id = CAST(:checkout_session_id AS INTEGER) THEN 0 ELSE 1 END, "
+    "priority, CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, id"
+)
+_BURNABLE = (
+    "account_id = :account_id AND remaining > 0 AND (CAST(:only AS BIGINT) IS NULL OR id = CAST(:only AS BIGINT))"
 )
 
 # Usage postings also add to their day's rollup (same transaction, under the account row's lock).
@@ -239,7 +279,13 @@ rollup AS ({
                 source="SELECT account_id, CAST(:day AS DATE), CAST(:rollup_category AS VARCHAR), "
                 "-amount, 1 FROM entry WHERE kind = 'usage'"
             )
-        })
+        }),
+grant_row AS (
+INSERT INTO credit_grant ({_GRANT_COLUMNS})
+SELECT account_id, id, source, CAST(:priority AS SMALLINT), amount, GREATEST(0, LEAST(amount, balance_after)),
+       CAST(:expires_at AS TIMESTAMPTZ), CAST(:checkout_session_id AS INTEGER), created_at
+  FROM entry WHERE amount > 0
+)
 SELECT {_ENTRY_COLUMNS} FROM entry
 """
     )
@@ -263,6 +309,54 @@ RETURNING {_ENTRY_COLUMNS}
 _SQLITE_ROLLUP = sa.text(
     _UPSERT_ROLLUP.format(source="VALUES (:account_id, :day, :rollup_category, :consumed, 1)")
 ).bindparams(_TYPED[2])
+
+_SQLITE_GRANT = sa.text(
+    f"INSERT INTO credit_grant ({_GRANT_COLUMNS}) VALUES (:account_id, :entry_id, :source, :priority, :amount, "
+    ":remaining, :expires_at, :checkout_session_id, :created_at)"
+).bindparams(_TYPED[1], _TYPED[3])
+# SQLite: the write transaction is the lock; the split is computed in Python.
+_SQLITE_BURNABLE = sa.text(f"SELECT id, remaining FROM credit_grant WHERE {_BURNABLE} ORDER BY {_BURN_ORDER}")
+_TAKE_FROM_GRANT = sa.text("UPDATE credit_grant SET remaining = remaining - :amount WHERE id = :grant_id")
+_CONSUMPTION = sa.text(
+    "INSERT INTO grant_consumption (entry_id, grant_id, amount) VALUES (:entry_id, :grant_id, :amount)"
+)
+
+# PostgreSQL: one statement after the posting, in its transaction (the account row is locked by
+# then, and this statement's snapshot sees every earlier writer's grants). The grants are locked as
+# well; the running sum in burn order decides what each gives: all of it while the debit is not
+# covered, then the rest of the debit, then nothing. What no grant covers is debt.
+_PG_BURN = sa.text(
+    f"""
+WITH burnable AS (
+SELECT id, checkout_session_id, priority, expires_at, remaining FROM credit_grant
+ WHERE {_BURNABLE}
+   FOR UPDATE
+),
+ordered AS (
+SELECT id, remaining, CAST(SUM(remaining) OVER (ORDER BY {_BURN_ORDER} ROWS UNBOUNDED PRECEDING) AS BIGINT) AS upto
+  FROM burnable
+),
+take AS (
+SELECT id, LEAST(remaining, CAST(:need AS BIGINT) - (upto - remaining)) AS amount
+  FROM ordered WHERE upto - remaining < CAST(:need AS BIGINT)
+),
+taken AS (
+UPDATE credit_grant g SET remaining = g.remaining - take.amount FROM take WHERE g.id = take.id RETURNING g.id
+)
+INSERT INTO grant_consumption (entry_id, grant_id, amount) SELECT CAST(:entry_id AS BIGINT), id, amount FROM take
+"""
+)
+
+_GRANT_ACCOUNT = sa.text("SELECT account_id FROM credit_grant WHERE id = :id")
+_LOCK_ACCOUNT = sa.text("SELECT id FROM credit_account WHERE id = :account_id FOR UPDATE")
+_GRANT_FOR_EXPIRY = sa.text(
+    "SELECT source, amount, remaining, expires_at, expired_at, created_at FROM credit_grant WHERE id = :id"
+).columns(
+    expires_at=sa.DateTime(timezone=True), expired_at=sa.DateTime(timezone=True), created_at=sa.DateTime(timezone=True)
+)
+_MARK_EXPIRED = sa.text("UPDATE credit_grant SET expired_at = :at WHERE id = :id AND expired_at IS NULL").bindparams(
+    sa.bindparam("at", type_=sa.DateTime(timezone=True))
+)
 
 _FIND_BY_KEY = sa.text(
     f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id AND idempotency_key = :key"
@@ -325,8 +419,12 @@ class Ledger:
         prepared = self._prepare(posting)
         for attempt in (1, 2):
             try:
-                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    entry = self._apply(conn, prepared)
+                if prepared.amount > 0:  # a credit and its grant are one statement
+                    with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                        entry = self._apply(conn, prepared)
+                else:  # a debit consumes grants in a second statement, under the account row's lock
+                    with self.engine.connect() as conn, conn.begin():
+                        entry = self._apply(conn, prepared)
                 self._notify([entry])
                 return entry
             except IntegrityError:
@@ -380,6 +478,43 @@ class Ledger:
                 posted = conn.info.pop("ledger_posted", [])
         self._notify(posted)
 
+    def expire_grant(self, grant_id: int, *, now: datetime | None = None) -> PostedEntry | None:
+        """Posts what remains of an expired grant as an `expiry` entry that consumes that grant only,
+        and marks the grant expired, in one transaction. Idempotent (key `expiry:<grant id>`): a grant
+        already expired, or one with nothing left, posts nothing (None). `now` decides whether it is
+        due (the job's clock; tests pass a later one)."""
+        moment = as_utc(now) if now else datetime.now(UTC)
+        with self.transaction() as conn:
+            account_id = conn.execute(_GRANT_ACCOUNT, {"id": grant_id}).scalar()
+            if account_id is None:
+                raise InvalidPosting(f"no credit grant {grant_id}")
+            if not self._sqlite:  # what remains is read under the account row's lock (debits take it)
+                conn.execute(_LOCK_ACCOUNT, {"account_id": account_id})
+            grant = conn.execute(_GRANT_FOR_EXPIRY, {"id": grant_id}).one()._mapping
+            if grant["expired_at"] is not None:
+                return None
+            if grant["expires_at"] is None or as_utc(grant["expires_at"]) > moment:
+                raise InvalidPosting(f"credit grant {grant_id} has not expired")
+            entry = None
+            if grant["remaining"] > 0:
+                label = f"${from_units(grant['amount']):,.2f}"
+                entry = self.post_in(
+                    conn,
+                    Posting(
+                        account_id,
+                        EntryType.expiry,
+                        -from_units(grant["remaining"]),
+                        f"Expired credits - {grant['source']} grant of {label} "
+                        f"from {_day(as_utc(grant['created_at']))}",
+                        metadata={"grant": grant_id, "expiresAt": as_utc(grant["expires_at"]).isoformat()},
+                        idempotency_key=f"expiry:{grant_id}",
+                        floor=from_units(NO_FLOOR_UNITS),
+                        from_grant=grant_id,
+                    ),
+                )
+            conn.execute(_MARK_EXPIRED, {"id": grant_id, "at": datetime.now(UTC)})
+        return entry
+
     # -- internals --------------------------------------------------------------------------
 
     def _prepare(self, p: Posting) -> _Prepared:
@@ -400,8 +535,12 @@ class Ledger:
             raise InvalidPosting("amount must not be zero (after rounding to 4 places)")
         if entry_type in (EntryType.purchase, EntryType.bonus) and units < 0:
             raise InvalidPosting(f"a {entry_type.value} must be a credit (positive amount)")
-        if entry_type is EntryType.usage and units > 0:
-            raise InvalidPosting("usage must be a debit (negative amount)")
+        if entry_type in (EntryType.usage, EntryType.expiry) and units > 0:
+            raise InvalidPosting(f"{entry_type.value} must be a debit (negative amount)")
+        if (entry_type is EntryType.expiry) != (p.from_grant is not None):
+            raise InvalidPosting("an expiry, and only an expiry, takes from one grant (from_grant)")
+        if p.expires_at is not None and units < 0:
+            raise InvalidPosting("only credits expire")
         source = p.source
         if units > 0:
             source = source or _DEFAULT_SOURCE.get(entry_type)
@@ -439,6 +578,9 @@ class Ledger:
             actor_ip=p.actor_ip,
             idempotency_key=p.idempotency_key,
             created_at=created_at,
+            expires_at=as_utc(p.expires_at) if p.expires_at else None,
+            checkout_session_id=p.checkout_session_id,
+            from_grant=p.from_grant,
         )
 
     def _apply(self, conn: Connection, p: _Prepared) -> PostedEntry:
@@ -446,9 +588,12 @@ class Ledger:
         if self._sqlite:
             row = self._apply_sqlite(conn, params)
         else:
-            row = conn.execute(_PG_POST, params).first()
+            row = conn.execute(_PG_POST, params).first()  # with a credit's grant
         if row is not None:
-            return _entry_from_row(row)
+            entry = _entry_from_row(row)
+            if entry.amount_units < 0:
+                self._burn(conn, entry, p)
+            return entry
         # Nothing was written: an earlier entry with this key, a missing account, or the floor.
         if p.idempotency_key is not None:
             existing = conn.execute(_FIND_BY_KEY, {"account_id": p.account_id, "key": p.idempotency_key}).first()
@@ -477,7 +622,28 @@ class Ledger:
         ).first()
         if params["kind"] == "usage":
             conn.execute(_SQLITE_ROLLUP, params)
+        if row is not None and params["amount"] > 0:
+            remaining = max(0, min(params["amount"], balance))
+            conn.execute(_SQLITE_GRANT, {**params, "entry_id": row._mapping["id"], "remaining": remaining})
         return row
+
+    def _burn(self, conn: Connection, entry: PostedEntry, p: _Prepared) -> None:
+        """Records which grants a new debit consumed, in burn order, and lowers their remainders."""
+        need = -entry.amount_units
+        where = {"account_id": p.account_id, "only": p.from_grant, "checkout_session_id": p.checkout_session_id}
+        if not self._sqlite:
+            conn.execute(_PG_BURN, {**where, "need": need, "entry_id": entry.id})
+            return
+        taken = []
+        for grant_id, remaining in conn.execute(_SQLITE_BURNABLE, where).all():
+            if need <= 0:
+                break
+            amount = min(remaining, need)
+            taken.append({"entry_id": entry.id, "grant_id": grant_id, "amount": amount})
+            need -= amount
+        if taken:
+            conn.execute(_TAKE_FROM_GRANT, taken)
+            conn.execute(_CONSUMPTION, taken)
 
     @staticmethod
     def _replay(row: DbRow, p: _Prepared) -> PostedEntry:
@@ -489,6 +655,10 @@ class Ledger:
                 f"idempotency key {p.idempotency_key!r} was already used with different parameters"
             )
         return entry
+
+
+def _day(moment: datetime) -> str:
+    return f"{moment:%b} {moment.day}, {moment.year}"
 
 
 def find_entry(conn: Connection, account_id: int, idempotency_key: str) -> PostedEntry | None:
@@ -617,4 +787,88 @@ def check_invariants(conn: Connection, account_id: int) -> list[str]:
         problems.append("lifetime aggregates disagree with the entries")
     if broken_chain:
         problems.append(f"{broken_chain} entries whose balance_before is not the previous balance_after")
+    return problems + _grant_problems(conn, account_id, acct.balance_units)
+
+
+def _grant_problems(conn: Connection, account_id: int, balance: int) -> list[str]:
+    """The grants agree with the balance and the entries, exactly:
+
+    * balance == sum(remainders) - debt, where debt is what no grant covers: max(0, -balance);
+      so the remainders add up to max(balance, 0);
+    * each debit consumed exactly its covered part, min(-amount, max(balance_before, 0)), and an
+      expiry only its own grant;
+    * each credit made one grant of its amount, whose remainder started at the amount less the debt
+      it paid (min(amount, max(0, -balance_before))) and went down only by what debits consumed;
+    * a grant marked expired has nothing left.
+
+    Entries posted before grants existed (an account migrated by 0010) are not held to the
+    per-entry rules: those start at the account's first entry with a grant or a consumption."""
+    entries = {
+        r[0]: r
+        for r in conn.execute(
+            sa.text(
+                "SELECT id, seq, type, amount, balance_before FROM ledger_entry WHERE account_id = :a ORDER BY seq"
+            ),
+            {"a": account_id},
+        )
+    }
+    grants = conn.execute(
+        sa.text(
+            "SELECT id, entry_id, amount, remaining, expired_at FROM credit_grant WHERE account_id = :a ORDER BY id"
+        ),
+        {"a": account_id},
+    ).all()
+    consumptions = conn.execute(
+        sa.text(
+            "SELECT c.entry_id, c.grant_id, c.amount FROM grant_consumption c "
+            "JOIN credit_grant g ON g.id = c.grant_id WHERE g.account_id = :a"
+        ),
+        {"a": account_id},
+    ).all()
+    problems = []
+    remaining_total = sum(g[3] for g in grants)
+    if remaining_total != max(balance, 0):
+        problems.append(f"grant remainders {remaining_total} != balance {balance} plus debt {max(0, -balance)}")
+    used_by_entry: dict[int, int] = {}
+    used_of_grant: dict[int, int] = {}
+    grants_of_entry: dict[int, list[int]] = {}
+    for entry_id, grant_id, amount in consumptions:
+        if amount <= 0 or entry_id not in entries or entries[entry_id][3] >= 0:
+            problems.append(f"consumption of {amount} by entry {entry_id} from grant {grant_id} is not a debit's")
+        used_by_entry[entry_id] = used_by_entry.get(entry_id, 0) + amount
+        used_of_grant[grant_id] = used_of_grant.get(grant_id, 0) + amount
+        grants_of_entry.setdefault(entry_id, []).append(grant_id)
+    grant_of_entry: dict[int, Any] = {}
+    for g in grants:
+        grant_id, entry_id, amount, remaining, expired_at = g
+        if entry_id is not None:
+            if entry_id in grant_of_entry or entry_id not in entries:
+                problems.append(f"grant {grant_id}: entry {entry_id} has another grant or is not this account's")
+            grant_of_entry[entry_id] = g
+        paid_debt = 0
+        if entry_id in entries:
+            credit, before = entries[entry_id][3], entries[entry_id][4]
+            if credit != amount:
+                problems.append(f"grant {grant_id} of {amount} for a credit of {credit}")
+            paid_debt = min(amount, max(0, -before))
+        if amount - remaining != paid_debt + used_of_grant.get(grant_id, 0):
+            problems.append(
+                f"grant {grant_id}: {amount} - remaining {remaining} != debt paid {paid_debt} "
+                f"+ consumed {used_of_grant.get(grant_id, 0)}"
+            )
+        if expired_at is not None and remaining:
+            problems.append(f"grant {grant_id} expired with {remaining} left")
+    tracked = [seq for entry_id, seq, *_ in entries.values() if entry_id in grant_of_entry or entry_id in used_by_entry]
+    start = min(tracked, default=None)
+    for entry_id, seq, entry_type, amount, before in entries.values():
+        if start is None or seq < start:
+            continue
+        if amount > 0 and entry_id not in grant_of_entry:
+            problems.append(f"credit entry {entry_id} made no grant")
+        if amount < 0:
+            covered = min(-amount, max(before, 0))
+            if used_by_entry.get(entry_id, 0) != covered:
+                problems.append(f"debit {entry_id} consumed {used_by_entry.get(entry_id, 0)}, covered {covered}")
+            if entry_type == EntryType.expiry.value and len(grants_of_entry.get(entry_id, [])) != 1:
+                problems.append(f"expiry {entry_id} consumed {grants_of_entry.get(entry_id)}, not one grant")
     return problems

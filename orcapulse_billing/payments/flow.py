@@ -122,6 +122,7 @@ def credit_postings(
     actor_ip: str | None,
     package_id: str | None,
     auto_recharge: bool = False,
+    checkout_session_id: int | None = None,
 ) -> list[Posting]:
     provider_name = PROVIDER_NAMES.get(provider, provider)
     meta = {**metadata, "provider": provider, "package": package_id}
@@ -138,6 +139,7 @@ def credit_postings(
             actor_user_id=actor_user_id,
             actor_ip=actor_ip,
             idempotency_key=key,
+            checkout_session_id=checkout_session_id,  # its grants: taken first by its refunds
         )
     ]
     if bonus_units:
@@ -152,6 +154,7 @@ def credit_postings(
                 actor_user_id=actor_user_id,
                 actor_ip=actor_ip,
                 idempotency_key=f"{key}:bonus",
+                checkout_session_id=checkout_session_id,
             )
         )
     return postings
@@ -200,6 +203,7 @@ def credit_checkout(
             actor_ip=row.actor_ip,
             package_id=row.package_id,
             auto_recharge=auto_recharge or row.mode == "auto",
+            checkout_session_id=row.id,
         )
     ]
     if provider_reference:

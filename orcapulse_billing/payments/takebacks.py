@@ -73,6 +73,8 @@ def _move(
                 metadata={**meta, **({"bonus": True} if suffix else {})},
                 idempotency_key=key + suffix,
                 floor=NO_FLOOR,
+                # a take-back consumes this purchase's own grants first; returned credits are its grants again
+                checkout_session_id=row.id,
             ),
         )
 
