@@ -418,8 +418,10 @@ async def hold_expiry_loop(every_seconds: int = 60) -> None:
     announce: Callable[[dict[str, Any]], None] = get_event_bus().publish
     while True:
         try:
-            for organization_id in await asyncio.to_thread(sweep, get_engine()):
-                announce({"organization_id": organization_id, "type": "hold", "status": EXPIRED})
+            expired = await asyncio.to_thread(sweep, get_engine())
+            at = datetime.now(UTC).isoformat()  # each round's event differs from the last (the tabs' shared reads)
+            for organization_id in expired:
+                announce({"organization_id": organization_id, "type": "hold", "status": EXPIRED, "at": at})
         except Exception:  # the next round catches up
             log.exception("hold expiry failed")
         await asyncio.sleep(every_seconds)

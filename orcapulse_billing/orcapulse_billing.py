@@ -4,6 +4,7 @@ import reflex as rx
 
 from .api import create_api_app
 from .config import require_safe_start
+from .holds import hold_expiry_loop
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
@@ -19,3 +20,4 @@ app.sio.eio.cors_allowed_origins = socket_origin_allowed
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once
+app.register_lifespan_task(hold_expiry_loop)  # every minute: holds past HOLD_TTL_SECONDS released

@@ -404,3 +404,45 @@ def test_holds_refuse_members_keys_and_bad_input_and_write_nothing(client, org, 
         r = client.post(f"/api/credits/holds/{hold_id}/release", headers=other.auth("owner"))
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert holds_written(org) == before
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+
+def test_the_page_shows_available_and_reserved_live(app, page, app_engine, app_ledger):
+    """A hold placed and captured through the REST API (real HTTP to the app's backend) shows in an
+    open billing tab without a reload: Reserved and Available move, the balance only with the capture;
+    the hold itself raises no toast."""
+    import httpx
+    from playwright.sync_api import expect
+
+    from .apiutil import Org
+    from .test_billing_page import open_billing
+
+    org = Org(app_engine, app_ledger, welcome=Decimal(10))
+    open_billing(page, app, org, "member")
+    balance, available, reserved = (
+        page.get_by_test_id(t) for t in ("balance-value", "available-value", "reserved-value")
+    )
+    expect(balance).to_have_text("$10.00")
+    expect(available).to_have_text("$10.00")
+    expect(reserved).to_have_text("$0.00")
+    page.wait_for_timeout(1000)  # let the tab's listener subscribe
+
+    api = httpx.Client(base_url=app.backend_url, headers=org.auth("owner"), timeout=30)
+    r = api.post(
+        "/api/credits/holds",
+        json={"operation": "voice_realtime", "estimated_quantity": "10", "idempotency_key": "live-call"},
+    )
+    assert r.status_code == 201, r.text
+    expect(reserved).to_have_text("$1.10", timeout=10_000)
+    expect(available).to_have_text("$8.90")
+    expect(balance).to_have_text("$10.00")
+    expect(page.locator("[data-sonner-toast]")).to_have_count(0)
+
+    r = api.post(f"/api/credits/holds/{r.json()['id']}/capture", json={"quantity": "20"})
+    assert r.status_code == 200, r.text
+    expect(balance).to_have_text("$7.80", timeout=10_000)
+    expect(reserved).to_have_text("$0.00", timeout=10_000)
+    expect(available).to_have_text("$7.80")
+    expect(page.get_by_test_id("history-row").first).to_contain_text("Voice call session")

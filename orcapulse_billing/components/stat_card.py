@@ -6,7 +6,7 @@ import reflex as rx
 def stat_card(
     title: str,
     value,
-    label: str,
+    label: str | rx.Component,
     icon: str,
     *,
     testid: str,

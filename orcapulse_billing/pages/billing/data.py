@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from ...config import get_settings
 from ...db import get_engine
 from ...history import HistoryQuery, billing_session, entry_detail, history_page, usage_summary
+from ...holds import reserved_units
 from ...ledger import get_account
 from ...models import CheckoutSession, Organization
 from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
@@ -110,10 +111,12 @@ def _load(
             .order_by(CheckoutSession.id)
         ).scalars()
         pending_labels = [fmt_balance(units) for units in pending]
+        reserved = reserved_units(conn, acct.id)  # active holds: available = balance - reserved
     return {
         "pending": ", ".join(pending_labels),
         "org_name": org_name or "",
         "balance_units": acct.balance_units,
+        "reserved_units": reserved,
         "added_units": acct.lifetime_added_units,
         "consumed_units": acct.lifetime_consumed_units,
         "transactions": acct.transaction_count,

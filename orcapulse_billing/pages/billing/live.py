@@ -2,7 +2,9 @@
 its organization's committed postings (in-process, or Redis across workers) and pushes the new
 figures over its socket: the balance at once from the event, then the cards and the history page
 from one read shared by the worker's tabs (data._load_after). Purchases and refunds raise a toast
-each; usage raises one toast per burst. A 30 s heartbeat from the page catches up when the account
+each; usage raises one toast per burst. Holds (holds.py: placed, captured, released, expired) are
+announced too: they change Available and Reserved, not the ledger, so the tab reloads its figures
+without a toast. A 30 s heartbeat from the page catches up when the account
 has an entry the tab has not shown (an event missed: a Redis blip, a posting by another process on
 the embedded default) and restarts a listener lost with the socket."""
 
@@ -73,23 +75,31 @@ class LiveUpdates(rx.State, mixin=True):
                 events = [event]
                 while not queue.empty():  # a burst becomes one refresh
                     events.append(queue.get_nowait())
-                latest = max(events, key=lambda e: e.get("entry_id", 0))
+                # holds (placed, captured, released, expired) change Available and Reserved, not the
+                # ledger: no toast and no billingUpdated for them, only the reload of the figures
+                holds = [e for e in events if e.get("type") == "hold"]
+                events = [e for e in events if "entry_id" in e]
+                latest = max(events, key=lambda e: e["entry_id"]) if events else None
                 async with self:
                     # The new balance first, as the posting left it: a small update that shows
                     # at once; the cards and the history page follow from the database.
                     if not await self._still_mine(mine):
                         return  # signed out, or another user or organization now: not theirs to see
                     self._live_beat = time.monotonic()
-                    if latest.get("entry_id", 0) > self._live_entry and "balance" in latest:
+                    if latest is not None and latest["entry_id"] > self._live_entry and "balance" in latest:
                         self._live_entry = latest["entry_id"]
                         self._show_balance(to_units(latest["balance"]))
                     own = set(self._own_toasts)
                 usage.add(events)
                 for toast in _live_toasts(events, own):
                     yield toast
-                yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(latest))))
+                if latest is not None:
+                    yield rx.call_script(_BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(latest))))
+                after = latest["entry_id"] if latest is not None else 0
+                if holds:  # the same change read once by this worker's tabs
+                    after = ("hold", after, *sorted(json.dumps(e, sort_keys=True) for e in holds))
                 async with self:
-                    if not await self._reload(after=latest.get("entry_id", 0)):
+                    if not await self._reload(after=after):
                         return
 
     async def _still_mine(self, binding: str) -> bool:

@@ -33,7 +33,15 @@ def content() -> rx.Component:
             is_owner=S.is_owner,
             on_add_credits=S.open_add_credits,
         ),
-        stats(balance=S.balance, negative=S.negative, added=S.added, consumed=S.consumed, transactions=S.transactions),
+        stats(
+            balance=S.balance,
+            available=S.available,
+            reserved=S.reserved,
+            negative=S.negative,
+            added=S.added,
+            consumed=S.consumed,
+            transactions=S.transactions,
+        ),
         usage_chart(spend=S.spend, spend_total=S.spend_total),
         history_table(
             controls=rx.vstack(

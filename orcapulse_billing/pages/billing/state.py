@@ -47,6 +47,8 @@ class BillingPage(rx.State, mixin=True):
     refreshing: bool = False
     org_name: str = ""
     balance: str = ""
+    available: str = ""  # the balance minus active holds
+    reserved: str = ""  # what active holds (calls in progress) reserve
     negative: bool = False
     low_balance: bool = False
     threshold: str = ""
@@ -78,6 +80,7 @@ class BillingPage(rx.State, mixin=True):
     panel_refs: list[dict[str, str]] = []
     _threshold_units: int = 0
     _balance_units: int = 0
+    _reserved_units: int = 0
 
     @rx.var
     def page_labels(self) -> list[str]:
@@ -170,6 +173,7 @@ class BillingPage(rx.State, mixin=True):
         self.load_failed = False
         self.org_name = result["org_name"]
         self._threshold_units = result["threshold_units"]
+        self._reserved_units = result["reserved_units"]
         self._show_balance(result["balance_units"])
         self.threshold = fmt_balance(result["threshold_units"])
         self.grace_limit = fmt_balance(result["grace_units"])
@@ -190,6 +194,8 @@ class BillingPage(rx.State, mixin=True):
     def _show_balance(self, units: int) -> None:
         self._balance_units = units
         self.balance = fmt_balance(units)
+        self.available = fmt_balance(units - self._reserved_units)
+        self.reserved = fmt_balance(self._reserved_units)
         self.negative = units < 0
         self.low_balance = units < self._threshold_units
 

@@ -11,12 +11,23 @@ from .styles import BLACK, GRAY, RED
 CATEGORY_AXIS_WIDTH = 112  # px: room for the longest category label ("Transcription", "Phone numbers")
 
 
-def stats(*, balance, negative, added, consumed, transactions) -> rx.Component:
+def holds_line(*, available, reserved) -> rx.Component:
+    """Under the balance: what new operations may use, and what calls in progress have reserved."""
+    return rx.text(
+        "Available ",
+        rx.text.span(available, data_testid="available-value", weight="bold"),
+        " · Reserved ",
+        rx.text.span(reserved, data_testid="reserved-value", weight="bold"),
+        as_="span",
+    )
+
+
+def stats(*, balance, available, reserved, negative, added, consumed, transactions) -> rx.Component:
     return rx.grid(
         stat_card(
             "Current Balance",
             balance,
-            "Available credits",
+            holds_line(available=available, reserved=reserved),
             "wallet",
             testid="balance-value",
             background=PURPLE,
