@@ -90,26 +90,56 @@ def cmd_create_api_key(args) -> None:
 
 
 def cmd_grant(args) -> None:
+    from .grants import day_label, end_of_day
+
+    promotional = args.type == "promotional"
+    entry_type = EntryType.adjustment if promotional else EntryType(args.type)
+    if (entry_type is EntryType.bonus or promotional) and args.amount <= 0:
+        raise UsageError(f"a {args.type} must be positive")
+    if not args.description and not promotional:
+        raise UsageError("--description is required (except for promotional credits)")
+    expires_at = None
+    if args.expires is not None:
+        if args.amount <= 0:
+            raise UsageError("only credits expire (--expires needs a positive amount)")
+        try:
+            expires_at = end_of_day(args.expires)
+        except ValueError as exc:
+            raise UsageError(f"--expires: {exc}") from None
     engine = get_engine()
     org = accounts.find_organization(engine, args.org)
-    entry_type = EntryType(args.type)
-    if entry_type is EntryType.bonus and args.amount <= 0:
-        raise UsageError("a bonus must be positive")
+    if promotional:
+        source: CreditSource | None = CreditSource.promotional
+    else:
+        source = CreditSource.manual if args.amount > 0 else None
     entry = get_ledger(engine).post(
         Posting(
             account_id=accounts.account_id_for(engine, org.id),
             type=entry_type,
             amount=args.amount,
-            description=args.description,
-            source=CreditSource.manual if args.amount > 0 else None,
+            description=args.description or ("Promotional credits" if promotional else ""),
+            source=source,
             metadata={"via": "cli", "operator": getpass.getuser()},
             idempotency_key=args.idempotency_key,
+            expires_at=expires_at,
         )
     )
     note = " (already posted with this idempotency key)" if entry.replayed else ""
+    until = f", expiring {day_label(expires_at)} (end of day, UTC)" if expires_at else ""
     print(
-        f"posted {entry.type} {fmt4(entry.amount_units)} to {org.name!r}; balance {fmt4(entry.balance_after_units)}{note}"
+        f"posted {entry.type} {fmt4(entry.amount_units)} to {org.name!r}{until}; "
+        f"balance {fmt4(entry.balance_after_units)}{note}"
     )
+
+
+def cmd_expire_credits(args) -> None:
+    from .grants import expire_credits
+
+    engine = get_engine()
+    run = expire_credits(engine, get_ledger(engine), args.now)
+    for line in run.expired:
+        print(f"expired: {line}")
+    print(f"{len(run.expired)} grant(s) expired, {run.warned} expiry warning(s) emailed")
 
 
 def cmd_balance(args) -> None:
@@ -231,6 +261,14 @@ def _when(text: str) -> datetime:
     return datetime.combine(_date(text), datetime.min.time(), tzinfo=UTC)
 
 
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="orcapulse-billing", description="OrcaPulse Billing operator commands")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -265,13 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="a label: what the key is for")
     p.set_defaults(func=cmd_create_api_key)
 
-    p = sub.add_parser("grant", help="post a manual credit or adjustment")
+    p = sub.add_parser("grant", help="post a manual credit, a promotional credit or an adjustment")
     p.add_argument("org", help="organization id or name")
     p.add_argument("amount", type=_amount, help="credits, up to 4 decimals (adjustments may be negative)")
-    p.add_argument("--type", required=True, choices=["bonus", "adjustment"])
-    p.add_argument("--description", required=True)
+    p.add_argument(
+        "--type",
+        required=True,
+        choices=["bonus", "adjustment", "promotional"],
+        help="promotional credits are spent first (then bonus, then paid)",
+    )
+    p.add_argument("--description", help="required, except for promotional credits")
+    p.add_argument(
+        "--expires", metavar="YYYY-MM-DD", help="credits: expire at the end of this day (UTC), in the future"
+    )
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser(
+        "expire-credits", help="run the credit expiry job now: post expired remainders, email 7-day warnings"
+    )
+    p.add_argument("--now", type=_instant, help="as of this instant (ISO 8601, UTC when no offset; default: now)")
+    p.set_defaults(func=cmd_expire_credits)
 
     p = sub.add_parser("add-phone", help="record a rented phone number (billed monthly)")
     p.add_argument("org", help="organization id or name")

@@ -507,3 +507,84 @@ def test_an_expiry_date_is_the_end_of_that_day_utc_and_must_be_in_the_future():
         end_of_day("2027-02-30")
     with pytest.raises(ValueError, match="not in the future"):
         end_of_day("2020-01-01")
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_grants_promotional_credits_that_expire_and_the_job_expires_them(tmp_path):
+    from .test_cli import _make_cli
+
+    cli = _make_cli(tmp_path)
+    try:
+        cli("create-org", "Acme")  # with a 5.00 welcome credit
+        out = cli("grant", "Acme", "12.5", "--type", "promotional", "--expires", "2099-01-31").stdout
+        assert "posted adjustment 12.5000 to 'Acme', expiring Jan 31, 2099 (end of day, UTC); balance 17.5000" in out
+        with cli.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT source, priority, amount, remaining, expires_at FROM credit_grant ORDER BY id")
+            ).all()
+        assert [tuple(r[:4]) for r in rows] == [("welcome", 0, 50_000, 50_000), ("promotional", 0, 125_000, 125_000)]
+        assert rows[1][4].startswith("2099-01-31 23:59:59")
+
+        before = _cli_snapshot(cli.engine)
+        for args, message in [
+            (["--expires", "2099-02-30"], "not a date"),
+            (["--expires", "2001-01-01"], "not in the future"),
+            (["--expires", "tomorrow"], "not a date"),
+        ]:
+            result = cli("grant", "Acme", "1", "--type", "promotional", *args, ok=False)
+            assert result.returncode == 2 and message in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        bad = cli(
+            "grant", "Acme", "-1", "--type", "adjustment", "--description", "x", "--expires", "2099-01-01", ok=False
+        )
+        assert bad.returncode == 2 and "only credits expire" in bad.stderr
+        bad = cli("expire-credits", "--now", "yesterday", ok=False)
+        assert bad.returncode == 2 and "not an ISO 8601 instant" in bad.stderr
+        assert _cli_snapshot(cli.engine) == before
+
+        assert cli("expire-credits", "--now", "2099-01-31T23:59:58").stdout.endswith(
+            "0 grant(s) expired, 1 expiry warning(s) emailed\n"  # within 7 days: warned, not expired
+        )
+        out = cli("expire-credits", "--now", "2099-02-01T00:00:00").stdout
+        assert "expired: Expired credits - promotional grant of $12.50 from" in out and "1 grant(s) expired" in out
+        assert "0 grant(s) expired" in cli("expire-credits", "--now", "2099-02-01T00:05:00").stdout
+        assert "balance $5.00 (5.0000 credits), added 17.5000, consumed 12.5000" in cli("balance", "Acme").stdout
+    finally:
+        cli.engine.dispose()
+
+
+def _cli_snapshot(engine):
+    with engine.connect() as conn:
+        return [
+            conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+            for t in ("ledger_entry", "credit_grant", "grant_consumption", "email_outbox")
+        ]
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+
+def test_grants_through_the_api_for_owners_and_members_active_first(client, org, app_engine, app_ledger, other):
+    expires = NOW + timedelta(days=20)
+    credit(app_ledger, org.account_id, "10", "purchase", entry_type="purchase")
+    credit(app_ledger, org.account_id, "3", "promotional", expires_at=expires)
+    spent = credit(app_ledger, org.account_id, "1", "bonus")
+    debit(app_ledger, org.account_id, "4")  # promotional 3, then bonus 1: both spent
+    answers = [client.get("/api/credits/grants", headers=org.auth(role)) for role in ("owner", "member")]
+    assert [a.status_code for a in answers] == [200, 200] and answers[0].json() == answers[1].json()
+    grants = answers[0].json()["grants"]
+    assert [(g["source"], g["priority"], g["amount"], g["remaining"], g["active"]) for g in grants] == [
+        ("purchase", 2, "10.0000", "10.0000", True),
+        ("bonus", 1, "1.0000", "0.0000", False),
+        ("promotional", 0, "3.0000", "0.0000", False),
+    ]
+    assert grants[2]["expires_at"].startswith(expires.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert grants[0]["expires_at"] is None and grants[0]["expired_at"] is None
+    assert grant_of(app_engine, spent)["id"] == grants[1]["id"]
+    # another organization sees its own grants only; no credentials is 401
+    assert client.get("/api/credits/grants", headers=other.auth("owner")).json() == {"grants": []}
+    assert client.get("/api/credits/grants").status_code == 401
+    with app_engine.connect() as conn:
+        assert check_invariants(conn, org.account_id) == []

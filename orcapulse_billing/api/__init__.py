@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..config import get_settings
 from ..db import get_engine
-from . import auth_routes, credits, errors, guards, holds, keys, openapi, payments
+from . import auth_routes, credits, errors, grants, guards, holds, keys, openapi, payments
 
 
 def create_api_app() -> FastAPI:
@@ -33,6 +33,7 @@ def create_api_app() -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
     app.include_router(holds.router)
+    app.include_router(grants.router)
     app.include_router(payments.router)
     app.include_router(keys.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)

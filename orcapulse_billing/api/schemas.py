@@ -512,3 +512,28 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret, shown this once: send it as `Authorization: Bearer <key>`.")
+
+
+class GrantOut(BaseModel):
+    """A credit grant: what a credit added, what remains of it and when it expires."""
+
+    id: int
+    source: str = Field(
+        description="promotional, welcome, bonus, purchase, manual, refund, or migrated (a balance from before grants)"
+    )
+    priority: int = Field(
+        ge=0, le=2, description="Burn order class, spent lowest first: 0 promotional and welcome, 1 bonus, 2 paid."
+    )
+    amount: Money = Field(description="What the credit added.")
+    remaining: Money = Field(description="What is left to spend.")
+    expires_at: datetime | None = Field(description="When what remains expires; null: never.")
+    expired_at: datetime | None = Field(description="When its remainder was posted as an `expiry` entry.")
+    active: bool = Field(description="Something remains and it has not expired.")
+    created_at: datetime
+
+
+class Grants(BaseModel):
+    grants: list[GrantOut] = Field(
+        description="Active grants first, in burn order (class, earliest expiry, oldest); then spent and expired "
+        "ones, newest first."
+    )
