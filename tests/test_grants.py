@@ -588,3 +588,29 @@ def test_grants_through_the_api_for_owners_and_members_active_first(client, org,
     assert client.get("/api/credits/grants").status_code == 401
     with app_engine.connect() as conn:
         assert check_invariants(conn, org.account_id) == []
+
+
+# -- the page's data ---------------------------------------------------------------------------
+
+
+def test_the_page_shows_the_soonest_expiry_and_the_row_detail_the_grants_a_debit_used(org, app_ledger):
+    from orcapulse_billing.pages.billing import data
+
+    assert data._load(org.id, "all", 1, 50)["expiring"] == ""
+    soon, later = NOW + timedelta(days=9), NOW + timedelta(days=40)
+    credit(app_ledger, org.account_id, "2", "purchase", entry_type="purchase")
+    credit(app_ledger, org.account_id, "1.25", "promotional", expires_at=soon)
+    credit(app_ledger, org.account_id, "0.5", "welcome", expires_at=soon)
+    credit(app_ledger, org.account_id, "7", "promotional", expires_at=later)
+    spent = debit(app_ledger, org.account_id, "1.5")  # promo 1.25 (soon, older), welcome 0.25 (soon)
+    assert data._load(org.id, "all", 1, 50)["expiring"] == f"0.25 credits expire on {soon:%b} {soon.day}, {soon.year}"
+    refs = data._load_entry(org.id, spent.id)["refs"]
+    day = f"{soon:%b} {soon.day}, {soon.year}"
+    assert refs == [
+        {"label": "Credits used", "value": f"$1.25 from promotional credits expiring {day}"},
+        {"label": "Credits used", "value": f"$0.25 from welcome credits expiring {day}"},
+    ]
+    debit(app_ledger, org.account_id, "0.25")  # the soon ones are spent: the later grant is next
+    assert (
+        data._load(org.id, "all", 1, 50)["expiring"] == f"7.00 credits expire on {later:%b} {later.day}, {later.year}"
+    )

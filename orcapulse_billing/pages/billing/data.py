@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ...config import get_settings
 from ...db import get_engine
+from ...grants import consumed_by, day_label, soonest_expiry
 from ...history import HistoryQuery, billing_session, entry_detail, history_page, usage_summary
 from ...holds import reserved_units
 from ...ledger import get_account
@@ -112,11 +113,13 @@ def _load(
         ).scalars()
         pending_labels = [fmt_balance(units) for units in pending]
         reserved = reserved_units(conn, acct.id)  # active holds: available = balance - reserved
+        expiring = soonest_expiry(conn, acct.id)  # the active grant that expires first
     return {
         "pending": ", ".join(pending_labels),
         "org_name": org_name or "",
         "balance_units": acct.balance_units,
         "reserved_units": reserved,
+        "expiring": f"{from_units(expiring[0]):,.2f} credits expire on {day_label(expiring[1])}" if expiring else "",
         "added_units": acct.lifetime_added_units,
         "consumed_units": acct.lifetime_consumed_units,
         "transactions": acct.transaction_count,
@@ -205,6 +208,7 @@ def _load_entry(organization_id: int, entry_id: int) -> dict | None:
             return None
         item = detail.item
         session = billing_session(conn, acct.id, item.usage_session_id) if item.usage_session_id else None
+        used = consumed_by(conn, item.id) if item.amount_units < 0 else []  # which grants a debit spent
     meta = item.metadata
     if detail.actor_email:
         actor = detail.actor_email
@@ -224,7 +228,8 @@ def _load_entry(organization_id: int, entry_id: int) -> dict | None:
             "ip": detail.actor_ip or "",
             "auto_recharge": "Yes" if meta.get("autoRecharge") else "",
         },
-        "refs": [{"label": label, "value": str(meta[key])} for key, label in REFERENCES if meta.get(key)],
+        "refs": [{"label": "Credits used", "value": line} for line in used]
+        + [{"label": label, "value": str(meta[key])} for key, label in REFERENCES if meta.get(key)],
         "session": _session(session) if session else {},
     }
 

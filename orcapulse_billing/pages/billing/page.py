@@ -10,7 +10,15 @@ from ...config import get_settings
 from . import BillingState as S
 from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
-from .views.header import error_state, header, low_balance_banner, pending_payment_banner, skeleton, waiting_banner
+from .views.header import (
+    error_state,
+    expiry_notice,
+    header,
+    low_balance_banner,
+    pending_payment_banner,
+    skeleton,
+    waiting_banner,
+)
 from .views.history import empty_state, history_controls, history_footer, history_table
 from .views.history_filters import history_range_controls
 from .views.session_panel import session_panel
@@ -117,6 +125,7 @@ def billing() -> rx.Component:
             on_refresh=S.refresh,
             on_add_credits=S.open_add_credits,
         ),
+        expiry_notice(expiring=S.expiring),
         rx.cond(S.loaded, rx.cond(S.load_failed, error_state(on_refresh=S.refresh), content()), skeleton()),
         session_panel(
             is_open=S.panel_open,

@@ -73,6 +73,7 @@ class BillingPage(rx.State, mixin=True):
     spend: list[dict] = []
     spend_total: str = "$0.00"
     pending_payment: str = ""  # amounts of saved-card charges being confirmed, e.g. "$50.00"
+    expiring: str = ""  # "3.00 credits expire on Jan 31, 2027": the soonest-expiring active grant
     panel_open: bool = False
     panel_row: dict[str, str] = {}
     panel_session: dict[str, str] = {}
@@ -188,6 +189,7 @@ class BillingPage(rx.State, mixin=True):
         )
         self.spend, self.spend_total = result["spend"], result["spend_total"]
         self.pending_payment = result["pending"]
+        self.expiring = result["expiring"]
         self._show_auto_recharge(result["auto"])
         return True
 

@@ -72,6 +72,22 @@ def header(*, org_name, refreshing, is_owner, on_refresh, on_add_credits) -> rx.
     )
 
 
+def expiry_notice(*, expiring) -> rx.Component:
+    """One small line under the header when credits expire: "3.00 credits expire on Jan 31, 2027"
+    (the active grant that expires first; expiring credits are spent first)."""
+    return rx.cond(
+        expiring != "",
+        rx.hstack(
+            rx.icon("clock", size=14),
+            rx.text(expiring, size="2"),
+            align="center",
+            spacing="1",
+            color="var(--amber-11)",
+            data_testid="credits-expiring",
+        ),
+    )
+
+
 def low_balance_banner(*, low_balance, negative, threshold, grace_limit, is_owner, on_add_credits) -> rx.Component:
     return rx.cond(
         low_balance,
