@@ -8,7 +8,10 @@ Scenarios (each runs for a fixed duration, default 10 s):
 Every writer is its own process (multiprocessing, 'spawn') with its own engine and Ledger: on two
 cores the GIL would make threads measure Python, not the ledger. Writers meet at a barrier, post
 debits of 0.0001 to 0.5 credits (every other one with a fresh idempotency key, so the keyed path is
-measured too) until the time is up, and report each `post` latency. Afterwards `check_invariants`
+measured too) until the time is up, and report each `post` latency. Every account is funded with
+three credit grants (a promotional credit expiring in a year, a bonus, a purchase), so each debit
+goes through the burn order and records the grant it consumed (on PostgreSQL a debit is then a
+transaction of two statements: the posting, then the burn). Afterwards `check_invariants`
 runs on every account touched, and "zero drift" checks that the sum of all balances moved by exactly
 the sum of the debits posted and that one entry was written per posting.
 
@@ -35,6 +38,7 @@ import time
 import traceback
 import uuid
 from array import array
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -48,6 +52,7 @@ from orcapulse_billing.money import to_units
 
 GRACE = Decimal("5")
 FUNDING = Decimal("100000000")  # per account: debits never reach the floor
+PROMOTION = Decimal("1000000")  # the promotional grant every debit consumes (never spent in a run)
 PG_WRITERS, SPREAD_ACCOUNTS = 8, 1000
 START_TIMEOUT = 120  # seconds a writer may take to start (imports, connecting)
 TARGETS = "targets (information only): >= 2,000 postings/s on one hot account, >= 4,000/s spread, PostgreSQL"
@@ -168,8 +173,19 @@ def run_scenario(name: str, url: str, account_ids: list[int], writers: int, seco
     return row
 
 
+def _funding(account_id: int) -> list[Posting]:
+    """Three grants per account, so every debit goes through the burn order: a promotional credit
+    that expires in a year (spent first: every debit consumes it), a bonus and one big purchase."""
+    expires = datetime.now(UTC) + timedelta(days=365)
+    return [
+        Posting(account_id, "adjustment", PROMOTION, "bench promotion", source="promotional", expires_at=expires),
+        Posting(account_id, "bonus", PROMOTION, "bench bonus"),
+        Posting(account_id, "purchase", FUNDING, "bench funding"),
+    ]
+
+
 def create_accounts(url: str, count: int, analyze: bool) -> list[int]:
-    """`count` organizations without welcome credit, each account funded with one big purchase."""
+    """`count` organizations without welcome credit, each account funded with three grants."""
     engine = make_engine(url)
     ledger = Ledger(engine, grace_limit=GRACE)
     ids = []
@@ -177,7 +193,7 @@ def create_accounts(url: str, count: int, analyze: bool) -> list[int]:
         org = create_organization(engine, ledger, f"bench-{n:04d}", welcome_credit=Decimal(0))
         ids.append(account_id_for(engine, org.id))
     for i in range(0, len(ids), 250):  # a few postings per transaction keep the set-up quick
-        ledger.post_many([Posting(a, "purchase", FUNDING, "bench funding") for a in ids[i : i + 250]])
+        ledger.post_many([posting for a in ids[i : i + 250] for posting in _funding(a)])
     if analyze:  # planner statistics, as a live database has them (see the module docstring)
         with engine.begin() as conn:
             conn.execute(sa.text("ANALYZE"))
