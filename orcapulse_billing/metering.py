@@ -11,6 +11,8 @@ does not add up to a whole ledger unit yet is carried per account and operation
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,8 +32,8 @@ from .usage_remainders import (
     carry,
     lock_remainder,
     record_uncharged,
-    seen_uncharged,
     store_remainder,
+    uncharged_report,
 )
 
 SESSION_OPERATIONS = {"voice_pipeline": "pipeline", "voice_realtime": "realtime", "chat": "chat"}
@@ -199,7 +201,13 @@ def record_usage(
         if earlier is not None:
             _check_same_report(earlier, charge, metadata, idempotency_key)
             return UsageResult(True, earlier, charge, session_id, replayed=True)
-        if seen_uncharged(conn, account_id, idempotency_key):
+        said = _fingerprint(charge, metadata)
+        seen, earlier_said = uncharged_report(conn, account_id, idempotency_key)
+        if seen:
+            if earlier_said is not None and earlier_said != said:
+                raise IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was already used with different parameters"
+                )
             return UsageResult(False, None, charge, session_id, replayed=True)
         if session is not None and billing_session(conn, account_id, session.id) is not None:
             raise MeteringError(f"session {session.id!r} was already billed")
@@ -219,7 +227,7 @@ def record_usage(
         if entry is not None and entry.replayed:  # the same key committed meanwhile under another operation's lock
             return UsageResult(True, entry, charge, session_id, replayed=True)
         if entry is None:
-            record_uncharged(conn, account_id, idempotency_key, created_at)
+            record_uncharged(conn, account_id, idempotency_key, created_at, said)
         if session is not None:
             when = entry.created_at if entry else created_at or datetime.now(UTC)
             _insert_session(conn, account_id, entry, units, when, operation, quantity, charge, session)
@@ -275,6 +283,12 @@ def post_charge(
             return entry, units
     store_remainder(conn, account_id, operation, rest)
     return entry, units
+
+
+def _fingerprint(charge: Charge, metadata: dict[str, str]) -> str:
+    """What a report said (operation, quantity, model, session), for a key that posted no entry."""
+    said = json.dumps([charge.category, charge.description.strip(), metadata], sort_keys=True)
+    return hashlib.sha256(said.encode()).hexdigest()
 
 
 def _check_same_report(entry: PostedEntry, charge: Charge, metadata: dict[str, str], key: str) -> None:

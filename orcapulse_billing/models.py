@@ -474,6 +474,9 @@ class UsageReport(SQLModel, table=True):
 
     account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
     idempotency_key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    # what the report said (operation, quantity, model, session): a key sent again with another report
+    # is a conflict, not a replay
+    fingerprint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
     created_at: datetime = _ts(nullable=False)
 
 

@@ -72,20 +72,25 @@ def carry(carried: Decimal, cost: Decimal) -> tuple[int, Decimal]:
         return units, (total - units) / UNITS_PER_CREDIT
 
 
-def seen_uncharged(conn: Connection, account_id: int, idempotency_key: str) -> bool:
-    """Was this key a report that charged nothing (its cost went to the remainder)?"""
+def uncharged_report(conn: Connection, account_id: int, idempotency_key: str) -> tuple[bool, str | None]:
+    """Was this key a report that charged nothing (its cost went to the remainder)? And what it said."""
     row = conn.execute(
-        sa.select(_report.c.account_id).where(
+        sa.select(_report.c.fingerprint).where(
             _report.c.account_id == account_id, _report.c.idempotency_key == idempotency_key
         )
     ).first()
-    return row is not None
+    return (row is not None, row.fingerprint if row is not None else None)
 
 
-def record_uncharged(conn: Connection, account_id: int, idempotency_key: str, created_at: datetime | None) -> None:
+def record_uncharged(
+    conn: Connection, account_id: int, idempotency_key: str, created_at: datetime | None, fingerprint: str
+) -> None:
     conn.execute(
         sa.insert(UsageReport).values(
-            account_id=account_id, idempotency_key=idempotency_key, created_at=created_at or datetime.now(UTC)
+            account_id=account_id,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            created_at=created_at or datetime.now(UTC),
         )
     )
 

@@ -147,6 +147,11 @@ def test_replays_of_tiny_reports_change_nothing(engine, ledger, new_account):
     with pytest.raises(IdempotencyConflict):
         report(ledger, org_id, posted, Decimal(278))
     assert state(engine, account_id) == before
+    # so is a key that charged nothing (its cost went to the remainder), sent again with another report
+    uncharged = next(k for k, r in zip(keys, first, strict=True) if not r.charged)
+    with pytest.raises(IdempotencyConflict):
+        report(ledger, org_id, uncharged, Decimal(100_000))
+    assert state(engine, account_id) == before
 
 
 def test_a_charge_past_the_floor_is_recorded_as_debt_and_stays_exact(engine, ledger, new_account):

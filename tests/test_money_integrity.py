@@ -341,6 +341,30 @@ def test_reconcile_credits_a_paid_checkout_whose_webhook_never_came_and_closes_a
     _sound(org)
 
 
+def test_a_charge_for_another_amount_goes_to_an_operator_and_does_not_block_the_next_purchase(
+    held_webhooks, client, org
+):
+    _card(org)
+    _purchases(org).quick_purchase(_principal(org), _choice("pkg_50"), payment_method_id=None, request_key="a", ip=None)
+    with org.engine.begin() as conn:  # our record says $50; what Stripe charged for this key says otherwise
+        conn.execute(
+            sa.text(
+                "INSERT INTO checkout_session (organization_id, user_id, provider, provider_id, idempotency_key, mode, "
+                "amount, bonus, currency, status, refunded, created_at) VALUES (:o, :u, 'stripe', 'attempt:m', :k, "
+                "'quick', 2000000, 0, 'usd', 'unknown', 0, CURRENT_TIMESTAMP)"
+            ),
+            {"o": org.id, "u": org.user_ids["owner"], "k": f"quick-{org.id}-m"},
+        )
+    paid = {"id": "pi_other_amount", "object": "payment_intent", "amount": 5000, "currency": "usd"}
+    paid["metadata"] = {"orcapulse_key": f"quick-{org.id}-m"}
+    assert _deliver(client, _event("payment_intent.succeeded", paid)) == "needs_attention"
+    assert _balance(org) == Decimal(50)
+    assert [a.status for a in _attempts(org)] == ["completed", "needs_attention"]
+    _purchases(org).quick_purchase(_principal(org), _choice("pkg_50"), payment_method_id=None, request_key="b", ip=None)
+    assert _balance(org) == Decimal(100)  # the organization is not blocked by the unmatched one
+    _sound(org)
+
+
 def test_killed_before_the_charge_reached_stripe_nothing_is_credited_and_the_next_purchase_goes_through(
     held_webhooks, org, proxy
 ):

@@ -232,7 +232,9 @@ class AutoRecharger:
             ).scalar()
         if balance >= policy.threshold:
             return "not_needed"  # another trigger's recharge landed first
-        if policy.monthly_cap is not None and this_month + policy.amount > policy.monthly_cap:
+        request_key, retrying = self._request_key(organization_id, policy.attempts)
+        # a retry of an unsettled charge adds nothing: it is already counted in this month's sum
+        if not retrying and policy.monthly_cap is not None and this_month + policy.amount > policy.monthly_cap:
             return "capped"
         amount = from_units(policy.amount)
         principal = Principal(policy.owner_user_id, owner or "", organization_id, "owner", "auto_recharge")
@@ -241,7 +243,7 @@ class AutoRecharger:
                 principal,
                 Choice(None, amount, amount, Decimal(0), Decimal(0)),
                 payment_method_id=None,
-                request_key=self._request_key(organization_id, policy.attempts),
+                request_key=request_key,
                 ip=None,
                 auto_recharge=True,
             )
@@ -265,9 +267,9 @@ class AutoRecharger:
         )
         return "charged"
 
-    def _request_key(self, organization_id: int, attempts: int) -> str:
+    def _request_key(self, organization_id: int, attempts: int) -> tuple[str, bool]:
         """The key of this organization's unsettled auto-recharge if there is one (a retry of the same
-        charge, never a second one), else a new one for this claim."""
+        charge, never a second one: True), else a new one for this claim (False)."""
         prefix = f"auto-{organization_id}-"
         with self.engine.connect() as conn:
             unsettled = conn.execute(
@@ -278,8 +280,8 @@ class AutoRecharger:
                 )
             ).scalar()
         if unsettled and unsettled.startswith(prefix):
-            return unsettled.removeprefix(prefix)
-        return f"{attempts}-{uuid.uuid4().hex[:12]}"
+            return unsettled.removeprefix(prefix), True
+        return f"{attempts}-{uuid.uuid4().hex[:12]}", False
 
     def _failed(self, organization_id: int, policy: DbRow, reason: str) -> str:
         t = table_of(AutoRechargePolicy)

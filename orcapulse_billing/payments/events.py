@@ -29,6 +29,7 @@ from .flow import after_commit, now, run_after_commit, table_of
 
 log = logging.getLogger(__name__)
 REOPENED = ("pending", "waiting")
+FINAL = ("processed", "duplicate", "ignored", "rejected", "needs_attention")
 
 
 class Outcome(NamedTuple):

@@ -219,6 +219,31 @@ def credited_entries(conn: Connection, row: Any) -> list[PostedEntry]:
     return [e for e in found if e is not None]
 
 
+def payment_mismatch(row: Any, amount_cents: int, currency: Any) -> str | None:
+    """Why a payment cannot credit our row: the amount or the currency differs (None: it matches)."""
+    if amount_cents * UNITS_PER_CENT != row.amount:
+        return f"paid {amount_cents} cents for a purchase of {row.amount // UNITS_PER_CENT} cents"
+    if str(currency or "").lower() != row.currency:
+        return f"paid in {currency!r}, our purchase is in {row.currency!r}"
+    return None
+
+
+def feature_of(row: Any) -> str:
+    """The `feature` a saved-card charge's entries carry."""
+    return "auto_recharge" if row.mode == "auto" else "quick_purchase"
+
+
+def hold_for_operator(conn: Connection, row_id: int, reason: str) -> None:
+    """A charge that cannot be credited safely leaves the in-flight states (which block the
+    organization's next purchase and would be retried) for `needs_attention`."""
+    t = table_of(CheckoutSession)
+    conn.execute(
+        sa.update(t)
+        .where(t.c.id == row_id, t.c.status.in_(("charging", "unknown")))
+        .values(status="needs_attention", error=reason[:300])
+    )
+
+
 def bonus_share(row: DbRow, credits_units: int) -> int:
     """The part of a purchase's bonus that goes with `credits_units` of its credits: in proportion,
     rounded down, and all of it with all of the credits."""

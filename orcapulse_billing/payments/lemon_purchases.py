@@ -22,12 +22,10 @@ from ..config import Settings
 from ..ledger import Ledger
 from ..models import CheckoutSession, Organization
 from ..money import to_units
-from .events import Outcome, event_outcome, needs_attention, process_event
-from .flow import UNITS_PER_CENT, Choice, credit_checkout, now, table_of
+from .events import FINAL, Outcome, event_outcome, needs_attention, process_event
+from .flow import Choice, credit_checkout, now, payment_mismatch, table_of
 from .lemonsqueezy_gateway import LemonOrder, LemonSqueezyGateway, order_from
 from .takebacks import refund_to
-
-FINAL = ("processed", "duplicate", "ignored", "rejected", "needs_attention")
 
 PROVIDER = "lemonsqueezy"
 
@@ -132,13 +130,13 @@ class LemonPurchases:
                 return Outcome("rejected", "no checkout of ours matches this order")
             if order.status != "paid":
                 return Outcome("pending", f"order status {order.status}", row.organization_id)
-            if order.total_cents * UNITS_PER_CENT != row.amount or order.currency.lower() != row.currency:
+            mismatch = payment_mismatch(row, order.total_cents, order.currency)
+            if mismatch:
                 return self._attention(
                     conn,
                     order,
                     "amount_mismatch",
-                    f"paid {order.total_cents} {order.currency} for a checkout of {row.amount // UNITS_PER_CENT} "
-                    f"{row.currency}",
+                    mismatch,
                     row.organization_id,
                 )
             if (

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import CheckoutSession
-from .flow import now, table_of
+from .flow import feature_of, now, table_of
 from .stripe_events import StripeEvents
 from .stripe_gateway import IntentSummary
 from .stripe_purchases import StripePurchases
@@ -101,7 +101,7 @@ class Reconciler:
                     pi.id,
                     amount_cents=pi.amount_cents,
                     currency=pi.currency,
-                    feature="auto_recharge" if row.mode == "auto" else "quick_purchase",
+                    feature=feature_of(row),
                 )
             return
         if row.status in ("charging", "unknown"):  # declined or cancelled at Stripe

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection
 
 from ..ledger import DbRow
 from ..models import CheckoutSession
-from .events import Outcome, event_outcome, needs_attention, process_event
-from .flow import UNITS_PER_CENT, after_commit, credit_checkout, table_of
+from .events import FINAL, Outcome, event_outcome, needs_attention, process_event
+from .flow import after_commit, credit_checkout, feature_of, hold_for_operator, payment_mismatch, table_of
 from .stripe_gateway import Card, PaymentError
 from .takebacks import close_dispute, open_dispute, refund_to, reverse_payment
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from .stripe_purchases import StripePurchases
 
 log = logging.getLogger(__name__)
-FINAL = ("processed", "duplicate", "ignored", "rejected", "needs_attention")
 
 
 @dataclass
@@ -140,7 +139,7 @@ class StripeEvents:
         if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
             if not paid:
                 return Outcome("pending", "payment not confirmed yet", org)
-            mismatch = _mismatch(row, _int(obj.get("amount_total")), obj.get("currency"))
+            mismatch = payment_mismatch(row, _int(obj.get("amount_total")), obj.get("currency"))
             if mismatch:
                 return self._attention(
                     conn,
@@ -201,8 +200,9 @@ class StripeEvents:
         if row.mode not in ("quick", "auto"):
             return Outcome("ignored", "credited through its Checkout Session", org)
         if kind == "payment_intent.succeeded":
-            mismatch = _mismatch(row, _int(obj.get("amount")), obj.get("currency"))
+            mismatch = payment_mismatch(row, _int(obj.get("amount")), obj.get("currency"))
             if mismatch:
+                hold_for_operator(conn, row.id, mismatch)
                 return self._attention(
                     conn,
                     intent_id,
@@ -217,7 +217,7 @@ class StripeEvents:
                 conn,
                 row,
                 provider_reference=intent_id,
-                metadata={"feature": _feature(row), "stripePaymentIntentId": intent_id},
+                metadata={"feature": feature_of(row), "stripePaymentIntentId": intent_id},
             )
             return Outcome("processed", "credited", org) if credited is not None else Outcome("duplicate", None, org)
         # payment_intent.payment_failed
@@ -266,9 +266,9 @@ class StripeEvents:
         if kind == "charge.refund.updated":
             if obj.get("status") not in ("failed", "canceled"):
                 return Outcome("ignored", None, row.organization_id)
-            if pre.refunded_cents is None:
+            if pre.refunded_cents is None:  # evaluated again when Stripe delivers it again (it retries)
                 return Outcome(
-                    "rejected", "could not read the charge's refunded total from Stripe", row.organization_id
+                    "pending", "the charge's refunded total could not be read from Stripe", row.organization_id
                 )
         authoritative = pre.refunded_cents is not None
         cents = pre.refunded_cents if pre.refunded_cents is not None else _int(obj.get("amount_refunded"))
@@ -332,15 +332,3 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return -1
-
-
-def _mismatch(row: DbRow, amount_cents: int, currency: Any) -> str | None:
-    if amount_cents * UNITS_PER_CENT != row.amount:
-        return f"paid {amount_cents} cents for a purchase of {row.amount // UNITS_PER_CENT} cents"
-    if str(currency or "").lower() != row.currency:
-        return f"paid in {currency!r}, our purchase is in {row.currency!r}"
-    return None
-
-
-def _feature(row: DbRow) -> str:
-    return "auto_recharge" if row.mode == "auto" else "quick_purchase"

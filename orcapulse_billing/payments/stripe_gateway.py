@@ -240,14 +240,19 @@ class StripeGateway:
 
     def recent_payment_intents(self, created_since: int) -> list[IntentSummary]:
         """Every PaymentIntent created since then (auto-paginated), newest first."""
-        page = self._call(self.client.v1.payment_intents.list, params={"created": {"gte": created_since}, "limit": 100})
-        return [_summary(pi) for pi in page.auto_paging_iter()]
+
+        def every() -> list[IntentSummary]:  # later pages are fetched while iterating: inside _call too
+            page = self.client.v1.payment_intents.list(params={"created": {"gte": created_since}, "limit": 100})
+            return [_summary(pi) for pi in page.auto_paging_iter()]
+
+        return self._call(every)
 
     def recent_checkout_sessions(self, created_since: int) -> list[dict[str, Any]]:
-        page = self._call(
-            self.client.v1.checkout.sessions.list, params={"created": {"gte": created_since}, "limit": 100}
-        )
-        return [s.to_dict() for s in page.auto_paging_iter()]
+        def every() -> list[dict[str, Any]]:
+            page = self.client.v1.checkout.sessions.list(params={"created": {"gte": created_since}, "limit": 100})
+            return [session.to_dict() for session in page.auto_paging_iter()]
+
+        return self._call(every)
 
     def charge(self, charge_id: str) -> dict[str, Any]:
         """The charge as Stripe holds it now (`amount_refunded` excludes failed refunds)."""

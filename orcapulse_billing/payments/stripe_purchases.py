@@ -28,7 +28,18 @@ from ..ledger import DbRow, Ledger, PostedEntry
 from ..models import CheckoutSession, Organization, PaymentMethod
 from ..money import to_units
 from .events import needs_attention
-from .flow import Choice, PurchaseError, credit_checkout, credited_entries, now, table_of
+from .flow import (
+    Choice,
+    PurchaseError,
+    credit_checkout,
+    credited_entries,
+    feature_of,
+    hold_for_operator,
+    now,
+    payment_mismatch,
+    run_after_commit,
+    table_of,
+)
 from .stripe_gateway import Card, PaymentError, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -272,7 +283,7 @@ class StripePurchases:
             charge.payment_intent_id,
             amount_cents=charge.amount_cents,
             currency=charge.currency,
-            feature="auto_recharge" if auto_recharge else "quick_purchase",
+            feature=feature_of(row),
         )
         if entries is None:
             raise PaymentError("payment_pending", PENDING_MESSAGE, retryable=True)
@@ -339,33 +350,32 @@ class StripePurchases:
         t = table_of(CheckoutSession)
         with self.ledger.transaction() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == row_id).with_for_update()).one()
-            if row.status != "completed":
-                if amount_cents * 100 != row.amount or currency.lower() != row.currency:
-                    needs_attention(
-                        conn,
-                        self.notify_operator,
-                        provider="stripe",
-                        reference=payment_intent_id,
-                        reason="amount_mismatch",
-                        detail=f"charged {amount_cents} {currency} for a purchase of {row.amount // 100} cents",
-                        organization_id=row.organization_id,
-                        amount_cents=amount_cents,
-                        currency=currency,
-                    )
-                    entries = None
-                else:
-                    entries = credit_checkout(
-                        self.ledger,
-                        conn,
-                        row,
-                        provider_reference=payment_intent_id,
-                        metadata={"feature": feature, "stripePaymentIntentId": payment_intent_id},
-                    )
-            else:
-                entries = None
+            entries = None
+            mismatch = payment_mismatch(row, amount_cents, currency) if row.status != "completed" else None
+            if mismatch:
+                needs_attention(
+                    conn,
+                    self.notify_operator,
+                    provider="stripe",
+                    reference=payment_intent_id,
+                    reason="amount_mismatch",
+                    detail=mismatch,
+                    organization_id=row.organization_id,
+                    amount_cents=amount_cents,
+                    currency=currency,
+                )
+                hold_for_operator(conn, row.id, mismatch)
+            elif row.status != "completed":
+                entries = credit_checkout(
+                    self.ledger,
+                    conn,
+                    row,
+                    provider_reference=payment_intent_id,
+                    metadata={"feature": feature, "stripePaymentIntentId": payment_intent_id},
+                )
             if entries is None and row.status == "completed":
                 entries = credited_entries(conn, row)
-            actions = conn.info.pop("after_commit", [])
+            actions = run_after_commit(conn)
         for action in actions:
             action()
         return entries
