@@ -86,7 +86,7 @@ def create_organization(
 
 def find_organization(engine: Engine, ref: str | int) -> Organization:
     """By numeric id or exact name."""
-    with Session(writer(engine)) as session:
+    with Session(engine) as session:
         org = None
         if isinstance(ref, int) or str(ref).isdigit():
             org = session.get(Organization, int(ref))

@@ -393,24 +393,6 @@ class StripePurchases:
 
         return StripeEvents(self).handle(event, payload)
 
-    def failed_payments(self, organization_id: int) -> list[dict[str, Any]]:
-        return self._payments(organization_id, ("failed",), limit=5)
-
-    def pending_payments(self, organization_id: int) -> list[dict[str, Any]]:
-        """Charges of this organization awaiting the provider's confirmation (shown as pending)."""
-        return self._payments(organization_id, ("charging", "unknown"))
-
-    def _payments(self, organization_id: int, statuses: tuple[str, ...], limit: int = 20) -> list[dict[str, Any]]:
-        t = table_of(CheckoutSession)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t)
-                .where(t.c.organization_id == organization_id, t.c.status.in_(statuses))
-                .order_by(t.c.id.desc())
-                .limit(limit)
-            )
-            return [dict(r._mapping) for r in rows]
-
 
 class _Attempt:
     """A payment row with its age (a `charging` row whose process died is retried, not waited on)."""

@@ -141,9 +141,8 @@ def open_dispute(
     ).first()
     if existing is not None:
         return Outcome("duplicate", f"dispute already {existing.status}", row.organization_id)
-    available = int(row.amount) - int(row.refunded) - _disputed(conn, row)
-    take = 0 if status == "won" else max(0, min(amount_cents * UNITS_PER_CENT, available))
-    already = int(row.refunded) + _disputed(conn, row)
+    already = int(row.refunded) + _disputed(conn, row)  # taken back so far, by refunds and disputes
+    take = 0 if status == "won" else max(0, min(amount_cents * UNITS_PER_CENT, int(row.amount) - already))
     bonus = bonus_share(row, already + take) - bonus_share(row, already)
     conn.execute(
         sa.insert(t).values(
