@@ -614,3 +614,35 @@ def test_the_page_shows_the_soonest_expiry_and_the_row_detail_the_grants_a_debit
     assert (
         data._load(org.id, "all", 1, 50)["expiring"] == f"7.00 credits expire on {later:%b} {later.day}, {later.year}"
     )
+
+
+def test_the_page_shows_expiring_credits_and_which_grants_a_debit_used(app, page, app_engine, app_ledger):
+    """In Chromium: "x credits expire on DATE" under the header, and the row detail of a debit lists
+    the grants it used, in burn order (the promotional grant first)."""
+    import re as _re
+    from datetime import UTC, datetime, timedelta
+
+    from playwright.sync_api import expect
+
+    from orcapulse_billing.ledger import Posting as _Posting
+
+    from .apiutil import PASSWORD
+    from .apiutil import Org as _Org
+    from .browser import sign_in
+
+    org = _Org(app_engine, app_ledger, roles=("owner",))
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
+    app_ledger.post(_Posting(org.account_id, "purchase", Decimal(30), "top-up", source="purchase"))
+    app_ledger.post(
+        _Posting(org.account_id, "adjustment", Decimal(10), "promo", source="promotional", expires_at=expires)
+    )
+    app_ledger.post(_Posting(org.account_id, "usage", Decimal(-4), "Voice call session", category="ai_call"))
+    sign_in(page, app.base_url, org.emails["owner"], PASSWORD)
+    expect(page).to_have_url(_re.compile(r"/billing$"), timeout=30_000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$36.00", timeout=30_000)
+    notice = page.get_by_test_id("credits-expiring")
+    expect(notice).to_contain_text("6.00 credits expire on")
+    page.locator("[data-testid=history-row]:visible").first.click()
+    panel = page.get_by_test_id("session-panel")
+    expect(panel).to_contain_text("Credits used")
+    expect(panel).to_contain_text("promotional")
