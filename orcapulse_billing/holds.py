@@ -174,6 +174,17 @@ def active_holds(conn: Connection, account_id: int, now: datetime | None = None)
     return [_hold_from(r) for r in rows]
 
 
+def hold_organization(conn: Connection, hold_id: int) -> int | None:
+    """The organization whose account holds this hold (None: no such hold); for the operator CLI,
+    which names a hold by its id alone."""
+    return conn.execute(
+        sa.text(
+            "SELECT a.organization_id FROM credit_hold h JOIN credit_account a ON a.id = h.account_id WHERE h.id = :h"
+        ),
+        {"h": hold_id},
+    ).scalar()
+
+
 def held_units(conn: Connection, account_id: int) -> int:
     """The account row's `held`: what active holds reserve, expired ones not yet swept included."""
     return int(conn.execute(sa.text("SELECT held FROM credit_account WHERE id = :a"), {"a": account_id}).scalar_one())

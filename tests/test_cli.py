@@ -148,3 +148,92 @@ def test_low_balance_email_lands_in_the_outbox_without_smtp(cli):
     cli("grant", "Acme", "-1", "--type", "adjustment", "--description", "correction")  # 5.00 -> 4.00
     out = cli("outbox", "--full").stdout
     assert "low_balance  to boss@acme.test  [queued]" in out and "Low balance: $4.00 left for Acme" in out
+
+
+# -- holds ---------------------------------------------------------------------------------------
+
+
+def _holds(engine):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT id, status, amount FROM credit_hold ORDER BY id"))]
+
+
+def test_holds_from_the_cli(cli):
+    cli("create-org", "Acme")  # 5.00 welcome credit
+    out = cli("hold", "Acme", "voice_realtime", "10", "--key", "call-1").stdout  # 10 min at 0.11
+    assert out.startswith("hold 1: reserved 1.1000 for voice_realtime 10 in 'Acme', expires ")
+    assert out.strip().endswith("UTC; available 3.9000")
+    again = cli("hold", "Acme", "voice_realtime", "10", "--key", "call-1").stdout
+    assert "hold 1: reserved 1.1000" in again and "(already placed with this key)" in again
+    cli("hold", "Acme", "sms_twilio", "3", "--key", "sms-1")  # 3 segments at 0.009
+    listed = cli("holds", "Acme").stdout.splitlines()
+    assert listed[0].startswith("#1 voice_realtime 10: 1.1000 reserved, expires ") and "key call-1" in listed[0]
+    assert listed[1].startswith("#2 sms_twilio 3: ")
+    assert listed[2] == "Acme: 2 active hold(s), reserved 1.1270, available 3.8730"
+
+    # the call ran longer than estimated: charged in full, the whole hold released
+    out = cli("capture", "1", "12.5").stdout
+    assert out.strip() == "hold 1 captured: charged 1.3750, released 1.1000; available 3.5980"
+    assert "nothing charged again" in cli("capture", "1", "12.5").stdout
+    assert cli("release", "2").stdout.strip() == "hold 2 released: 0.0270 back; available 3.6250"
+    assert "already released; nothing changed" in cli("release", "2").stdout
+    assert cli("holds", "Acme").stdout.strip() == "Acme: 0 active hold(s), reserved 0.0000, available 3.6250"
+    assert "balance $3.63 (3.6250 credits), added 5.0000, consumed 1.3750, 2 transactions" in _balance(cli)
+    assert _holds(cli.engine) == [(1, "captured", 11000), (2, "released", 270)]
+
+    # a hold fits within the available balance plus the grace limit (GRACE_LIMIT 5.00): 78.4 min = 8.6240;
+    # then the available balance is below zero and even a minute is refused
+    cli("hold", "Acme", "voice_realtime", "78.4", "--key", "call-2")
+    refused = cli("hold", "Acme", "voice_realtime", "1", "--key", "call-3", ok=False)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("orcapulse-billing: error: insufficient credits: available -4.9990, needed 0.1100")
+
+
+@pytest.fixture(scope="module")
+def holds_cli(tmp_path_factory):
+    """Acme with 5.00, one hold captured (1) and one released (2): the bad-input cases leave it as it is."""
+    run = _make_cli(tmp_path_factory.mktemp("holds"))
+    run("create-org", "Acme")
+    run("hold", "Acme", "voice_realtime", "1", "--key", "a")
+    run("capture", "1", "1")
+    run("hold", "Acme", "voice_realtime", "1", "--key", "b")
+    run("release", "2")
+    yield run
+    run.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hold", "Nobody", "voice_realtime", "1", "--key", "k"], "no organization 'Nobody'"),
+        (["hold", "Acme", "teleport", "1", "--key", "k"], "unknown operation 'teleport'"),
+        (["hold", "Acme", "voice_realtime", "abc", "--key", "k"], "not a number: 'abc'"),
+        (["hold", "Acme", "voice_realtime", "0", "--key", "k"], "must be a positive number"),
+        (["hold", "Acme", "voice_realtime", "-2", "--key", "k"], "must be a positive number"),
+        (["hold", "Acme", "voice_realtime", "NaN", "--key", "k"], "must be a positive number"),
+        (["hold", "Acme", "chat", "1.5", "--key", "k"], "a chat is counted in whole messages"),
+        (["hold", "Acme", "openai_input_tokens", "1000", "--key", "k", "--model", "gpt-0"], "unknown OpenAI model"),
+        (["hold", "Acme", "voice_realtime", "1"], "--key"),
+        (["hold", "Acme", "voice_realtime", "2", "--key", "a"], "already used for another hold"),
+        (
+            ["hold", "Acme", "voice_realtime", "100", "--key", "k"],
+            "insufficient credits: available 4.8900, needed 11.0000",
+        ),
+        (["capture", "99", "1"], "no hold 99"),
+        (["capture", "x", "1"], "not a hold id: 'x'"),
+        (["capture", "2", "1"], "hold 2 was released (the operation failed): it cannot be captured"),
+        (["capture", "1", "2"], "hold 1 was already captured with quantity 1"),
+        (["capture", "1", "0"], "must be a positive number"),
+        (["release", "99"], "no hold 99"),
+        (["release", "1"], "hold 1 was captured (the operation was charged): it cannot be released"),
+        (["holds", "Nobody"], "no organization 'Nobody'"),
+    ],
+)
+def test_bad_hold_input_is_one_line_exit_2_and_writes_nothing(holds_cli, args, message):
+    cli = holds_cli
+    before = _snapshot(cli.engine), _holds(cli.engine)
+    result = cli(*args, ok=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (_snapshot(cli.engine), _holds(cli.engine)) == before
