@@ -96,6 +96,7 @@ class Hold:
     expires_at: datetime
     created_at: datetime
     settled_at: datetime | None
+    captured_quantity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _hold_from(row: Any) -> Hold:
         expires_at=as_utc(m["expires_at"]),
         created_at=as_utc(m["created_at"]),
         settled_at=as_utc(m["settled_at"]) if m["settled_at"] is not None else None,
+        captured_quantity=m["captured_quantity"],
     )
 
 
@@ -285,11 +287,18 @@ def _lock_hold(conn: Connection, account_id: int, hold_id: int) -> Hold:
     return _hold_from(row)
 
 
-def _settle(conn: Connection, hold: Hold, status: str, when: datetime, entry_id: int | None = None) -> Hold:
+def _settle(
+    conn: Connection,
+    hold: Hold,
+    status: str,
+    when: datetime,
+    entry_id: int | None = None,
+    quantity: str | None = None,
+) -> Hold:
     row = conn.execute(
         sa.update(_hold)
         .where(_hold.c.id == hold.id)
-        .values(status=status, settled_at=when, captured_entry_id=entry_id)
+        .values(status=status, settled_at=when, captured_entry_id=entry_id, captured_quantity=quantity)
         .returning(*_hold.c)
     ).one()
     if hold.status == ACTIVE:  # an expired hold gave its amount back when it expired
@@ -319,10 +328,9 @@ def capture(
         metadata = {**usage_metadata(hold.operation, quantity, hold.model), "hold_id": str(hold.id)}
         if hold.status == CAPTURED:
             entry = find_entry(conn, account_id, _capture_key(hold))
-            if entry is not None and entry.metadata.get("quantity") != metadata["quantity"]:
-                raise HoldConflict(
-                    f"hold {hold.id} was already captured with quantity {entry.metadata.get('quantity')}"
-                )
+            said = hold.captured_quantity or (entry.metadata.get("quantity") if entry is not None else None)
+            if said is not None and said != metadata["quantity"]:
+                raise HoldConflict(f"hold {hold.id} was already captured with quantity {said}")
             return Settled(hold, organization_id, entry, charge, 0, replayed=True)
         if hold.status == RELEASED:
             raise HoldConflict(f"hold {hold.id} was released (the operation failed): it cannot be captured")
@@ -340,7 +348,7 @@ def capture(
             actor_ip=actor_ip,
         )
         released = hold.amount_units if hold.status == ACTIVE else 0
-        settled = _settle(conn, hold, CAPTURED, when, entry.id if entry else None)
+        settled = _settle(conn, hold, CAPTURED, when, entry.id if entry else None, metadata["quantity"])
     return Settled(settled, organization_id, entry, charge, released)
 
 

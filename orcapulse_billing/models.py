@@ -540,6 +540,9 @@ class CreditHold(SQLModel, table=True):
     amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units reserved
     status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # active|captured|released|expired
     idempotency_key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    # what a capture said (exact decimal text): a capture sent again with another quantity is a conflict,
+    # also when the first one cost less than a unit and posted no entry
+    captured_quantity: str | None = Field(default=None, sa_column=sa.Column(sa.String(40), nullable=True))
     captured_entry_id: int | None = Field(
         default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True)
     )
