@@ -54,7 +54,7 @@ def _int(name: str, default: int) -> int:
 
 def _seconds(name: str, default: float) -> float:
     try:
-        value = float(_env(name, str(default)) or default)
+        value = float(_env(name, str(default)) or default)  # ok: a timeout in seconds, not money
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds") from None
     if not 0 < value < 3600:

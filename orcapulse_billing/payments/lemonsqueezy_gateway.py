@@ -89,7 +89,9 @@ class LemonSqueezyGateway:
                 if attempt < self.retries:
                     retry_after = r.headers.get("retry-after", "")
                     wait_seconds = (
-                        float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.backoff * 2**attempt
+                        float(retry_after)  # ok: seconds to wait, not money
+                        if retry_after.replace(".", "", 1).isdigit()
+                        else self.backoff * 2**attempt
                     )
                     time.sleep(min(wait_seconds, 30))
                     continue
