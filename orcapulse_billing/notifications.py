@@ -126,25 +126,31 @@ class Notifier:
         if not self.settings.smtp_host:
             return 0
         sent = 0
+        tried: set[int] = set()  # a mail that failed is tried again by a later round, not by this one
         with self._sending:
-            with self.engine.connect() as conn:
-                pending = conn.execute(
-                    sa.select(EmailOutbox).where(EmailOutbox.sent_at.is_(None)).order_by(EmailOutbox.id).limit(100)
-                ).all()
-            for mail in pending:
-                error = None
-                try:
-                    self._send(mail.to_address, mail.subject, mail.body)
-                    sent += 1
-                except (OSError, smtplib.SMTPException) as exc:
-                    error = str(exc)[:500]
-                    log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
-                with writer(self.engine).begin() as conn:
-                    conn.execute(
-                        sa.update(EmailOutbox)
-                        .where(EmailOutbox.id == mail.id)
-                        .values(sent_at=None if error else datetime.now(UTC), error=error)
-                    )
+            while True:  # the whole backlog, a hundred at a time (a long SMTP outage leaves more)
+                with self.engine.connect() as conn:
+                    query = sa.select(EmailOutbox).where(EmailOutbox.sent_at.is_(None))
+                    if tried:
+                        query = query.where(EmailOutbox.id.not_in(tried))
+                    pending = conn.execute(query.order_by(EmailOutbox.id).limit(100)).all()
+                if not pending:
+                    break
+                for mail in pending:
+                    tried.add(mail.id)
+                    error = None
+                    try:
+                        self._send(mail.to_address, mail.subject, mail.body)
+                        sent += 1
+                    except (OSError, smtplib.SMTPException) as exc:
+                        error = str(exc)[:500]
+                        log.warning("email %s to %s failed: %s", mail.id, mail.to_address, error)
+                    with writer(self.engine).begin() as conn:
+                        conn.execute(
+                            sa.update(EmailOutbox)
+                            .where(EmailOutbox.id == mail.id)
+                            .values(sent_at=None if error else datetime.now(UTC), error=error)
+                        )
         return sent
 
     def _send(self, to: str, subject: str, body: str) -> None:

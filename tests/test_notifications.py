@@ -108,3 +108,37 @@ def test_without_smtp_the_email_waits_in_the_outbox(engine):
             sa.text("SELECT to_address, kind, sent_at FROM email_outbox WHERE organization_id = :o"), {"o": org.id}
         ).all()
     assert [tuple(r) for r in rows] == [(owner, "low_balance", None)]
+
+
+def test_a_backlog_longer_than_one_batch_is_sent_to_the_end(engine, smtp_server):
+    """After an SMTP outage the outbox holds more than one batch (100): all of it goes out, the newest too."""
+    from datetime import UTC, datetime
+
+    from orcapulse_billing.models import EmailOutbox
+
+    controller, inbox = smtp_server
+    tag = uuid.uuid4().hex[:8]
+    with engine.begin() as conn:
+        for n in range(150):
+            conn.execute(
+                sa.insert(EmailOutbox).values(
+                    dedupe_key=f"backlog-{tag}-{n}",
+                    kind="test",
+                    to_address="owner@example.test",
+                    subject=f"backlog {tag} {n}",
+                    body="queued during an outage\n",
+                    created_at=datetime.now(UTC),
+                )
+            )
+    settings = dataclasses.replace(
+        load_settings(), smtp_host="127.0.0.1", smtp_port=controller.port, smtp_starttls=False
+    )
+    Notifier(engine, settings).send_pending()
+    subjects = {line for _, content in inbox.messages for line in content.splitlines() if line.startswith("Subject:")}
+    assert {f"Subject: backlog {tag} {n}" for n in range(150)} <= subjects
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT COUNT(*) FROM email_outbox WHERE dedupe_key LIKE :k AND sent_at IS NULL"),
+            {"k": f"backlog-{tag}-%"},
+        ).scalar()
+    assert left == 0
