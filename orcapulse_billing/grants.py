@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .db import as_utc, writer
-from .ledger import Ledger
+from .ledger import Ledger, day_label
 from .models import CreditAccount, CreditGrant, GrantConsumption, Organization
 from .money import fmt_balance
 
@@ -34,11 +34,6 @@ SOURCE_LABELS = {
     "refund": "returned credits",
     "migrated": "earlier credits",
 }
-
-
-def day_label(moment: datetime) -> str:
-    """'Jan 31, 2027'."""
-    return f"{moment:%b} {moment.day}, {moment.year}"
 
 
 def end_of_day(day_text: str, now: datetime | None = None) -> datetime:

@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .db import as_utc
 from .ledger import Ledger, LedgerError, PostedEntry, find_entry, get_account
-from .metering import Charge, post_charge, price, usage_metadata
+from .metering import Charge, _qty, post_charge, price, usage_metadata
 from .models import CreditHold
 from .money import UNITS_PER_CREDIT, fmt4
 from .usage_remainders import lock_remainder
@@ -138,10 +138,6 @@ def _hold_from(row: Any) -> Hold:
         settled_at=as_utc(m["settled_at"]) if m["settled_at"] is not None else None,
         captured_quantity=m["captured_quantity"],
     )
-
-
-def _qty(quantity: Decimal) -> str:
-    return f"{quantity.normalize():f}"
 
 
 def _ceil_units(cost: Decimal) -> int:

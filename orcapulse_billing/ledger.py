@@ -41,6 +41,7 @@ from .money import MoneyError, from_units, parse_amount, to_units
 log = logging.getLogger(__name__)
 MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
 NO_FLOOR_UNITS = -(2**62)
+NO_FLOOR = from_units(NO_FLOOR_UNITS)  # a posting that may go below zero as debt (money already gone)
 
 # A row of one of the textual statements below: columns by name (`row._mapping`) or position.
 DbRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -505,10 +506,10 @@ class Ledger:
                         EntryType.expiry,
                         -from_units(grant["remaining"]),
                         f"Expired credits - {grant['source']} grant of {label} "
-                        f"from {_day(as_utc(grant['created_at']))}",
+                        f"from {day_label(as_utc(grant['created_at']))}",
                         metadata={"grant": grant_id, "expiresAt": as_utc(grant["expires_at"]).isoformat()},
                         idempotency_key=f"expiry:{grant_id}",
-                        floor=from_units(NO_FLOOR_UNITS),
+                        floor=NO_FLOOR,
                         from_grant=grant_id,
                     ),
                 )
@@ -657,7 +658,8 @@ class Ledger:
         return entry
 
 
-def _day(moment: datetime) -> str:
+def day_label(moment: datetime) -> str:
+    """'Jan 31, 2027'."""
     return f"{moment:%b} {moment.day}, {moment.year}"
 
 

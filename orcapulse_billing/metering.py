@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .history import billing_session
-from .ledger import IdempotencyConflict, Ledger, PostedEntry, Posting, find_entry, get_account
+from .ledger import NO_FLOOR, IdempotencyConflict, Ledger, PostedEntry, Posting, find_entry, get_account
 from .models import BillingSession, EntryType
 from .money import from_units
 from .pricing import RATE_CARD, SESSION_COMPONENTS, openai_rate
@@ -42,7 +42,7 @@ OPERATIONS = tuple(RATE_CARD) + tuple(SESSION_OPERATIONS) + tuple(OPENAI_OPERATI
 STATUSES = ("completed", "failed")
 # Completed work is always recorded: usage posts with this floor (no floor), so a balance past minus
 # the grace limit goes below it as debt instead of the platform giving the work away.
-DEBT_FLOOR = -Decimal(10**12)
+DEBT_FLOOR = NO_FLOOR
 
 
 class MeteringError(ValueError):

@@ -16,12 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..ledger import DbRow, Ledger, Posting, get_account
+from ..ledger import NO_FLOOR, DbRow, Ledger, Posting, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditSource, EntryType, PaymentDispute
 from .events import Outcome
 from .flow import PROVIDER_NAMES, UNITS_PER_CENT, bonus_share, now, table_of
-
-NO_FLOOR = Decimal(-(10**9))
 
 
 def lock_purchase(conn: Connection, row_id: int) -> DbRow:
