@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -466,6 +466,24 @@ class Ledger:
             if existing is None:
                 raise
             return self._replay(existing, prepared)
+
+    def post_batch(self, postings: Sequence[Posting]) -> list[PostedEntry | LedgerError]:
+        """Post several entries in ONE transaction, each on its own merits: a posting that is refused
+        (its floor, a missing account, an idempotency conflict, bad input) gets its error as its result
+        and the others still commit; a replayed key returns its first entry. Results are in the order
+        of `postings`. A crash before the commit leaves every one of them absent."""
+        with self.transaction() as conn:
+            return self.post_batch_in(conn, postings)
+
+    def post_batch_in(self, conn: Connection, postings: Sequence[Posting]) -> list[PostedEntry | LedgerError]:
+        """`post_batch` inside the caller's ledger transaction (`Ledger.transaction()`)."""
+        results: list[PostedEntry | LedgerError] = []
+        for posting in postings:
+            try:
+                results.append(self.post_in(conn, posting))
+            except LedgerError as exc:
+                results.append(exc)
+        return results
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
