@@ -1,0 +1,367 @@
+"""The ledger's write path: a group of prepared postings applied inside one open transaction.
+
+Each posting is applied on its own merits, in order, and gets one `Applied` result: `posted` (the new
+entry), `replayed` (the entry its idempotency key already has), `refused` (it would pass its floor) or
+`no_account`. Nothing is written for a posting that is not `posted`, so a refusal never spoils the
+transaction of the others. The group is sorted by account first (stable: a group keeps the order of
+its postings per account), so every writer locks account rows in one order and two groups never
+deadlock on each other.
+
+* PostgreSQL: one statement, `SELECT * FROM ledger_post(...)` (the server-side function of migration
+  0013): one round trip for the whole group, whatever its size. Per account it locks the row once,
+  writes the entries, their grants or grant consumption, and the aggregates once; the usage rollup once.
+* SQLite: the same steps in Python on the raw sqlite3 cursor (in-process, no round trips), inside the
+  caller's `BEGIN IMMEDIATE`, which already holds the database's only write lock.
+
+Plain Python, SQLAlchemy and the DB-API drivers: nothing here imports Reflex.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+from .db import as_utc
+
+# Statuses of an `Applied`.
+POSTED, REPLAYED, REFUSED, NO_ACCOUNT = "posted", "replayed", "refused", "no_account"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One posting, validated and in ledger units: what the write path needs."""
+
+    account_id: int
+    type: str
+    kind: str
+    source: str | None
+    amount: int
+    floor: int
+    description: str
+    category: str | None
+    metadata: dict[str, Any]  # JSON object
+    actor_user_id: int | None
+    actor_ip: str | None
+    idempotency_key: str | None
+    created_at: datetime  # UTC
+    priority: int  # the burn order class of a credit's grant
+    expires_at: datetime | None
+    checkout_session_id: int | None
+    from_grant: int | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What became of one `Write`. `entry` holds the ledger_entry columns for `posted` and `replayed`
+    (id, account_id, seq, type, source, amount, balance_before, balance_after, description, category,
+    metadata, actor_user_id, actor_ip, idempotency_key, created_at); `balance` is the account's
+    balance for `refused`."""
+
+    status: str
+    entry: dict[str, Any] | None = None
+    balance: int | None = None
+
+
+ENTRY_COLUMNS = (
+    "id",
+    "account_id",
+    "seq",
+    "type",
+    "source",
+    "amount",
+    "balance_before",
+    "balance_after",
+    "description",
+    "category",
+    "metadata",
+    "actor_user_id",
+    "actor_ip",
+    "idempotency_key",
+    "created_at",
+)
+
+
+def by_account(writes: Sequence[Write]) -> list[int]:
+    """The order to apply them in: by account, stable within an account."""
+    return sorted(range(len(writes)), key=lambda n: writes[n].account_id)
+
+
+def apply_writes(conn: Connection, writes: Sequence[Write], *, lock_wait: str | None = None) -> list[Applied]:
+    """Applies `writes` inside `conn`'s open transaction; results in the order of `writes`.
+    `lock_wait` (PostgreSQL, e.g. '5s'): how long the group may wait for a row lock before it fails
+    as a whole (a lock timeout error), so that a group never waits forever on a transaction that is
+    itself waiting for the group."""
+    if not writes:
+        return []
+    order = by_account(writes)
+    if conn.dialect.name == "sqlite":
+        applied = _SqliteWriter(conn).apply([writes[n] for n in order])
+    else:
+        applied = _apply_postgres(conn, [writes[n] for n in order], lock_wait)
+    results: list[Applied | None] = [None] * len(writes)
+    for n, result in zip(order, applied, strict=True):
+        results[n] = result
+    return [r for r in results if r is not None]
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+_PG_CALL = "SELECT * FROM ledger_post(%s::jsonb, %s)"
+
+
+def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None) -> list[Applied]:
+    payload = json.dumps(
+        [
+            {
+                "i": n,
+                "account_id": w.account_id,
+                "type": w.type,
+                "kind": w.kind,
+                "source": w.source,
+                "amount": w.amount,
+                "floor": w.floor,
+                "description": w.description,
+                "category": w.category,
+                "metadata": w.metadata,
+                "actor_user_id": w.actor_user_id,
+                "actor_ip": w.actor_ip,
+                "idempotency_key": w.idempotency_key,
+                "created_at": w.created_at.isoformat(),
+                "day": w.created_at.date().isoformat(),
+                "priority": w.priority,
+                "expires_at": w.expires_at.isoformat() if w.expires_at else None,
+                "checkout_session_id": w.checkout_session_id,
+                "from_grant": w.from_grant,
+            }
+            for n, w in enumerate(writes)
+        ],
+        separators=(",", ":"),
+    )
+    # Driver-level SQL: no compilation, rows as the driver decoded them (jsonb, timestamptz); still
+    # SQLAlchemy's errors, and a lost connection is invalidated in the pool.
+    rows = conn.exec_driver_sql(_PG_CALL, (payload, lock_wait)).all()
+    results: list[Applied | None] = [None] * len(writes)
+    for row in rows:
+        n, status = row[0], row[1]
+        if status in (POSTED, REPLAYED):
+            results[n] = Applied(status, dict(zip(ENTRY_COLUMNS, row[2:], strict=True)))
+        else:
+            results[n] = Applied(status, balance=row[9])
+    if any(r is None for r in results):
+        raise RuntimeError("ledger_post returned fewer results than postings")
+    return [r for r in results if r is not None]
+
+
+# -- SQLite ----------------------------------------------------------------------------------------
+
+_S_ACCOUNT = (
+    "SELECT balance, transaction_count, lifetime_added, lifetime_consumed, topup_count, usage_count, "
+    "refund_count, adjustment_count, version FROM credit_account WHERE id = ?"
+)
+_S_SAVE_ACCOUNT = (
+    "UPDATE credit_account SET balance = ?, transaction_count = ?, lifetime_added = ?, lifetime_consumed = ?, "
+    "topup_count = ?, usage_count = ?, refund_count = ?, adjustment_count = ?, version = ?, updated_at = ? "
+    "WHERE id = ?"
+)
+_S_BY_KEY = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM ledger_entry WHERE account_id = ? AND idempotency_key = ?"
+_S_ENTRY = (
+    "INSERT INTO ledger_entry (account_id, seq, kind, kind_seq, type, source, amount, balance_before, balance_after, "
+    "description, category, metadata, actor_user_id, actor_ip, idempotency_key, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_S_GRANT = (
+    "INSERT INTO credit_grant (account_id, entry_id, source, priority, amount, remaining, expires_at, "
+    "checkout_session_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Burn order, as in ledger_post: the purchase's own grants, class, earliest expiry (none last), oldest.
+_S_BURNABLE = (
+    "SELECT id, remaining FROM credit_grant WHERE account_id = ? AND remaining > 0 AND (? IS NULL OR id = ?) "
+    "ORDER BY CASE WHEN checkout_session_id = ? THEN 0 ELSE 1 END, priority, "
+    "CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, id"
+)
+_S_TAKE = "UPDATE credit_grant SET remaining = remaining - ? WHERE id = ?"
+_S_CONSUMPTION = "INSERT INTO grant_consumption (entry_id, grant_id, amount) VALUES (?, ?, ?)"
+_S_ROLLUP = (
+    "INSERT INTO usage_rollup (account_id, day, category, amount, count) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (account_id, day, category) "
+    "DO UPDATE SET amount = usage_rollup.amount + excluded.amount, count = usage_rollup.count + excluded.count"
+)
+_KIND_COUNTER = {"topup": 4, "usage": 5, "refund": 6}  # index in the account state; anything else: 7
+
+
+class _SqliteWriter:
+    """`ledger_post`, step for step, in Python on the raw cursor of the caller's write transaction."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._timestamp, self._day, self._json, self._read_timestamp, self._read_json = _sqlite_processors(conn.dialect)
+
+    def apply(self, writes: list[Write]) -> list[Applied]:
+        dbapi_error = self.conn.dialect.loaded_dbapi.Error
+        try:
+            return self._apply(writes)
+        except dbapi_error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError, ...)
+            raise sa.exc.DBAPIError.instance("ledger write", None, exc, dbapi_error) from exc
+
+    def _apply(self, writes: list[Write]) -> list[Applied]:
+        # The raw sqlite3 cursor of the caller's transaction: a statement costs microseconds here, and
+        # SQLAlchemy's per-statement overhead would be most of a posting's time.
+        cur = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        results: list[Applied] = []
+        rollup: dict[tuple[int, Any, str], list[int]] = {}
+        account_id: int | None = None
+        state: list[Any] | None = None  # the account row's columns, as _S_ACCOUNT reads them
+        moved = 0
+        last_at: Any = None
+        try:
+            for w in writes:
+                if w.account_id != account_id:
+                    if state is not None and moved:
+                        cur.execute(_S_SAVE_ACCOUNT, (*state[:8], state[8] + moved, last_at, account_id))
+                    account_id, moved = w.account_id, 0
+                    row = cur.execute(_S_ACCOUNT, (account_id,)).fetchone()
+                    state = list(row) if row is not None else None
+                if state is None:
+                    results.append(Applied(NO_ACCOUNT))
+                    continue
+                if w.idempotency_key is not None:
+                    found = cur.execute(_S_BY_KEY, (account_id, w.idempotency_key)).fetchone()
+                    if found is not None:
+                        results.append(Applied(REPLAYED, self._entry(found)))
+                        continue
+                balance = state[0]
+                if balance + w.amount < w.floor:
+                    results.append(Applied(REFUSED, balance=balance))
+                    continue
+                counter = _KIND_COUNTER.get(w.kind, 7)
+                state[1] += 1
+                state[counter] += 1
+                created_at = self._timestamp(w.created_at)
+                metadata = self._json(w.metadata)
+                cur.execute(
+                    _S_ENTRY,
+                    (
+                        account_id,
+                        state[1],
+                        w.kind,
+                        state[counter],
+                        w.type,
+                        w.source,
+                        w.amount,
+                        balance,
+                        balance + w.amount,
+                        w.description,
+                        w.category,
+                        metadata,
+                        w.actor_user_id,
+                        w.actor_ip,
+                        w.idempotency_key,
+                        created_at,
+                    ),
+                )
+                entry_id = cur.lastrowid
+                if w.amount > 0:  # the credit's grant pays the account's debt first
+                    remaining = max(0, min(w.amount, balance + w.amount))
+                    cur.execute(
+                        _S_GRANT,
+                        (
+                            account_id,
+                            entry_id,
+                            w.source,
+                            w.priority,
+                            w.amount,
+                            remaining,
+                            self._timestamp(w.expires_at) if w.expires_at else None,
+                            w.checkout_session_id,
+                            created_at,
+                        ),
+                    )
+                    state[2] += w.amount
+                else:
+                    self._burn(cur, entry_id, w)
+                    state[3] -= w.amount
+                    if w.kind == "usage":
+                        key = (account_id, self._day(w.created_at.date()), w.category or "other")
+                        totals = rollup.setdefault(key, [0, 0])
+                        totals[0] -= w.amount
+                        totals[1] += 1
+                state[0] = balance + w.amount
+                moved += 1
+                last_at = created_at
+                results.append(
+                    Applied(
+                        POSTED,
+                        {
+                            "id": entry_id,
+                            "account_id": account_id,
+                            "seq": state[1],
+                            "type": w.type,
+                            "source": w.source,
+                            "amount": w.amount,
+                            "balance_before": balance,
+                            "balance_after": balance + w.amount,
+                            "description": w.description,
+                            "category": w.category,
+                            "metadata": w.metadata,
+                            "actor_user_id": w.actor_user_id,
+                            "actor_ip": w.actor_ip,
+                            "idempotency_key": w.idempotency_key,
+                            "created_at": w.created_at,
+                        },
+                    )
+                )
+            if state is not None and moved:
+                cur.execute(_S_SAVE_ACCOUNT, (*state[:8], state[8] + moved, last_at, account_id))
+            if rollup:
+                cur.executemany(_S_ROLLUP, [(*key, amount, count) for key, (amount, count) in rollup.items()])
+        finally:
+            cur.close()
+        return results
+
+    @staticmethod
+    def _burn(cur: Any, entry_id: int, w: Write) -> None:
+        need = -w.amount
+        taken = []
+        for grant_id, remaining in cur.execute(
+            _S_BURNABLE, (w.account_id, w.from_grant, w.from_grant, w.checkout_session_id)
+        ).fetchall():
+            take = min(remaining, need)
+            taken.append((take, grant_id))
+            need -= take
+            if need <= 0:
+                break
+        if taken:
+            cur.executemany(_S_TAKE, taken)
+            cur.executemany(_S_CONSUMPTION, [(entry_id, grant_id, take) for take, grant_id in taken])
+
+    def _entry(self, row: Sequence[Any]) -> dict[str, Any]:
+        entry = dict(zip(ENTRY_COLUMNS, row, strict=True))
+        entry["metadata"] = self._read_json(entry["metadata"])
+        entry["created_at"] = as_utc(self._read_timestamp(entry["created_at"]))
+        return entry
+
+
+def _processor(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    process = type_.dialect_impl(dialect).bind_processor(dialect)
+    return process if process is not None else (lambda value: value)
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_processors(dialect: Dialect) -> tuple[Callable[[Any], Any], ...]:
+    """How SQLAlchemy's types write and read values on this dialect, so raw statements store exactly what
+    the ORM and Core store (timestamps, dates, JSON): looked up once per engine, not per group."""
+    timestamp, json_type = sa.DateTime(timezone=True), sa.JSON()
+    return (
+        _processor(timestamp, dialect),
+        _processor(sa.Date(), dialect),
+        _processor(json_type, dialect),
+        timestamp.dialect_impl(dialect).result_processor(dialect, None) or (lambda value: value),
+        json_type.dialect_impl(dialect).result_processor(dialect, None) or (lambda value: value),
+    )
