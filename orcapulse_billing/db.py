@@ -8,12 +8,15 @@ switched off so that SQLAlchemy's BEGIN is the real one: the ledger asks for `BE
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
 from .config import PROJECT_ROOT, get_settings
 
@@ -76,6 +79,19 @@ def get_engine(url: str | None = None) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def dialect_insert(conn: Connection, table: sa.FromClause) -> postgresql.Insert | sqlite.Insert:
+    """INSERT with this database's ON CONFLICT clauses (PostgreSQL's and SQLite's are alike)."""
+    return (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(table)
+
+
+def one_of(conn: Connection, column: sa.ColumnElement[Any], values: Collection[Any]) -> sa.ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL `column = ANY(:array)`, one parameter whatever the count (one
+    statement text, so the server can prepare it once)."""
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.literal(list(values), postgresql.ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 def as_utc(value: datetime) -> datetime:

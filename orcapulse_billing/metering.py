@@ -181,18 +181,11 @@ def record_usage(
     A session's row stores its charged total split into parts (base, llm, stt, tts) that add up to it.
     `created_at` backdates the entry (imports, the demo seed); live reports leave it unset.
     """
-    if status not in STATUSES:
-        raise MeteringError(f"status must be one of {', '.join(STATUSES)}")
-    if session is not None and session.ended_at and session.started_at and session.ended_at < session.started_at:
-        raise MeteringError("a session cannot end before it starts")
-    charge = price(
-        operation, quantity, markup_percent=markup_percent, model=model, agent=session.agent_id if session else None
+    charge, metadata = priced_report(
+        operation, quantity, status, markup_percent=markup_percent, model=model, session=session
     )
     if status == "failed":
         return UsageResult(False, None, charge, None)  # never charge a failed operation
-    metadata = usage_metadata(operation, quantity, model)
-    if session is not None:
-        metadata["usage_session_id"] = session.id
     session_id = session.id if session else None
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
@@ -204,13 +197,10 @@ def record_usage(
         said = _fingerprint(charge, metadata)
         seen, earlier_said = uncharged_report(conn, account_id, idempotency_key)
         if seen:
-            if earlier_said is not None and earlier_said != said:
-                raise IdempotencyConflict(
-                    f"idempotency key {idempotency_key!r} was already used with different parameters"
-                )
+            _check_same_uncharged(earlier_said, said, idempotency_key)
             return UsageResult(False, None, charge, session_id, replayed=True)
         if session is not None and billing_session(conn, account_id, session.id) is not None:
-            raise MeteringError(f"session {session.id!r} was already billed")
+            raise already_billed(session.id)
         entry, units = post_charge(
             ledger,
             conn,
@@ -230,8 +220,37 @@ def record_usage(
             record_uncharged(conn, account_id, idempotency_key, created_at, said)
         if session is not None:
             when = entry.created_at if entry else created_at or datetime.now(UTC)
-            _insert_session(conn, account_id, entry, units, when, operation, quantity, charge, session)
+            row = session_row(account_id, entry, units, when, operation, quantity, charge, session)
+            conn.execute(sa.insert(BillingSession).values(row))
     return UsageResult(entry is not None, entry, charge, session_id)
+
+
+def priced_report(
+    operation: str,
+    quantity: Decimal,
+    status: str,
+    *,
+    markup_percent: Decimal,
+    model: str | None = None,
+    session: SessionInfo | None = None,
+) -> tuple[Charge, dict[str, str]]:
+    """A usage report's input checked and priced: (its charge, what its entry says). MeteringError for
+    bad input (status, a session ending before it starts, operation, model or quantity)."""
+    if status not in STATUSES:
+        raise MeteringError(f"status must be one of {', '.join(STATUSES)}")
+    if session is not None and session.ended_at and session.started_at and session.ended_at < session.started_at:
+        raise MeteringError("a session cannot end before it starts")
+    charge = price(
+        operation, quantity, markup_percent=markup_percent, model=model, agent=session.agent_id if session else None
+    )
+    metadata = usage_metadata(operation, quantity, model)
+    if session is not None:
+        metadata["usage_session_id"] = session.id
+    return charge, metadata
+
+
+def already_billed(session_id: str) -> MeteringError:
+    return MeteringError(f"session {session_id!r} was already billed")
 
 
 def usage_metadata(operation: str, quantity: Decimal, model: str | None) -> dict[str, str]:
@@ -296,11 +315,21 @@ def _check_same_report(entry: PostedEntry, charge: Charge, metadata: dict[str, s
     so the entry is compared on what the report said (operation, quantity, model, session)."""
     said = (entry.type, entry.category, entry.description, {k: entry.metadata.get(k) for k in metadata})
     if said != (EntryType.usage.value, charge.category, charge.description.strip(), metadata):
-        raise IdempotencyConflict(f"idempotency key {key!r} was already used with different parameters")
+        raise _conflict(key)
 
 
-def _insert_session(
-    conn: Connection,
+def _check_same_uncharged(earlier_said: str | None, said: str, key: str) -> None:
+    """The same check for a key whose report charged nothing: its fingerprint (None: kept before there
+    were fingerprints, taken as the same report)."""
+    if earlier_said is not None and earlier_said != said:
+        raise _conflict(key)
+
+
+def _conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(f"idempotency key {key!r} was already used with different parameters")
+
+
+def session_row(
     account_id: int,
     entry: PostedEntry | None,
     total_units: int,
@@ -309,38 +338,37 @@ def _insert_session(
     quantity: Decimal,
     charge: Charge,
     s: SessionInfo,
-) -> None:
-    """The session's row. A session operation's parts are its charged total split so that they add up
-    to it exactly; another operation reported with a session (an SMS of a call) has no parts, only a total."""
+) -> dict[str, Any]:
+    """The session's `billing_session` row. A session operation's parts are its charged total split so
+    that they add up to it exactly; another operation reported with a session (an SMS of a call) has no
+    parts, only a total."""
     architecture = SESSION_OPERATIONS.get(operation)
     if architecture is not None:
         parts = apportion(total_units, {k: charge.breakdown[k] for k in SESSION_PARTS})
     else:
         parts = dict.fromkeys(SESSION_PARTS, 0)
-    conn.execute(
-        sa.insert(BillingSession).values(
-            account_id=account_id,
-            external_id=s.id,
-            ledger_entry_id=entry.id if entry else None,
-            operation=operation,
-            agent_id=s.agent_id,
-            agent_name=s.agent_name,
-            architecture=architecture,
-            duration_minutes=_qty(quantity) if architecture in ("pipeline", "realtime") else None,
-            message_count=int(quantity) if architecture == "chat" else None,
-            started_at=s.started_at,
-            ended_at=s.ended_at,
-            transcript=s.transcript,
-            recording_url=s.recording_url,
-            analysis=s.analysis,
-            cost_base=parts["base"],
-            cost_llm=parts["llm"],
-            cost_stt=parts["stt"],
-            cost_tts=parts["tts"],
-            cost_total=total_units,
-            created_at=created_at,
-        )
-    )
+    return {
+        "account_id": account_id,
+        "external_id": s.id,
+        "ledger_entry_id": entry.id if entry else None,
+        "operation": operation,
+        "agent_id": s.agent_id,
+        "agent_name": s.agent_name,
+        "architecture": architecture,
+        "duration_minutes": _qty(quantity) if architecture in ("pipeline", "realtime") else None,
+        "message_count": int(quantity) if architecture == "chat" else None,
+        "started_at": s.started_at,
+        "ended_at": s.ended_at,
+        "transcript": s.transcript,
+        "recording_url": s.recording_url,
+        "analysis": s.analysis,
+        "cost_base": parts["base"],
+        "cost_llm": parts["llm"],
+        "cost_stt": parts["stt"],
+        "cost_tts": parts["tts"],
+        "cost_total": total_units,
+        "created_at": created_at,
+    }
 
 
 def _provider(operation: str) -> str:

@@ -12,13 +12,14 @@ SQLAlchemy Core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal, Inexact, localcontext
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .db import dialect_insert, one_of
 from .models import UsageRemainder, UsageReport
 from .money import UNITS_PER_CREDIT
 
@@ -49,15 +50,77 @@ def lock_remainder(conn: Connection, account_id: int, operation: str) -> Decimal
     return Decimal(text)
 
 
+def lock_remainders(
+    conn: Connection, account_id: int, operations: Collection[str]
+) -> tuple[dict[str, Decimal], set[str]]:
+    """`lock_remainder` for several operations of one account at once (a batch of reports): the missing
+    rows are created by one statement and all of them locked by another, in the order of their names (the
+    only order anyone locks several in, so batches never deadlock each other; a single report locks one).
+    Returns (carried remainder per operation, the operations whose row this call created)."""
+    names = sorted(set(operations))
+    if not names:
+        return {}, set()
+    now = datetime.now(UTC)
+    insert = dialect_insert(conn, _remainder).values(
+        [{"account_id": account_id, "operation": op, "remainder": "0", "updated_at": now} for op in names]
+    )
+    created = set(
+        conn.execute(
+            insert.on_conflict_do_nothing(index_elements=["account_id", "operation"]).returning(_remainder.c.operation)
+        )
+        .scalars()
+        .all()
+    )
+    rows = conn.execute(
+        sa.select(_remainder.c.operation, _remainder.c.remainder)
+        .where(_remainder.c.account_id == account_id, _remainder.c.operation.in_(names))
+        .order_by(_remainder.c.operation)
+        .with_for_update()
+    ).all()
+    carried = {op: Decimal(text) for op, text in rows}
+    if len(carried) != len(names):
+        raise RuntimeError(f"usage remainders of account {account_id} missing after creating them")
+    return carried, created
+
+
 def store_remainder(conn: Connection, account_id: int, operation: str, remainder: Decimal) -> None:
-    text = f"{remainder.normalize():f}"
-    if len(text) > REMAINDER_CHARS:
-        raise ValueError(f"a remainder of {text} has too many digits to keep exactly")
     conn.execute(
         sa.update(UsageRemainder)
         .where(_remainder.c.account_id == account_id, _remainder.c.operation == operation)
-        .values(remainder=text, updated_at=datetime.now(UTC))
+        .values(remainder=_remainder_text(remainder), updated_at=datetime.now(UTC))
     )
+
+
+def store_remainders(conn: Connection, account_id: int, remainders: Mapping[str, Decimal]) -> None:
+    """`store_remainder` for several operations of one account, in one statement."""
+    if not remainders:
+        return
+    texts = {op: _remainder_text(r) for op, r in remainders.items()}
+    conn.execute(
+        sa.update(UsageRemainder)
+        .where(_remainder.c.account_id == account_id, _remainder.c.operation.in_(sorted(texts)))
+        .values(
+            remainder=sa.case(texts, value=_remainder.c.operation, else_=_remainder.c.remainder),
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+
+def drop_remainders(conn: Connection, account_id: int, operations: Collection[str]) -> None:
+    """Deletes rows (of a batch's operations whose reports were all refused: rows `lock_remainders` made)."""
+    if operations:
+        conn.execute(
+            sa.delete(UsageRemainder).where(
+                _remainder.c.account_id == account_id, _remainder.c.operation.in_(sorted(operations))
+            )
+        )
+
+
+def _remainder_text(remainder: Decimal) -> str:
+    text = f"{remainder.normalize():f}"
+    if len(text) > REMAINDER_CHARS:
+        raise ValueError(f"a remainder of {text} has too many digits to keep exactly")
+    return text
 
 
 def carry(carried: Decimal, cost: Decimal) -> tuple[int, Decimal]:
@@ -82,16 +145,37 @@ def uncharged_report(conn: Connection, account_id: int, idempotency_key: str) ->
     return (row is not None, row.fingerprint if row is not None else None)
 
 
+def uncharged_reports(conn: Connection, account_id: int, idempotency_keys: Collection[str]) -> dict[str, str | None]:
+    """`uncharged_report` for several keys in one query: {key: fingerprint} of those that were seen."""
+    if not idempotency_keys:
+        return {}
+    rows = conn.execute(
+        sa.select(_report.c.idempotency_key, _report.c.fingerprint).where(
+            _report.c.account_id == account_id, one_of(conn, _report.c.idempotency_key, idempotency_keys)
+        )
+    )
+    return {key: fingerprint for key, fingerprint in rows}
+
+
 def record_uncharged(
     conn: Connection, account_id: int, idempotency_key: str, created_at: datetime | None, fingerprint: str
 ) -> None:
+    record_uncharged_many(conn, account_id, [(idempotency_key, created_at, fingerprint)])
+
+
+def record_uncharged_many(
+    conn: Connection, account_id: int, reports: Sequence[tuple[str, datetime | None, str]]
+) -> None:
+    """Keeps the keys (with created_at and fingerprint) of reports that charged nothing, in one statement."""
+    if not reports:
+        return
+    now = datetime.now(UTC)
     conn.execute(
-        sa.insert(UsageReport).values(
-            account_id=account_id,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-            created_at=created_at or datetime.now(UTC),
-        )
+        sa.insert(UsageReport),
+        [
+            {"account_id": account_id, "idempotency_key": key, "fingerprint": said, "created_at": at or now}
+            for key, at, said in reports
+        ],
     )
 
 
