@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..config import get_settings
 from ..db import get_engine
-from . import auth_routes, credits, errors, grants, guards, holds, keys, openapi, payments
+from . import auth_routes, credits, errors, grants, guards, holds, keys, openapi, payments, schemas, usage_batch
 
 
 def create_api_app() -> FastAPI:
@@ -32,12 +32,13 @@ def create_api_app() -> FastAPI:
     guards.install(app, get_settings().max_body_bytes)
     app.include_router(auth_routes.router)
     app.include_router(credits.router)
+    app.include_router(usage_batch.router)
     app.include_router(holds.router)
     app.include_router(grants.router)
     app.include_router(payments.router)
     app.include_router(keys.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
-    openapi.install(app, payments.WEBHOOK_EVENTS)
+    openapi.install(app, (*payments.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
     return app
 
 

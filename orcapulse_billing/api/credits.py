@@ -335,11 +335,6 @@ def post_usage(
         raise ApiError(400, "invalid_request", "an idempotency_key (or Idempotency-Key header) is required")
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise ApiError(400, "invalid_request", "idempotency_key and the Idempotency-Key header differ")
-    session = SessionInfo(**body.session.model_dump()) if body.session else None
-    if session is not None:
-        session = SessionInfo(
-            **{**body.session.model_dump(), "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at)}
-        )
     try:
         result = record_usage(
             get_ledger(),
@@ -350,7 +345,7 @@ def post_usage(
             idempotency_key=key,
             markup_percent=get_settings().markup_percent,
             model=body.model,
-            session=session,
+            session=session_info(body.session),
             actor_user_id=principal.user_id,
             actor_ip=client_ip(request),
         )
@@ -369,6 +364,13 @@ def post_usage(
         session_id=result.session_id,
         replayed=result.replayed or bool(entry and entry.replayed),
     )
+
+
+def session_info(session: s.SessionIn | None) -> SessionInfo | None:
+    if session is None:
+        return None
+    fields = session.model_dump()
+    return SessionInfo(**{**fields, "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at)})
 
 
 def _as_item(entry) -> HistoryItem:
