@@ -36,8 +36,15 @@ class _Slot(Generic[T, R]):
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, write_group: Callable[[list[T]], list[R | BaseException]], *, max_group: int = 256):
+    def __init__(
+        self,
+        write_group: Callable[[list[T]], list[R | BaseException]],
+        *,
+        max_group: int = 256,
+        on_idle: Callable[[], None] | None = None,
+    ):
         self._write_group = write_group
+        self._on_idle = on_idle  # called, under the lock, when the lead is put down with nobody waiting
         self._max_group = max_group
         self._lock = threading.Lock()
         self._queue: deque[_Slot[T, R]] = deque()
@@ -93,6 +100,8 @@ class GroupCommit(Generic[T, R]):
                     successor.done.set()
                 else:
                     self._leading = False
+                    if self._on_idle is not None:
+                        self._on_idle()
         for slot, outcome in zip(group, outcomes, strict=True):
             slot.outcome = outcome
             if slot is not mine:

@@ -174,8 +174,12 @@ _ENTRY_COLUMNS = (
     "metadata, actor_user_id, actor_ip, idempotency_key, created_at"
 )
 _RESULT_TYPES: dict[str, sa.types.TypeEngine[Any]] = {"metadata": JsonType, "created_at": sa.DateTime(timezone=True)}
+# The range and the ORDER BY make the (account_id, idempotency_key) index the only plan without a sort
+# (see ledger_post in migration 0013): plain equalities get another index, and a scan of the account's
+# entries, on a PostgreSQL table that has no planner statistics yet.
 _FIND_BY_KEY = sa.text(
-    f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id AND idempotency_key = :key"
+    f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id "
+    "AND idempotency_key >= :key AND idempotency_key <= :key ORDER BY idempotency_key LIMIT 1"
 ).columns(**_RESULT_TYPES)
 
 
@@ -215,7 +219,13 @@ class Ledger:
         # SQLite has one writer per file; queueing in-process beats spinning on the busy timeout.
         self._write_lock = threading.Lock() if self._sqlite else None
         self._listeners: list[Callable[[list[PostedEntry]], None]] = []
-        self._group: GroupCommit[Write, PostedEntry | None] = GroupCommit(self._write_group, max_group=max_group)
+        self._group: GroupCommit[Write, PostedEntry | None] = GroupCommit(
+            self._write_group, max_group=max_group, on_idle=self._release_group_connection
+        )
+        # PostgreSQL: the connection the group leaders write on, kept while groups follow one another (one
+        # leader at a time uses it), so that a group is one round trip, not a pool check-out's ping, the
+        # statement and the check-in's reset; returned to the pool when nobody is waiting.
+        self._group_conn: Connection | None = None
 
     def add_listener(self, listener: Callable[[list[PostedEntry]], None]) -> None:
         """Called with the new entries after each commit that wrote some (never for replays)."""
@@ -350,8 +360,15 @@ class Ledger:
         whether the commit happened is unknown, so the callers hear of it (a keyed posting can be sent
         again safely)."""
         try:
-            outcomes: list[PostedEntry | BaseException | None] = list(self._commit(writes, grouped=len(writes) > 1))
+            if self._sqlite:
+                outcomes: list[PostedEntry | BaseException | None] = list(self._commit(writes))
+            else:
+                conn = self._group_connection()
+                lock_wait = self.group_lock_wait if len(writes) > 1 else None
+                outcomes = list(self._apply(conn, writes, lock_wait=lock_wait))
         except Exception as exc:
+            if not self._sqlite:
+                self._release_group_connection()
             if len(writes) == 1 or getattr(exc, "connection_invalidated", False):
                 raise
             log.warning("a group of %d postings failed (%r); each is written on its own", len(writes), exc)
@@ -359,17 +376,26 @@ class Ledger:
         self._notify([o for o in outcomes if isinstance(o, PostedEntry)])
         return outcomes
 
-    def _commit(self, writes: list[Write], *, grouped: bool = False) -> list[PostedEntry | LedgerError]:
+    def _group_connection(self) -> Connection:
+        if self._group_conn is None or self._group_conn.invalidated:
+            self._group_conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._group_conn
+
+    def _release_group_connection(self) -> None:
+        conn, self._group_conn = self._group_conn, None
+        if conn is not None:
+            conn.close()
+
+    def _commit(self, writes: list[Write]) -> list[PostedEntry | LedgerError]:
         """`writes` in one transaction of their own. PostgreSQL: the one statement in autocommit (no
-        BEGIN/COMMIT round trips, and no row lock held across the client); a group waits at most
-        `group_lock_wait` for a row lock (see `_write_group`)."""
+        BEGIN/COMMIT round trips, and no row lock held across the client)."""
         if not writes:
             return []
         if self._sqlite:
             with self.transaction() as conn:
                 return self._apply(conn, writes)
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return self._apply(conn, writes, lock_wait=self.group_lock_wait if grouped else None)
+            return self._apply(conn, writes)
 
     def _apply(
         self, conn: Connection, writes: list[Write], *, lock_wait: str | None = None
