@@ -57,8 +57,9 @@ def from_units(units: int) -> Decimal:
 
 
 def fmt4(units: int) -> str:
-    """JSON/amount form: '149.8477'."""
-    return f"{from_units(units):.4f}"
+    """JSON/amount form: '149.8477' (from the integer: answers carry thousands of these)."""
+    whole, fraction = divmod(abs(int(units)), UNITS_PER_CREDIT)
+    return f"{'-' if units < 0 else ''}{whole}.{fraction:04d}"
 
 
 def fmt_balance(units: int) -> str:

@@ -20,6 +20,18 @@ def test_units_round_trip_is_exact():
     assert fmt4(-1523) == "-0.1523"
 
 
+def test_fmt4_is_the_four_place_decimal_of_the_units():
+    """fmt4 formats the integer directly (answers carry thousands of amounts): the same text as the Decimal."""
+    import random
+
+    rng = random.Random(4)
+    values = [0, 1, -1, 9_999, -9_999, 10_000, -10_000, 2**62, -(2**62)]
+    values += [rng.randint(-(10**15), 10**15) for _ in range(20_000)] + [
+        rng.randint(-30_000, 30_000) for _ in range(20_000)
+    ]
+    assert [v for v in values if fmt4(v) != f"{from_units(v):.4f}"] == []
+
+
 @pytest.mark.parametrize(
     "value, units",
     [("0.00005", 1), ("0.00004999", 0), ("-0.00005", -1), ("0.15225", 1523), ("2.71828", 27183)],
