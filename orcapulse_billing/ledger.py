@@ -1,7 +1,7 @@
 """The credit ledger: the only code that changes a balance.
 
 Every posting writes one append-only entry and moves the account's aggregates in the same database
-transaction, under the account row's lock (PostgreSQL `FOR UPDATE`; SQLite's one writer):
+transaction, under the account row's lock (PostgreSQL `FOR NO KEY UPDATE`; SQLite's one writer):
 
 * the floor: a debit that would leave the balance below its floor is refused and writes nothing;
 * the entry records balance_before/balance_after, and its `seq` is the account's new transaction
@@ -159,7 +159,7 @@ class PostedEntry:
 
 
 _GRANT_ACCOUNT = sa.text("SELECT account_id FROM credit_grant WHERE id = :id")
-_LOCK_ACCOUNT = sa.text("SELECT id FROM credit_account WHERE id = :account_id FOR UPDATE")
+_LOCK_ACCOUNT = sa.text("SELECT id FROM credit_account WHERE id = :account_id FOR NO KEY UPDATE")
 _GRANT_FOR_EXPIRY = sa.text(
     "SELECT source, amount, remaining, expires_at, expired_at, created_at FROM credit_grant WHERE id = :id"
 ).columns(
@@ -503,6 +503,28 @@ def _outcome(w: Write, applied: Applied) -> PostedEntry | LedgerError:
 def day_label(moment: datetime) -> str:
     """'Jan 31, 2027'."""
     return f"{moment:%b} {moment.day}, {moment.year}"
+
+
+# Several keys: one probe of that index per key (PostgreSQL), or one IN list (SQLite).
+_FIND_BY_KEYS_PG = sa.text(
+    f"SELECT e.* FROM unnest(CAST(:keys AS VARCHAR[])) AS k(key) CROSS JOIN LATERAL ("
+    f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id "
+    "AND idempotency_key >= k.key AND idempotency_key <= k.key ORDER BY idempotency_key LIMIT 1) e"
+).columns(**_RESULT_TYPES)
+_FIND_BY_KEYS_SQLITE = (
+    sa.text(f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id AND idempotency_key IN :keys")
+    .bindparams(sa.bindparam("keys", expanding=True))
+    .columns(**_RESULT_TYPES)
+)
+
+
+def find_entries(conn: Connection, account_id: int, idempotency_keys: Sequence[str]) -> dict[str, PostedEntry]:
+    """`find_entry` for several keys in one query: {key: its entry, marked as a replay}."""
+    if not idempotency_keys:
+        return {}
+    query = _FIND_BY_KEYS_SQLITE if conn.dialect.name == "sqlite" else _FIND_BY_KEYS_PG
+    rows = conn.execute(query, {"account_id": account_id, "keys": list(idempotency_keys)})
+    return {row.idempotency_key: _entry_from_row(row, replayed=True) for row in rows}
 
 
 def find_entry(conn: Connection, account_id: int, idempotency_key: str) -> PostedEntry | None:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .db import one_of
-from .ledger import IdempotencyConflict, Ledger, LedgerError, PostedEntry, Posting, _entry_from_row, get_account
+from .ledger import IdempotencyConflict, Ledger, LedgerError, PostedEntry, Posting, find_entries, get_account
 from .metering import (
     DEBT_FLOOR,
     Charge,
@@ -49,7 +49,7 @@ from .metering import (
     priced_report,
     session_row,
 )
-from .models import BillingSession, EntryType, LedgerEntry
+from .models import BillingSession, EntryType
 from .money import from_units
 from .usage_remainders import (
     carry,
@@ -63,7 +63,6 @@ from .usage_remainders import (
 MAX_EVENTS = 1000
 ATTEMPTS = 4  # each attempt after the first knows more (a refused posting, a key or session committed meanwhile)
 Status = Literal["charged", "not_charged", "replayed", "refused"]
-_entries = sa.inspect(LedgerEntry).local_table
 _sessions = sa.inspect(BillingSession).local_table
 
 
@@ -195,7 +194,7 @@ def _record(
         return {}
     carried, created = lock_remainders(conn, account_id, {r.event.operation for r in reports})
     keys = {r.event.idempotency_key for r in reports}
-    posted = _entries_by_key(conn, account_id, [f"usage:{k}" for k in keys])
+    posted = find_entries(conn, account_id, [f"usage:{k}" for k in keys])
     uncharged = uncharged_reports(conn, account_id, keys)
     billed = _billed_sessions(conn, account_id, {r.session_id for r in reports if r.session_id})
 
@@ -317,16 +316,6 @@ def _insert_sessions(conn: Connection, account_id: int, plan: list[_Planned], en
         )
     if rows:
         conn.execute(sa.insert(BillingSession), rows)
-
-
-def _entries_by_key(conn: Connection, account_id: int, ledger_keys: list[str]) -> dict[str, PostedEntry]:
-    """`ledger.find_entry` for several keys in one query: {ledger key: its entry, marked as a replay}."""
-    rows = conn.execute(
-        sa.select(_entries).where(
-            _entries.c.account_id == account_id, one_of(conn, _entries.c.idempotency_key, ledger_keys)
-        )
-    )
-    return {row.idempotency_key: _entry_from_row(row, replayed=True) for row in rows}
 
 
 def _billed_sessions(conn: Connection, account_id: int, session_ids: set[str]) -> set[str]:

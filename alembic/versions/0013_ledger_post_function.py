@@ -5,7 +5,8 @@ Each posting of the JSON array is posted on its own merits, in the array's order
 row: `posted` (the new entry), `replayed` (the entry its idempotency key already has), `refused` (it
 would pass its floor; `balance_after` carries the balance) or `no_account`. The caller sorts the array
 by account, so the rows of a group are locked in one order by everyone (no deadlocks between groups).
-Per account the row is locked once (`FOR UPDATE`) and its aggregates written once; the usage rollup
+Per account the row is locked once (`FOR NO KEY UPDATE`, as an UPDATE of it would: a stronger `FOR UPDATE`
+would also wait for, and deadlock with, the foreign-key checks of rows that reference the account) and its aggregates written once; the usage rollup
 is upserted once per group. Plain debits (usage, adjustments) consume the account's grants in memory
 and are written together, one INSERT of their entries, one of their consumption and one UPDATE of
 the grants per run of them: updating one grant row once per debit would leave hundreds of versions of
@@ -103,7 +104,7 @@ BEGIN
       SELECT a.balance, a.transaction_count, a.lifetime_added, a.lifetime_consumed,
              a.topup_count, a.usage_count, a.refund_count, a.adjustment_count
         INTO bal, tcount, added, consumed, n_topup, n_usage, n_refund, n_adjust
-        FROM credit_account a WHERE a.id = acct FOR UPDATE;
+        FROM credit_account a WHERE a.id = acct FOR NO KEY UPDATE;
       acct_found := FOUND;
     END IF;
 
