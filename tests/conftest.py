@@ -179,10 +179,13 @@ def app(app_database, stripe_sandbox, lemon_sandbox):
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from .browser import CHROMIUM_ARGS, chromium_path
 
+    # A page assertion retries for up to 10 s (Playwright's default is 5): on a loaded 2-core CI machine an
+    # event's round trip through the backend has taken longer than 5 s. One that holds passes at once.
+    expect.set_options(timeout=10_000)
     with sync_playwright() as pw:
         instance = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         yield instance
