@@ -35,10 +35,11 @@ from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.pool import PoolProxiedConnection
 
 from .db import as_utc, is_sqlite
 from .group_commit import GroupCommit
-from .ledger_write import NO_ACCOUNT, POSTED, REFUSED, Applied, Write, apply_writes
+from .ledger_write import NO_ACCOUNT, POSTED, REFUSED, Applied, Write, apply_writes, commit_sqlite_group
 from .models import ENTRY_KINDS, CreditSource, EntryType, JsonType
 from .money import MoneyError, from_units, parse_amount, to_units
 
@@ -226,6 +227,7 @@ class Ledger:
         # leader at a time uses it), so that a group is one round trip, not a pool check-out's ping, the
         # statement and the check-in's reset; returned to the pool when nobody is waiting.
         self._group_conn: Connection | None = None
+        self._group_raw: PoolProxiedConnection | None = None  # SQLite's, likewise
 
     def add_listener(self, listener: Callable[[list[PostedEntry]], None]) -> None:
         """Called with the new entries after each commit that wrote some (never for replays)."""
@@ -361,14 +363,18 @@ class Ledger:
         again safely)."""
         try:
             if self._sqlite:
-                outcomes: list[PostedEntry | BaseException | None] = list(self._commit(writes))
+                with self._write_lock or nullcontext():
+                    raw = self._group_raw_connection()
+                    applied = commit_sqlite_group(raw.driver_connection, self.engine.dialect, writes)
+                outcomes: list[PostedEntry | BaseException | None] = [
+                    _outcome(w, a) for w, a in zip(writes, applied, strict=True)
+                ]
             else:
                 conn = self._group_connection()
                 lock_wait = self.group_lock_wait if len(writes) > 1 else None
                 outcomes = list(self._apply(conn, writes, lock_wait=lock_wait))
         except Exception as exc:
-            if not self._sqlite:
-                self._release_group_connection()
+            self._release_group_connection()
             if len(writes) == 1 or getattr(exc, "connection_invalidated", False):
                 raise
             log.warning("a group of %d postings failed (%r); each is written on its own", len(writes), exc)
@@ -381,10 +387,19 @@ class Ledger:
             self._group_conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._group_conn
 
+    def _group_raw_connection(self) -> PoolProxiedConnection:
+        """SQLite: the pooled DB-API connection group leaders write on (see `_group_conn`)."""
+        if self._group_raw is None:
+            self._group_raw = self.engine.raw_connection()
+        return self._group_raw
+
     def _release_group_connection(self) -> None:
         conn, self._group_conn = self._group_conn, None
         if conn is not None:
             conn.close()
+        raw, self._group_raw = self._group_raw, None
+        if raw is not None:
+            raw.close()
 
     def _commit(self, writes: list[Write]) -> list[PostedEntry | LedgerError]:
         """`writes` in one transaction of their own. PostgreSQL: the one statement in autocommit (no
