@@ -88,9 +88,13 @@ ENTRY_COLUMNS = (
 )
 
 
-def by_account(writes: Sequence[Write]) -> list[int]:
-    """The order to apply them in: by account, stable within an account."""
-    return sorted(range(len(writes)), key=lambda n: writes[n].account_id)
+def _by_account(writes: Sequence[Write], apply: Callable[[list[Write]], list[Applied]]) -> list[Applied]:
+    """`apply` to the writes sorted by account (stable within an account); results in the order of `writes`."""
+    order = sorted(range(len(writes)), key=lambda n: writes[n].account_id)
+    results: list[Applied | None] = [None] * len(writes)
+    for n, result in zip(order, apply([writes[n] for n in order]), strict=True):
+        results[n] = result
+    return [r for r in results if r is not None]
 
 
 def apply_writes(conn: Connection, writes: Sequence[Write], *, lock_wait: str | None = None) -> list[Applied]:
@@ -100,15 +104,9 @@ def apply_writes(conn: Connection, writes: Sequence[Write], *, lock_wait: str | 
     itself waiting for the group."""
     if not writes:
         return []
-    order = by_account(writes)
     if conn.dialect.name == "sqlite":
-        applied = _SqliteWriter(conn.connection.driver_connection, conn.dialect).apply([writes[n] for n in order])
-    else:
-        applied = _apply_postgres(conn, [writes[n] for n in order], lock_wait)
-    results: list[Applied | None] = [None] * len(writes)
-    for n, result in zip(order, applied, strict=True):
-        results[n] = result
-    return [r for r in results if r is not None]
+        return _by_account(writes, _SqliteWriter(conn.connection.driver_connection, conn.dialect).apply)
+    return _by_account(writes, lambda ordered: _apply_postgres(conn, ordered, lock_wait))
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
@@ -201,22 +199,18 @@ def commit_sqlite_group(dbapi_conn: Any, dialect: Dialect, writes: Sequence[Writ
     db.make_engine opens them): BEGIN IMMEDIATE, the writes, COMMIT; a rollback on any error. Group
     commit's path, for which SQLAlchemy's connection and transaction objects cost more than the writes.
     The caller holds the process's writer lock."""
-    order = by_account(writes)
     dbapi_error = dialect.loaded_dbapi.Error
     try:
         dbapi_conn.execute("BEGIN IMMEDIATE")
         try:
-            applied = _SqliteWriter(dbapi_conn, dialect)._apply([writes[n] for n in order])
+            applied = _by_account(writes, _SqliteWriter(dbapi_conn, dialect)._apply)
             dbapi_conn.execute("COMMIT")
         except BaseException:
             dbapi_conn.execute("ROLLBACK")
             raise
     except dbapi_error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError, ...)
         raise sa.exc.DBAPIError.instance("ledger write", None, exc, dbapi_error) from exc
-    results: list[Applied | None] = [None] * len(writes)
-    for n, result in zip(order, applied, strict=True):
-        results[n] = result
-    return [r for r in results if r is not None]
+    return applied
 
 
 class _SqliteWriter:
