@@ -21,7 +21,7 @@ from ..config import get_settings
 from ..db import get_engine
 from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, history_page, iter_history, usage_summary
 from ..holds import reserved_units
-from ..ledger import IdempotencyConflict, get_account
+from ..ledger import IdempotencyConflict, PostedEntry, get_account
 from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
 from ..payments.flow import choose
@@ -359,7 +359,7 @@ def post_usage(
     return s.UsageResponse(
         charged=result.charged,
         cost=fmt4(to_units(result.charge.cost)),
-        entry=entry_json(_as_item(entry)) if entry else None,
+        entry=posted_entry_json(entry) if entry else None,
         balance=fmt4(entry.balance_after_units) if entry else None,
         session_id=result.session_id,
         replayed=result.replayed or bool(entry and entry.replayed),
@@ -373,7 +373,12 @@ def session_info(session: s.SessionIn | None) -> SessionInfo | None:
     return SessionInfo(**{**fields, "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at)})
 
 
-def _as_item(entry) -> HistoryItem:
+def posted_entry_json(entry: PostedEntry) -> s.HistoryEntry:
+    """A ledger entry just posted (or replayed), as the history shows it."""
+    return entry_json(_as_item(entry))
+
+
+def _as_item(entry: PostedEntry) -> HistoryItem:
     return HistoryItem(
         id=entry.id,
         seq=entry.seq,

@@ -17,7 +17,7 @@ from ..metering import MeteringError
 from ..money import fmt4
 from ..services import get_event_bus, get_ledger
 from . import schemas as s
-from .credits import _as_item, entry_json
+from .credits import posted_entry_json
 from .deps import INSUFFICIENT_SCOPE, DecimalRoute, client_ip, current_principal, usage_principal
 from .errors import ApiError, ErrorBody, responses
 
@@ -120,7 +120,7 @@ def _settled(result: holds.Settled) -> s.HoldSettled:
         _announce(result.organization_id, result.hold)
     return s.HoldSettled(
         hold=hold_json(result.hold),
-        entry=entry_json(_as_item(result.entry)) if result.entry is not None else None,
+        entry=posted_entry_json(result.entry) if result.entry is not None else None,
         released=fmt4(result.released_units),
         replayed=result.replayed,
     )

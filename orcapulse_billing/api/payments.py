@@ -22,7 +22,7 @@ from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
 from ..pricing import PACKAGES
 from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
 from . import schemas as s
-from .credits import _as_item, entry_json
+from .credits import posted_entry_json
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal, rate_limit
 from .errors import ApiError, describe, responses
 
@@ -231,7 +231,7 @@ def quick_purchase(
     except PaymentError as exc:
         raise _payment_error(exc) from None
     return QuickPurchaseResult(
-        entries=[entry_json(_as_item(e)) for e in entries],
+        entries=[posted_entry_json(e) for e in entries],
         balance=fmt4(entries[-1].balance_after_units),
         replayed=entries[0].replayed,
     )

@@ -25,7 +25,7 @@ from ..metering_batch import BatchResult, UsageEvent, record_usage_batch
 from ..money import fmt4, to_units
 from ..services import get_ledger
 from . import schemas as s
-from .credits import _as_item, entry_json, session_info
+from .credits import posted_entry_json, session_info
 from .deps import INSUFFICIENT_SCOPE, DecimalRoute, client_ip, usage_principal
 from .errors import ApiError, describe, responses
 
@@ -105,7 +105,7 @@ def _answer(index: int, key: str, result: BatchResult) -> s.UsageBatchResult:
         idempotency_key=key,
         status=result.status,
         cost=fmt4(to_units(result.charge.cost)) if result.charge else None,
-        entry=entry_json(_as_item(entry)) if entry else None,
+        entry=posted_entry_json(entry) if entry else None,
         balance=fmt4(entry.balance_after_units) if entry else None,
         session_id=result.session_id,
     )
