@@ -9,6 +9,7 @@ from .holds import hold_expiry_loop
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
+from .pages.billing.fanout import LiveSync, fanout
 from .trust import socket_origin_allowed
 
 # production: real provider keys and webhook secrets, or no start (one line on stderr, status 2)
@@ -18,6 +19,10 @@ app = rx.App(api_transformer=create_api_app())
 # Reflex gives python-engineio a fixed copy of rxconfig's cors_allowed_origins, which cannot name the
 # backend's own origin (known once Reflex has its ports).
 app.sio.eio.cors_allowed_origins = socket_origin_allowed
+# live updates go out once per organization per worker, on the sockets of this app (fanout.py); a
+# billing tab's state takes the newest of them before it handles an event
+fanout.bind(app)
+app.add_middleware(LiveSync())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once

@@ -68,6 +68,7 @@ def _publisher(engine: Engine):
                 {
                     "organization_id": organizations[entry.account_id],
                     "entry_id": entry.id,
+                    "seq": entry.seq,  # the account's entry count after it: a tab shows no older balance
                     "type": entry.type,
                     "amount": fmt4(entry.amount_units),
                     "balance": fmt4(entry.balance_after_units),

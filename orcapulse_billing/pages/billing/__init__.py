@@ -5,7 +5,12 @@ One package per page, as Reflex's code-structure guide lays out a large page:
     data.py       the page's reads (account, history page, 30-day spend, auto-recharge policy,
                   a billing session), off the event loop, as display-ready strings; no Reflex
     state.py      BillingPage: what the page shows, load and reload, filter, paging, row panel
-    live.py       LiveUpdates: each tab's listener on committed postings, the 30 s heartbeat
+    figures.py    the vars one read makes (balance, cards, history page), the same for every tab
+                  showing that view; no Reflex state
+    fanout.py     live updates: per worker, one listener per organization, one read per view, the
+                  same update sent to each tab; LiveSync, the middleware that lets a tab's state
+                  take the figures it was sent
+    live.py       LiveUpdates: a tab subscribing to its organization's updates, the 30 s heartbeat
     purchases.py  Purchases: Add Credits (checkout, quick purchase, saved cards), auto-recharge
     views/        component functions taking vars and event handlers as arguments, no State
     page.py       the /billing and / routes: wires BillingState into the views

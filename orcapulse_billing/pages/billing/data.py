@@ -7,6 +7,7 @@ these through the module (`data._load`), so a test can replace one of them in pl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from datetime import UTC, date, datetime, timedelta
 
@@ -91,8 +92,10 @@ def _load(
     date_to: str = "",
     order: str = "newest",
 ) -> dict:
-    """Everything the page shows, in one read transaction (runs in a worker thread)."""
+    """Everything the page shows, in one read transaction (runs in a worker thread). `read_at`: when
+    the read began (wall clock), so that an older read never replaces a newer one (figures.Figures)."""
     settings = get_settings()
+    read_at = time.time()
     now = datetime.now(UTC)
     query = history_query(type_filter, date_from, date_to, order)
     with get_engine().connect() as conn:
@@ -115,6 +118,7 @@ def _load(
         reserved = reserved_units(conn, acct.id)  # active holds: available = balance - reserved
         expiring = soonest_expiry(conn, acct.id)  # the active grant that expires first
     return {
+        "read_at": read_at,
         "pending": ", ".join(pending_labels),
         "org_name": org_name or "",
         "balance_units": acct.balance_units,

@@ -153,7 +153,7 @@ def billing() -> rx.Component:
             on_save_card=S.save_card,
             on_remove_card=S.remove_card,
         ),
-        rx.moment(interval=30_000, on_change=S.heartbeat, display="none"),  # restarts a lost live listener
+        rx.moment(interval=30_000, on_change=S.heartbeat, display="none"),  # subscribes a lost tab again, catches up
         active="/billing",
     )
 

@@ -250,13 +250,6 @@ class Purchases(rx.State, mixin=True):
 
     # -- auto-recharge ---------------------------------------------------------------------------
 
-    def _show_auto_recharge(self, policy) -> None:
-        """The saved policy, as BillingPage._reload read it."""
-        self.auto_enabled = policy.enabled
-        self.auto_threshold, self.auto_amount = f"{policy.threshold:.2f}", f"{policy.amount:.2f}"
-        self.auto_cap = f"{policy.monthly_cap:.2f}" if policy.monthly_cap is not None else ""
-        self.auto_note = policy.disabled_reason or ""
-
     @rx.event
     def set_auto_field(self, field: str, value: str):
         if field in ("auto_threshold", "auto_amount", "auto_cap"):

@@ -15,10 +15,9 @@ from urllib.parse import urlencode
 
 import reflex as rx
 
-from ...components.pagination import page_window
 from ...history import DEFAULT_PAGE_SIZE, ORDERS, PAGE_SIZES, TYPE_LABELS
-from ...money import fmt_balance
 from . import data
+from .figures import Figures, figures_of
 
 log = logging.getLogger(__name__)
 RANGE_ERROR = "The From date must be on or before the To date."
@@ -39,8 +38,8 @@ def _day(value) -> str | None:
 
 
 class BillingPage(rx.State, mixin=True):
-    """Relies on SessionState (_current_principal, _live_principal), LiveUpdates (`live`) and
-    Purchases (`_show_auto_recharge`), with which BillingState composes it."""
+    """Relies on SessionState (_current_principal, _live_principal) and LiveUpdates (_subscribe,
+    _shown_at), with which BillingState composes it."""
 
     loaded: bool = False
     load_failed: bool = False
@@ -70,6 +69,10 @@ class BillingPage(rx.State, mixin=True):
     total: int = 0
     total_pages: int = 1
     rows: list[dict[str, str]] = []
+    # derived from the rows and the page, computed with them (figures.py), not in computed vars: the
+    # live fan-out sends them to the tabs without writing the tabs' states
+    range_text: str = "No transactions"
+    page_labels: list[str] = ["1"]
     spend: list[dict] = []
     spend_total: str = "$0.00"
     pending_payment: str = ""  # amounts of saved-card charges being confirmed, e.g. "$50.00"
@@ -84,21 +87,8 @@ class BillingPage(rx.State, mixin=True):
     _reserved_units: int = 0
 
     @rx.var
-    def page_labels(self) -> list[str]:
-        return page_window(self.page, self.total_pages)
-
-    @rx.var
     def filter_label(self) -> str:
         return TYPE_LABELS.get(self.type_filter, "All Transactions")
-
-    @rx.var
-    def range_text(self) -> str:
-        if self.total == 0:
-            return "No transactions"
-        first = (self.page - 1) * int(self.page_size) + 1
-        last = min(self.total, first + len(self.rows) - 1)
-        noun = "transaction" if self.total == 1 else "transactions"
-        return f"Showing {first:,}–{last:,} of {self.total:,} {noun}"
 
     @rx.var
     def empty_message(self) -> str:
@@ -155,9 +145,9 @@ class BillingPage(rx.State, mixin=True):
         return rx.call_script(_REPLACE_URL.replace("QUERY", json.dumps("?" + query if query else "")))
 
     async def _reload(self, after: Hashable | None = None) -> bool:
-        """`after`: a live update (the committed entry's id) or a catch-up (the account's newest
-        seq, tagged); tabs showing the same page share one read of it instead of each querying the
-        database."""
+        """`after`: a catch-up (the account's newest seq, tagged); tabs showing the same page share
+        one read of it instead of each querying the database. The tab then receives its
+        organization's live updates for this view (LiveUpdates._subscribe)."""
         principal = await self._live_principal() if after else self._current_principal()
         if principal is None:
             return False
@@ -171,35 +161,19 @@ class BillingPage(rx.State, mixin=True):
             log.exception("loading billing data failed")
             self.load_failed = True
             return True
-        self.load_failed = False
-        self.org_name = result["org_name"]
-        self._threshold_units = result["threshold_units"]
-        self._reserved_units = result["reserved_units"]
-        self._show_balance(result["balance_units"])
-        self.threshold = fmt_balance(result["threshold_units"])
-        self.grace_limit = fmt_balance(result["grace_units"])
-        self.added = ("+" if result["added_units"] else "") + fmt_balance(result["added_units"])
-        self.consumed = ("-" if result["consumed_units"] else "") + fmt_balance(result["consumed_units"])
-        self.transactions = result["transactions"]
-        self.rows, self.page, self.total, self.total_pages = (
-            result["rows"],
-            result["page"],
-            result["total"],
-            result["total_pages"],
-        )
-        self.spend, self.spend_total = result["spend"], result["spend_total"]
-        self.pending_payment = result["pending"]
-        self.expiring = result["expiring"]
-        self._show_auto_recharge(result["auto"])
+        figures = figures_of(result, int(self.page_size))
+        self._apply_figures(figures)
+        self._subscribe(principal, figures)
         return True
 
-    def _show_balance(self, units: int) -> None:
-        self._balance_units = units
-        self.balance = fmt_balance(units)
-        self.available = fmt_balance(units - self._reserved_units)
-        self.reserved = fmt_balance(self._reserved_units)
-        self.negative = units < 0
-        self.low_balance = units < self._threshold_units
+    def _apply_figures(self, figures: Figures) -> None:
+        """Sets the vars that differ (an assignment is sent to the tab even when equal)."""
+        for name, value in figures.shown.items():
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+        for name, value in figures.kept.items():
+            setattr(self, name, value)
+        self._shown_at = figures.read_at
 
     @rx.event
     async def load(self):
@@ -214,8 +188,7 @@ class BillingPage(rx.State, mixin=True):
         if not await self._reload():
             return rx.redirect("/login")
         self.loaded = True
-        # BillingState.live: the composed class, which this mixin cannot import; the URL as shown
-        return [type(self).live, self._show_url()]
+        return self._show_url()  # the URL as shown
 
     @rx.event
     async def refresh(self):
