@@ -5,16 +5,30 @@ tests/deployment.py):
 - embedded: one worker, SQLite, in-process events, Reflex's own state (no Redis);
 - scale-out: the README's command, GRANIAN_WORKERS=3 behind one port, on PostgreSQL + Redis.
 
-It opens --tabs Chromium tabs (Debian's chromium) signed in to one organization and, for each N in
---clients, N lightweight clients as well: Socket.IO clients that speak to Reflex as a tab does (the
-tab's cookie, and the connect payload captured from a real tab), each with its own session state
-and live listener on the server. It then posts usage over HTTP --posts times, one at a time.
-A Chromium tab's latency is when a MutationObserver saw the balance change to the new value; a
-lightweight client's is when the state update carrying the new balance arrived; both measured from
-just before the POST. Prints p50, p95 and max. Run by hand; it asserts nothing:
+Two shapes (--shape; one-org by default, as before the spread shape existed; `both` runs one, then
+the other, each on a fresh database and deployment):
 
-    .venv/bin/python bench/live.py [--deployment embedded|scale-out|both] [--tabs 10] [--posts 20]
-                                   [--clients 0,100,1000]
+- one-org: --tabs Chromium tabs (Debian's chromium) signed in to one organization and, for each N in
+  --clients, N lightweight clients as well: Socket.IO clients that speak to Reflex as a tab does (the
+  tab's cookie, and the connect payload captured from a real tab), each with its own session state
+  and live listener on the server. It then posts usage over HTTP --posts times, one at a time.
+  A Chromium tab's latency is when a MutationObserver saw the balance change to the new value; a
+  lightweight client's is when the state update carrying the new balance arrived; both measured from
+  just before the POST. Prints p50, p95 and max.
+- spread (bench/live_spread.py): a busy deployment. --orgs organizations with --per-org lightweight
+  clients each, every client its own user and its own sign-in session; usage posted at --rate per
+  second for --minutes to a random organization each time. Prints latency from each POST to each of
+  that organization's clients, missed updates, updates of another organization (must be 0), connect
+  time, and each server worker's RSS at the start and the end of the postings. The issue's figures
+  (1,000 connections over 500 organizations, 50 postings a second for 10 minutes) are the defaults,
+  on the scale-out deployment.
+
+Run by hand; it asserts nothing:
+
+    .venv/bin/python bench/live.py [--deployment embedded|scale-out|both] [--shape one-org|spread|both]
+                                   [--tabs 10] [--posts 20] [--clients 0,100,1000]          (one-org)
+                                   [--orgs 500] [--per-org 2] [--rate 50] [--minutes 10]    (spread)
+    e.g. .venv/bin/python bench/live.py --deployment scale-out --shape spread
 
 Needs the test extras (scripts/test installs them), PostgreSQL and Redis for the scale-out run
 (TEST_POSTGRES_URL, and --redis-url).
@@ -54,7 +68,8 @@ def now_ms() -> float:
 
 
 class LightClients:
-    """N Socket.IO clients on an event loop of their own (Playwright holds the main thread's)."""
+    """Socket.IO clients on an event loop of their own (Playwright holds the main thread's). Each
+    client keeps (arrival in ms, value) for every state update carrying the balance."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -76,6 +91,7 @@ class LightClients:
 
         client = socketio.AsyncClient(reconnection=False)
         client.on("event", on_event, namespace="/_event")
+        started = time.monotonic()
         await client.connect(
             f"{url}?token={uuid.uuid4()}",
             headers={"Cookie": cookie},
@@ -85,16 +101,24 @@ class LightClients:
             socketio_path="_event",
             wait_timeout=120,
         )
-        return client, records
+        return client, records, time.monotonic() - started
 
-    def connect(self, n: int, url: str, cookie: str, auth: dict, batch: int = 25) -> None:
+    def connect(self, url: str, cookies: list[str], auth: dict, batch: int = 25) -> list:
+        """One client per cookie, `batch` at a time. Per cookie, in order: (client, records, seconds
+        its connect took), or the exception its connect raised."""
+
         async def go():
-            for start in range(0, n, batch):
-                self.clients += await asyncio.gather(
-                    *(self._connect_one(url, cookie, auth) for _ in range(min(batch, n - start)))
+            done = []
+            for start in range(0, len(cookies), batch):
+                done += await asyncio.gather(
+                    *(self._connect_one(url, cookie, auth) for cookie in cookies[start : start + batch]),
+                    return_exceptions=True,
                 )
+            return done
 
-        self._run(go())
+        done = self._run(go())
+        self.clients += [(c[0], c[1]) for c in done if not isinstance(c, BaseException)]
+        return done
 
     def arrivals(self, expected: str, since: float) -> list[float | None]:
         return [
@@ -102,12 +126,34 @@ class LightClients:
             for _, records in self.clients
         ]
 
+    def disconnected(self) -> int:
+        return sum(not client.connected for client, _ in self.clients)
+
     def close(self) -> None:
         async def go():
             await asyncio.gather(*(client.disconnect() for client, _ in self.clients), return_exceptions=True)
 
         self._run(go(), timeout=120)
         self.clients.clear()
+
+
+def signed_in_tab(pw, page_url: str, email: str, password: str):
+    """A Chromium tab signed in through the form and showing /billing, and the Socket.IO connect
+    payload it sent for /billing (which the lightweight clients send too): (browser, page, auth)."""
+    from tests.browser import CHROMIUM_ARGS, chromium_path, sign_in
+
+    browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_context().new_page()
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: frames.append(payload)))
+    sign_in(page, page_url, email, password)
+    page.get_by_test_id("balance-value").wait_for()
+    for _ in range(200):
+        connect = [f for f in frames if f.startswith("40/_event,") and '"pathname":"/billing' in f]
+        if connect:
+            return browser, page, json.loads(connect[0].split(",", 1)[1])
+        page.wait_for_timeout(50)
+    raise RuntimeError("the tab sent no Socket.IO connect for /billing")
 
 
 def percentiles(values: list[float]) -> str:
@@ -118,14 +164,13 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {statistics.median(values):.0f} ms, p95 {p95:.0f} ms, max {values[-1]:.0f} ms"
 
 
-def run_deployment(label: str, url: str, redis_url: str | None, workers: int, args, pw) -> None:
+def run_one_org(label: str, url: str, redis_url: str | None, workers: int, args, pw) -> None:
     import httpx
 
     from orcapulse_billing.db import make_engine, upgrade
     from orcapulse_billing.ledger import Ledger
     from orcapulse_billing.money import fmt_balance, to_units
     from tests.apiutil import PASSWORD, Org
-    from tests.browser import CHROMIUM_ARGS, chromium_path, sign_in
     from tests.deployment import start_deployment
 
     upgrade(url)
@@ -133,32 +178,25 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
     org = Org(engine, Ledger(engine, grace_limit=Decimal(5)), roles=("owner", "member"), welcome=Decimal(10_000))
     deployment = start_deployment(url, redis_url, shape="shared", workers=workers)
     try:
-        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context()
-        first = context.new_page()
-        connect_frames: list[str] = []  # the connect payload a real tab sends, for the lightweight clients
-        first.on("websocket", lambda ws: ws.on("framesent", lambda payload: connect_frames.append(payload)))
-        sign_in(first, deployment.page_url, org.emails["member"], PASSWORD)
-        first.get_by_test_id("balance-value").wait_for()
+        browser, first, auth = signed_in_tab(pw, deployment.page_url, org.emails["member"], PASSWORD)
         tabs = [first]
         for _ in range(1, args.tabs):
-            tab = context.new_page()
+            tab = first.context.new_page()
             tab.goto(deployment.page_url + "/billing")
             tab.get_by_test_id("balance-value").wait_for()
             tabs.append(tab)
-        cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
-        auth = next(
-            json.loads(f.split(",", 1)[1])
-            for f in connect_frames
-            if f.startswith("40/_event,") and '"pathname":"/billing' in f
-        )
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in first.context.cookies())
         # usage is reported with the owner's key (usage:write); members' keys read only
         api = httpx.Client(base_url=deployment.page_url, headers=org.auth("owner"), timeout=60)
         light = LightClients()
         print(f"\nlive updates, {label}: {args.tabs} Chromium tabs, {args.posts} posts each run")
         for n_clients in args.clients:
             started = time.monotonic()
-            light.connect(n_clients, deployment.page_url, cookie, auth)
+            failed = [
+                c
+                for c in light.connect(deployment.page_url, [cookie] * n_clients, auth)
+                if isinstance(c, BaseException)
+            ]
             connected = time.monotonic() - started
             time.sleep(3)  # every listener subscribes
             tab_latencies, light_latencies, missed_tabs, missed_light = [], [], 0, 0
@@ -191,6 +229,8 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
                 light_latencies += [a for a in arrivals if a is not None]
                 missed_light += arrivals.count(None)
             print(f"  with {n_clients} lightweight clients (connected in {connected:.1f} s):")
+            if failed:
+                print(f"    {len(failed)} clients failed to connect, e.g. {failed[0]!r}")
             print(f"    Chromium tabs:       {percentiles(tab_latencies)}; {missed_tabs} updates missed")
             if n_clients:
                 print(f"    lightweight clients: {percentiles(light_latencies)}; {missed_light} updates missed")
@@ -204,14 +244,19 @@ def run_deployment(label: str, url: str, redis_url: str | None, workers: int, ar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deployment", choices=["embedded", "scale-out", "both"], default="both")
-    parser.add_argument("--tabs", type=int, default=10)
-    parser.add_argument("--posts", type=int, default=20)
+    parser.add_argument("--shape", choices=["one-org", "spread", "both"], default="one-org")
+    parser.add_argument("--tabs", type=int, default=10, help="one-org: Chromium tabs")
+    parser.add_argument("--posts", type=int, default=20, help="one-org: posts, one at a time")
     parser.add_argument(
         "--clients",
         default="0,100,1000",
         type=lambda v: [int(n) for n in v.split(",")],
-        help="comma-separated client counts",
+        help="one-org: comma-separated lightweight client counts",
     )
+    parser.add_argument("--orgs", type=int, default=500, help="spread: organizations")
+    parser.add_argument("--per-org", type=int, default=2, help="spread: clients per organization")
+    parser.add_argument("--rate", type=float, default=50, help="spread: postings per second")
+    parser.add_argument("--minutes", type=float, default=10, help="spread: how long the postings go on")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
 
@@ -220,20 +265,29 @@ def main() -> None:
     from tests.browser import reflex_environment
 
     reflex_environment()
+    shapes = []
+    if args.shape in ("one-org", "both"):
+        shapes.append(run_one_org)
+    if args.shape in ("spread", "both"):
+        from live_spread import run_spread  # bench/, next to this script
+
+        shapes.append(run_spread)
     with sync_playwright() as pw:
-        if args.deployment in ("embedded", "both"):
-            run_deployment(
-                "1 worker, embedded default (SQLite, in-process events)",
-                f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db",
-                None,
-                1,
-                args,
-                pw,
-            )
-        if args.deployment in ("scale-out", "both"):
-            with temporary_postgres("opb_bench_live") as url:
-                run_deployment("3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis", url, args.redis_url, 3, args, pw)
-    print("\ntarget (information only): p95 under 250 ms for 10 tabs")
+        for run in shapes:
+            if args.deployment in ("embedded", "both"):
+                run(
+                    "1 worker, embedded default (SQLite, in-process events)",
+                    f"sqlite:///{tempfile.mkdtemp(prefix='opb-live-')}/live.db",
+                    None,
+                    1,
+                    args,
+                    pw,
+                )
+            if args.deployment in ("scale-out", "both"):
+                with temporary_postgres("opb_bench_live") as url:
+                    run("3 workers (GRANIAN_WORKERS=3), PostgreSQL + Redis", url, args.redis_url, 3, args, pw)
+    if run_one_org in shapes:
+        print("\ntarget (information only): p95 under 250 ms for 10 tabs")
 
 
 if __name__ == "__main__":
