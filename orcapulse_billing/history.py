@@ -167,6 +167,14 @@ def history_page(
     return HistoryPage([_item(r) for r in rows], page, page_size, total)
 
 
+def entries_after(conn: Connection, account_id: int, seq: int) -> list[HistoryItem]:
+    """The account's entries posted after its `seq`-th, newest first (a range of seq: the live page's
+    first page brought up to date)."""
+    e = LedgerEntry.__table__.c
+    stmt = sa.select(*_COLUMNS).where(e.account_id == account_id, e.seq > seq).order_by(e.seq.desc())
+    return [_item(r) for r in conn.execute(stmt).all()]
+
+
 def iter_history(conn: Connection, account_id: int, query: HistoryQuery, batch: int = 1000) -> Iterator[HistoryItem]:
     """Every matching entry in the query's order, read in keyset batches (for the CSV export)."""
     e = LedgerEntry.__table__.c

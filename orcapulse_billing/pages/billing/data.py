@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from ...config import get_settings
 from ...db import get_engine
 from ...grants import consumed_by, day_label, soonest_expiry
-from ...history import HistoryQuery, billing_session, entry_detail, history_page, usage_summary
+from ...history import HistoryQuery, billing_session, entries_after, entry_detail, history_page, usage_summary
 from ...holds import reserved_units
 from ...ledger import get_account
 from ...models import CheckoutSession, Organization
@@ -119,11 +119,12 @@ def _load(
         expiring = soonest_expiry(conn, acct.id)  # the active grant that expires first
     return {
         "read_at": read_at,
+        "full_at": read_at,  # when the last whole read began (_load_newer keeps it)
         "pending": ", ".join(pending_labels),
         "org_name": org_name or "",
         "balance_units": acct.balance_units,
         "reserved_units": reserved,
-        "expiring": f"{from_units(expiring[0]):,.2f} credits expire on {day_label(expiring[1])}" if expiring else "",
+        "expiring": _expiring(expiring),
         "added_units": acct.lifetime_added_units,
         "consumed_units": acct.lifetime_consumed_units,
         "transactions": acct.transaction_count,
@@ -133,18 +134,69 @@ def _load(
         "page": result.page,
         "total": result.total,
         "total_pages": result.total_pages,
+        **_spend([(r.category, r.amount_units, r.count) for r in spend]),
+        "auto": get_auto_recharger(get_engine()).get(organization_id),
+    }
+
+
+def _expiring(soonest: tuple | None) -> str:
+    return f"{from_units(soonest[0]):,.2f} credits expire on {day_label(soonest[1])}" if soonest else ""
+
+
+def _spend(units: list[tuple[str, int, int]]) -> dict:
+    """The 30-day chart from (category, amount consumed in units, count), largest first."""
+    units = sorted(((c, a, n) for c, a, n in units if n), key=lambda r: (-r[1], r[0]))
+    return {
+        "spend_units": units,
         "spend": [
             {
-                "category": CATEGORY_LABELS.get(r.category, r.category),
-                "amount": fmt_money4(r.amount_units),
-                "count": f"({r.count:,})",
+                "category": CATEGORY_LABELS.get(category, category),
+                "amount": fmt_money4(amount),
+                "count": f"({count:,})",
                 # every figure shown as text comes from the exact string above
-                "value": float(from_units(r.amount_units)),  # ok: the chart's bar height only
+                "value": float(from_units(amount)),  # ok: the chart's bar height only
             }
-            for r in spend
+            for category, amount, count in units
         ],
-        "spend_total": fmt_balance(sum(r.amount_units for r in spend)),
-        "auto": get_auto_recharger(get_engine()).get(organization_id),
+        "spend_total": fmt_balance(sum(amount for _, amount, _ in units)),
+    }
+
+
+def _load_newer(organization_id: int, base: dict, page_size: int) -> dict | None:
+    """_load's result for the first page of the whole history, newest first, from `base` (its result a
+    moment ago) and what was posted since: the account's row, the new entries (a range of seq) and the
+    soonest expiry, 3 queries instead of _load's 10. Only usage may have been posted since (a top-up
+    can settle a pending payment or change auto-recharge: _load reads those); None otherwise, or when
+    a page's worth or more was posted."""
+    read_at = time.time()
+    with get_engine().connect() as conn:
+        acct = get_account(conn, organization_id=organization_id)
+        posted = acct.transaction_count - base["transactions"]
+        if not 0 <= posted < page_size:
+            return None
+        items = entries_after(conn, acct.id, base["transactions"])
+        if len(items) != posted or any(i.type != "usage" for i in items):
+            return None
+        expiring = soonest_expiry(conn, acct.id)
+    spend = {c: [a, n] for c, a, n in base["spend_units"]}
+    for item in items:
+        counted = spend.setdefault(item.category or "other", [0, 0])
+        counted[0] -= item.amount_units
+        counted[1] += 1
+    total = acct.transaction_count
+    return {
+        **base,
+        "read_at": read_at,
+        "balance_units": acct.balance_units,
+        "added_units": acct.lifetime_added_units,
+        "consumed_units": acct.lifetime_consumed_units,
+        "transactions": total,
+        "rows": ([_row(i) for i in items] + base["rows"])[:page_size],
+        "page": 1,
+        "total": total,
+        "total_pages": max(1, -(-total // page_size)),
+        "expiring": _expiring(expiring),
+        **_spend([(c, a, n) for c, (a, n) in spend.items()]),
     }
 
 

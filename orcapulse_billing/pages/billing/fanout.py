@@ -52,6 +52,9 @@ LIVE_BEAT = 20  # seconds: an idle listener checks its tabs this often, and ends
 USAGE_QUIET = 1.5  # a burst of usage ends after this many seconds without any: then its one toast
 USAGE_MAX = 10.0  # a steady stream of usage makes at most one toast per this many seconds
 RESTART_AFTER = 1.0  # seconds before a failed listener listens again, while it has tabs
+# the live reads after usage are partial (3 queries: balance, new entries, expiry); one in this many
+# seconds per organization and view is whole (the 30-day chart's window, pending payments, auto-recharge)
+FULL_READ_EVERY = 60.0
 LATEST_KEPT = 1024  # figures of (organization, view) kept besides those of the subscribed tabs
 BILLING_UPDATED = "window.dispatchEvent(new CustomEvent('billingUpdated', {detail: DETAIL}))"
 
@@ -188,7 +191,9 @@ class LiveFanout:
         sessions = {s.session for s in feed.values()}
         principals = dict(zip(sessions, await asyncio.gather(*(_check(s) for s in sessions)), strict=True))
         for token, subscriber in list(feed.items()):
-            principal = principals.get(subscriber.session)
+            if subscriber.session not in principals:
+                continue  # subscribed during the check, by its own page load: checked there
+            principal = principals[subscriber.session]
             if principal is None or (principal.user_id, principal.organization_id) != (
                 subscriber.user_id,
                 organization_id,
@@ -226,19 +231,33 @@ class LiveFanout:
         after: Any = latest["entry_id"] if latest is not None else 0
         if holds:  # the same change read once by this worker's tabs
             after = ("hold", after, *sorted(json.dumps(e, sort_keys=True) for e in holds))
-        await self._refresh(organization_id, subscribers, after)
+        usage_only = not holds and all(e.get("type") == "usage" for e in entries)
+        await self._refresh(organization_id, subscribers, after, usage_only)
 
-    async def _refresh(self, organization_id: int, subscribers: list[Subscriber], after: Any) -> None:
+    async def _read(self, organization_id: int, view: View, after: Any, usage_only: bool) -> dict:
+        """The figures' read: after usage only, on the first page of the whole history, the last
+        read (if under FULL_READ_EVERY seconds old) brought up to date (data._load_newer: 3 queries);
+        otherwise the whole read, shared with the heartbeats' catch-ups (data._load_after)."""
+        base = self._latest.get((organization_id, view))
+        if usage_only and view[0] == "all" and view[1] == 1 and view[3:] == ("", "", "newest") and base is not None:
+            if base.result and time.time() - base.result.get("full_at", 0.0) < FULL_READ_EVERY:
+                newer = await asyncio.to_thread(data._load_newer, organization_id, base.result, view[2])
+                if newer is not None:
+                    return newer
+        return await data._load_after(organization_id, *view, after)
+
+    async def _refresh(self, organization_id: int, subscribers: list[Subscriber], after: Any, usage_only: bool) -> None:
         """The figures, one read per view shown, to the tabs that show older ones."""
         views: dict[View, list[Subscriber]] = {}
         for subscriber in subscribers:
             views.setdefault(subscriber.view, []).append(subscriber)
         for view, group in views.items():
             try:
-                figures = figures_of(await data._load_after(organization_id, *view, after), view[2])
+                result = await self._read(organization_id, view, after, usage_only)
             except Exception:  # their heartbeats catch up; the cause goes to the log
                 log.exception("reading the live figures of organization %s failed", organization_id)
                 continue
+            figures = figures_of(result, view[2])
             self.remember(organization_id, view, figures)
             for subscriber in group:
                 if figures.read_at > subscriber.shown_at:
