@@ -116,11 +116,6 @@ class LiveFanout:
         subscriber = self._feeds.get(organization_id, {}).get(token) if organization_id is not None else None
         return subscriber if subscriber is not None and subscriber.sid == sid else None
 
-    def unsubscribe(self, token: str) -> None:
-        organization_id = self._organization_of.pop(token, None)
-        if organization_id is not None:
-            self._feeds.get(organization_id, {}).pop(token, None)
-
     def own_toast(self, token: str, key: str) -> None:
         """The tab's own purchase flow announces the purchase with `key`: no second toast for it."""
         organization_id = self._organization_of.get(token)
@@ -146,9 +141,6 @@ class LiveFanout:
         last = self._last_read.get(organization_id)
         if last is None or figures.read_at > last.read_at:
             self._last_read[organization_id] = figures
-
-    def tabs(self, organization_id: int) -> int:
-        return len(self._feeds.get(organization_id, {}))
 
     # -- the organization's listener ----------------------------------------------------------
 
