@@ -211,15 +211,15 @@ class LiveFanout:
             # the balance at once, as the posting left it; the toasts; billingUpdated
             script = rx.call_script(BILLING_UPDATED.replace("DETAIL", json.dumps(_billing_detail(latest))))
             common = Event.from_event_type([*_live_toasts(entries), script])
-            quick = self._quick(organization_id, latest)
+            quick = _delta(self._quick(organization_id, latest))
             seq = int(latest.get("seq") or 0)
             for subscriber in subscribers:
-                fresh = quick is not None and (not seq or seq > subscriber.entries)
+                fresh = bool(quick) and (not seq or seq > subscriber.entries)
                 if fresh:
                     subscriber.entries = max(subscriber.entries, seq)
                 own = set(subscriber.own)
                 events = Event.from_event_type([*_live_toasts(entries, own), script]) if own else common
-                await self._emit(subscriber, quick if fresh else None, events)
+                await self._emit(subscriber, quick if fresh else {}, events)
         after: Any = latest["entry_id"] if latest is not None else 0
         if holds:  # the same change read once by this worker's tabs
             after = ("hold", after, *sorted(json.dumps(e, sort_keys=True) for e in holds))
@@ -251,11 +251,12 @@ class LiveFanout:
                 continue
             figures = figures_of(result, view[2])
             self.remember(organization_id, view, figures)
+            delta = _delta(figures.shown)  # the same message for each of the group's tabs
             for subscriber in group:
                 if figures.read_at > subscriber.shown_at:
                     subscriber.shown_at, subscriber.entries = figures.read_at, max(subscriber.entries, figures.entries)
                     subscriber.figures = figures
-                    await self._emit(subscriber, figures.shown, [])
+                    await self._emit(subscriber, delta, [])
 
     def _quick(self, organization_id: int, event: dict) -> dict[str, Any] | None:
         """The balance's vars from the event, with the reserve and threshold of the last read."""
@@ -270,12 +271,11 @@ class LiveFanout:
     async def _send(self, subscribers: list[Subscriber], *, events: list) -> None:
         converted = Event.from_event_type(events)
         for subscriber in subscribers:
-            await self._emit(subscriber, None, converted)
+            await self._emit(subscriber, {}, converted)
 
-    async def _emit(self, subscriber: Subscriber, shown: dict[str, Any] | None, events: list[Event]) -> None:
-        if self._app is None or not (shown or events):
+    async def _emit(self, subscriber: Subscriber, delta: dict[str, Any], events: list[Event]) -> None:
+        if self._app is None or not (delta or events):
             return
-        delta = {_STATE_NAME(): {name + FIELD_MARKER: value for name, value in shown.items()}} if shown else {}
         try:
             await self._app.event_namespace.emit_update(StateUpdate(delta=delta, events=events), subscriber.token)
         except Exception:  # one tab's socket failing does not stop the others'
@@ -287,6 +287,11 @@ async def _check(session: str) -> Principal | None:
     return await session_state._session_checks.get(
         session, principal_for_session, get_engine(), session, max_age=session_state.LIVE_RECHECK
     )
+
+
+def _delta(shown: dict[str, Any] | None) -> dict[str, Any]:
+    """BillingState's vars as a Reflex state delta ({} for none)."""
+    return {_STATE_NAME(): {name + FIELD_MARKER: value for name, value in shown.items()}} if shown else {}
 
 
 @functools.cache

@@ -22,14 +22,22 @@ View = tuple[str, int, int, str, str, str]  # type filter, page, page size, from
 @dataclass(frozen=True)
 class Figures:
     """`shown`: the public vars' values; `kept`: the backend vars' (never sent to the browser);
-    `read_at`: when the read they come from (`result`) began (wall clock, comparable across workers), so that an
-    older read never replaces a newer one; `entries`: the account's entry count at that read."""
+    `result`: the read they come from (data._load_newer's base)."""
 
     shown: dict[str, Any]
     kept: dict[str, Any] = field(default_factory=dict)
-    read_at: float = 0.0
-    entries: int = 0
-    result: dict = field(default_factory=dict, repr=False)  # the read they come from (data._load_newer's base)
+    result: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def read_at(self) -> float:
+        """When the read began (wall clock, comparable across workers): an older read never replaces
+        a newer one."""
+        return self.result.get("read_at", 0.0)
+
+    @property
+    def entries(self) -> int:
+        """The account's entry count at that read."""
+        return self.result.get("transactions", 0)
 
 
 def figures_of(result: dict, page_size: int) -> Figures:
@@ -62,7 +70,7 @@ def figures_of(result: dict, page_size: int) -> Figures:
         "auto_note": policy.disabled_reason or "",
     }
     kept = {"_balance_units": balance, "_reserved_units": reserved, "_threshold_units": threshold}
-    return Figures(shown, kept, result.get("read_at", 0.0), result["transactions"], result)
+    return Figures(shown, kept, result)
 
 
 def balance_vars(balance: int, reserved: int, threshold: int) -> dict[str, Any]:
