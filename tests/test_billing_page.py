@@ -7,6 +7,7 @@ import time
 
 import httpx
 import sqlalchemy as sa
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 from orcapulse_billing.db import make_engine
@@ -151,10 +152,17 @@ def test_custom_amounts_in_the_dialog(app, page, app_engine, app_ledger):
     page.get_by_test_id("custom-amount").fill("150")
     page.get_by_test_id("custom-checkout").click()
     expect(page.get_by_test_id("purchase-error")).to_contain_text("between $1.00 and $100.00")
-    page.get_by_test_id("custom-amount").fill("7.25")
-    with page.expect_popup() as popup_info:
-        page.get_by_test_id("custom-checkout").click()
-    popup = popup_info.value
+    # typed and clicked at once: the click buys what was typed last, not the amount before it
+    page.get_by_test_id("custom-amount").fill("")
+    page.get_by_test_id("custom-amount").press_sequentially("7.25")
+    try:
+        with page.expect_popup() as popup_info:
+            page.get_by_test_id("custom-checkout").click()
+        popup = popup_info.value
+    except PlaywrightTimeoutError:
+        errors = page.get_by_test_id("purchase-error")
+        shown = errors.inner_text() if errors.count() else "no purchase error"
+        raise AssertionError(f"no checkout popup; the dialog shows: {shown}") from None
     expect(popup.get_by_test_id("checkout-amount")).to_have_text("$7.25")
     popup.get_by_test_id("checkout-card").fill("4242424242424242")
     popup.get_by_test_id("checkout-pay").click()
