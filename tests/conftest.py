@@ -245,3 +245,28 @@ def other(app_engine, app_ledger):
     from .apiutil import Org
 
     return Org(app_engine, app_ledger, roles=("owner", "member"))
+
+
+# -- running in two processes (pytest-xdist, `--dist loadgroup`) ---------------------------------
+
+# Tests that must share one process: the app harness, its database and sandboxes are one per session
+# and its dev server owns the checkout's .web; the modules below publish and listen on the shared
+# Redis by organization id, which two processes' databases would both hand out.
+_ONE_PROCESS_FIXTURES = {"app_database", "browser", "stripe_sandbox", "lemon_sandbox"}
+_ONE_PROCESS_MODULES = {
+    "test_events",
+    "test_jobs",
+    "test_notifications",
+    "test_origins_and_limits",
+    "test_production_guard",
+    "test_redis_outages",
+    "test_scale_out",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if _ONE_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or module in _ONE_PROCESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("one-process"))
