@@ -550,3 +550,109 @@ class CreditHold(SQLModel, table=True):
     expires_at: datetime = _ts(nullable=False)
     created_at: datetime = _ts(nullable=False)
     settled_at: datetime | None = _ts(nullable=True)
+
+
+# -- receipts and credit notes (migration 0014) -------------------------------------------------
+
+
+class BillingProfile(SQLModel, table=True):
+    """The name and address an organization's receipts are made out to, edited by its owners. Without
+    a row, receipts carry the organization's name and no address. Receipts copy it when issued."""
+
+    __tablename__ = "billing_profile"
+
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), primary_key=True))
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    address_line1: str = Field(default="", sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
+    address_line2: str = Field(default="", sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
+    city: str = Field(default="", sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    region: str = Field(default="", sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    postal_code: str = Field(default="", sa_column=sa.Column(sa.String(32), nullable=False, server_default=""))
+    country: str = Field(default="", sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    tax_id: str = Field(default="", sa_column=sa.Column(sa.String(64), nullable=False, server_default=""))
+    updated_by_user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    updated_at: datetime = _ts(nullable=False)
+
+
+class DocumentCounter(SQLModel, table=True):
+    """The last number issued in a series (`receipt`, `credit_note`), one row each, per deployment.
+    Taken by `UPDATE ... SET last_number = last_number + 1 RETURNING` in the transaction that issues
+    the document: the row lock queues issuers, and a rollback gives the number back, so the numbers
+    have no gaps and are never reused (a database sequence would leave gaps)."""
+
+    __tablename__ = "document_counter"
+
+    series: str = Field(sa_column=sa.Column(sa.String(16), primary_key=True))
+    last_number: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+
+
+class Receipt(SQLModel, table=True):
+    """A receipt for a completed top-up (`kind` receipt) or a credit note for money that went back
+    (`kind` credit_note, `refers_to_id` its receipt). Immutable once issued: the billing name and
+    address, amounts, payment method and provider reference are copied here at issue time, so the
+    PDF is the same whenever it is rendered."""
+
+    __tablename__ = "receipt"
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "number", name="uq_receipt_kind_number"),
+        sa.Index("ix_receipt_org_issued", "organization_id", "issued_at", "id"),
+        # one receipt per purchase (credit notes: one per movement, see ledger_entry_id)
+        sa.Index(
+            "uq_receipt_one_per_purchase",
+            "checkout_session_id",
+            unique=True,
+            sqlite_where=sa.text("kind = 'receipt'"),
+            postgresql_where=sa.text("kind = 'receipt'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # receipt | credit_note
+    number: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    checkout_session_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("checkout_session.id"), nullable=False)
+    )
+    refers_to_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("receipt.id"), nullable=True)
+    )
+    # the history entry it belongs to (the purchase's credit, the refund's debit)
+    ledger_entry_id: int | None = Field(
+        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("ledger_entry.id"), nullable=True, unique=True)
+    )
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    description: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # credit units paid (or refunded)
+    bonus: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    currency: str = Field(sa_column=sa.Column(sa.String(3), nullable=False))
+    provider: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    provider_reference: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    payment_method: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))  # as printed
+    payment_brand: str | None = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
+    payment_last4: str | None = Field(default=None, sa_column=sa.Column(sa.String(4), nullable=True))
+    billing_name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    billing_address_line1: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
+    billing_address_line2: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
+    billing_city: str = Field(sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    billing_region: str = Field(sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    billing_postal_code: str = Field(sa_column=sa.Column(sa.String(32), nullable=False, server_default=""))
+    billing_country: str = Field(sa_column=sa.Column(sa.String(100), nullable=False, server_default=""))
+    billing_tax_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, server_default=""))
+    issued_at: datetime = _ts(nullable=False)
+
+
+class EmailAttachment(SQLModel, table=True):
+    """A file sent with an outbox email (a receipt's PDF): the exact bytes that went out."""
+
+    __tablename__ = "email_attachment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("email_outbox.id"), nullable=False, index=True))
+    filename: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    content_type: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
+# -- end of receipts and credit notes -----------------------------------------------------------
