@@ -1,32 +1,42 @@
-"""The operator CLI, run as a real process against a real database file."""
+"""The operator CLI, run as a real process against a real database file.
+
+Each call is a new OS process: forked from a server that imported the CLI once (tests/cli_process.py),
+or, in test_the_installed_console_script, the installed `orcapulse-billing` script itself.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from orcapulse_billing.accounts import hash_api_key, verify_password
 
-CLI = str(Path(sys.executable).with_name("orcapulse-billing"))
+from .cli_process import SCRIPT, run_cli
+
+CLI = SCRIPT  # the installed console script
 
 
-def _make_cli(tmp_path):
+def _make_cli(tmp_path, *, installed_script: bool = False, **env_vars: str):
+    """`run(*args)`: the CLI on a fresh database, each call a new process (forked from the preloaded
+    server, or with installed_script the console script through subprocess)."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    env = {**os.environ, "DATABASE_URL": url, "WELCOME_CREDIT": "5.00"}
+    env = {**os.environ, "DATABASE_URL": url, "WELCOME_CREDIT": "5.00", **env_vars}
 
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+        if installed_script:
+            result = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+        else:
+            result = run_cli(args, env=env, timeout=60)
         if ok:
             assert result.returncode == 0, result.stderr
         return result
 
     run("init-db")
     run.engine = sa.create_engine(url)
+    run.env = env
     return run
 
 
@@ -78,6 +88,44 @@ def test_create_org_add_users_grant_and_balance(cli):
     assert verify_password(hashes["member@acme.test"], generated)
     assert hashes["owner@acme.test"].startswith("$argon2")
     assert [tuple(r) for r in sources] == [("bonus", "welcome"), ("bonus", "manual"), ("adjustment", None)]
+
+
+def test_the_installed_console_script(tmp_path):
+    """The entry point itself, as an operator runs it. The other tests fork the same main() from a server
+    that imported it once (tests/cli_process.py): here both must answer alike, and each forked process
+    must read its own environment."""
+    cli = _make_cli(tmp_path, installed_script=True, WELCOME_CREDIT="7.25")  # init-db through the script
+    try:
+        assert cli("create-org", "Acme").stdout == "created organization 1: Acme\n"
+        before = _snapshot(cli.engine)
+        balance = cli("balance", "Acme")
+        assert balance.stdout == (
+            "Acme: balance $7.25 (7.2500 credits), added 7.2500, consumed 0.0000, 1 transactions\n"
+        )
+        bad = cli("grant", "Acme", "abc", "--type", "bonus", "--description", "x", ok=False)
+        assert (bad.returncode, bad.stdout) == (2, "")
+        assert bad.stderr == "orcapulse-billing: error: argument amount: not a number: 'abc'\n"
+        for real in (balance, bad):
+            forked = run_cli(real.args[1:], env=cli.env)
+            assert (forked.returncode, forked.stdout, forked.stderr) == (real.returncode, real.stdout, real.stderr)
+        assert _snapshot(cli.engine) == before
+
+        # a forked process reads its own environment: WELCOME_CREDIT 7.25, whatever the fork server's
+        assert run_cli(["create-org", "Beta"], env=cli.env).returncode == 0
+        assert "balance $7.25 (7.2500 credits)" in run_cli(["balance", "Beta"], env=cli.env).stdout
+
+        # an unexpected error: the interpreter's traceback and exit status 1, from the script and forked alike
+        (tmp_path / "file").touch()
+        broken = {**cli.env, "DATABASE_URL": f"sqlite:///{tmp_path / 'file' / 'sub' / 'cli.db'}"}
+        real = subprocess.run([CLI, "balance", "Acme"], env=broken, capture_output=True, text=True, timeout=60)
+        forked = run_cli(["balance", "Acme"], env=broken)
+        for result in (real, forked):
+            assert result.returncode == 1 and result.stdout == ""
+            assert result.stderr.startswith("Traceback (most recent call last):\n")
+        assert forked.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]
+        assert "Error" in real.stderr.splitlines()[-1]
+    finally:
+        cli.engine.dispose()
 
 
 def test_api_key_is_printed_once_and_stored_as_hash(cli):
