@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts
+from . import accounts, cli_receipts
 from .config import ConfigError, get_settings, start_refusal
 from .db import get_engine, upgrade
 from .ledger import LedgerError, Posting, get_account
@@ -515,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("holds", help="an organization's active holds")
     p.add_argument("org", help="organization id or name")
     p.set_defaults(func=cmd_holds)
+    cli_receipts.add_commands(sub)
     return parser
 
 
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.func(args)
         return 0
-    except UsageError as exc:
+    except (UsageError, cli_receipts.ReceiptUsageError) as exc:
         print(f"orcapulse-billing: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (accounts.AccountsError, LedgerError, MoneyError, ConfigError) as exc:

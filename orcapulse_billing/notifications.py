@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import smtplib
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -23,8 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from .config import Settings
 from .db import writer
 from .ledger import PostedEntry, get_account
-from .models import EmailOutbox, Membership, Organization, User
+from .models import EmailAttachment, EmailOutbox, Membership, Organization, User
 from .money import fmt_balance, to_units
+
+if TYPE_CHECKING:
+    from .receipts import Document
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,29 @@ class Notifier:
         for entry in entries:
             if entry.balance_before_units >= threshold > entry.balance_after_units:
                 self.low_balance(entry, threshold)
+        documented = [e.id for e in entries if e.type in DOCUMENTED_TYPES]  # purchases, refunds
+        if documented:
+            self.document_emails(documented)
+
+    def document_emails(self, entry_ids: list[int]) -> None:
+        """The purchase email (a refund's too) with its receipt (credit note) attached: once per document."""
+        from .receipt_pdf import render
+        from .receipts import documents_for_entries, get_document
+
+        with self.engine.connect() as conn:
+            found = documents_for_entries(conn, entry_ids)
+            documents = [get_document(conn, document_id) for document_id, _ in found.values()]
+        for document in documents:
+            if document is not None:
+                subject, body = document_email(document, self.settings.app_url.rstrip("/") + "/billing")
+                self.notify_owners(
+                    document.organization_id,
+                    document.kind,
+                    f"{document.kind}:{document.id}",
+                    subject,
+                    body,
+                    attachments=[(document.filename, "application/pdf", render(document))],
+                )
 
     def low_balance(self, entry: PostedEntry, threshold: int) -> None:
         with self.engine.connect() as conn:
@@ -60,7 +88,17 @@ class Notifier:
 
     # -- outbox and delivery -------------------------------------------------------------------
 
-    def notify_owners(self, organization_id: int, kind: str, dedupe_key: str, subject: str, body: str) -> list[int]:
+    def notify_owners(
+        self,
+        organization_id: int,
+        kind: str,
+        dedupe_key: str,
+        subject: str,
+        body: str,
+        attachments: Sequence[tuple[str, str, bytes]] = (),
+    ) -> list[int]:
+        """One email per owner, written to the outbox once (per dedupe key and address) with its
+        attachments (filename, content type, bytes) in the same transaction."""
         with self.engine.connect() as conn:
             owners = [
                 r[0]
@@ -75,21 +113,26 @@ class Notifier:
         for address in owners:
             try:
                 with writer(self.engine).begin() as conn:
-                    queued.append(
+                    email_id = conn.execute(
+                        sa.insert(EmailOutbox)
+                        .values(
+                            dedupe_key=f"{dedupe_key}:{address}",
+                            organization_id=organization_id,
+                            kind=kind,
+                            to_address=address,
+                            subject=subject,
+                            body=body,
+                            created_at=datetime.now(UTC),
+                        )
+                        .returning(EmailOutbox.id)
+                    ).scalar()
+                    for filename, content_type, content in attachments:
                         conn.execute(
-                            sa.insert(EmailOutbox)
-                            .values(
-                                dedupe_key=f"{dedupe_key}:{address}",
-                                organization_id=organization_id,
-                                kind=kind,
-                                to_address=address,
-                                subject=subject,
-                                body=body,
-                                created_at=datetime.now(UTC),
+                            sa.insert(EmailAttachment).values(
+                                email_id=email_id, filename=filename, content_type=content_type, content=content
                             )
-                            .returning(EmailOutbox.id)
-                        ).scalar()
-                    )
+                        )
+                    queued.append(email_id)
             except IntegrityError:
                 continue  # this notification was already written
         if queued and self.settings.smtp_host:
@@ -140,7 +183,7 @@ class Notifier:
                     tried.add(mail.id)
                     error = None
                     try:
-                        self._send(mail.to_address, mail.subject, mail.body)
+                        self._send(mail.to_address, mail.subject, mail.body, attachments_of(self.engine, mail.id))
                         sent += 1
                     except (OSError, smtplib.SMTPException) as exc:
                         error = str(exc)[:500]
@@ -153,14 +196,75 @@ class Notifier:
                         )
         return sent
 
-    def _send(self, to: str, subject: str, body: str) -> None:
+    def _send(self, to: str, subject: str, body: str, attachments: Sequence[tuple[str, str, bytes]] = ()) -> None:
         s = self.settings
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = s.smtp_from, to, subject
         message.set_content(body)
+        for filename, content_type, content in attachments:
+            maintype, _, subtype = content_type.partition("/")
+            message.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
         with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=15) as smtp:
             if s.smtp_starttls:
                 smtp.starttls()
             if s.smtp_user:
                 smtp.login(s.smtp_user, s.smtp_password or "")
             smtp.send_message(message)
+
+
+DOCUMENTED_TYPES = ("purchase", "refund")  # the entries a receipt or credit note may belong to
+
+
+def attachments_of(engine: Engine, email_id: int) -> list[tuple[str, str, bytes]]:
+    """An outbox email's attachments: (filename, content type, the exact bytes), in the order written."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(EmailAttachment.filename, EmailAttachment.content_type, EmailAttachment.content)
+            .where(EmailAttachment.email_id == email_id)
+            .order_by(EmailAttachment.id)
+        ).all()
+    return [(r.filename, r.content_type, bytes(r.content)) for r in rows]
+
+
+def document_email(document: Document, billing_url: str) -> tuple[str, str]:
+    """Subject and body of a receipt's (a credit note's) email."""
+    from .receipts import fmt_credits
+
+    number, amount = document.display_number, fmt_balance(abs(document.amount))
+    added = fmt_credits(document.amount + document.bonus)
+    if document.kind == "receipt":
+        bonus = f" (including a {fmt_credits(document.bonus)} volume bonus)" if document.bonus else ""
+        subject = f"Receipt {number}: {amount} of OrcaPulse credits for {document.billing.name}"
+        lines = [
+            f"Thank you for your purchase. {added} were added to the balance of {document.billing.name}{bonus}.",
+            "",
+            f"Receipt: {number}",
+            f"Amount paid: {amount} {document.currency.upper()}",
+            f"Payment method: {document.payment_method}",
+        ]
+    elif document.amount >= 0:
+        subject = f"Credit note {number}: {amount} refunded to {document.billing.name}"
+        lines = [
+            f"A refund of {amount} {document.currency.upper()} was made"
+            + (f" for receipt {document.refers_to_number}" if document.refers_to_number else "")
+            + f"; {added} were taken back from the balance.",
+            "",
+            f"Credit note: {number}",
+            f"Refunded to: {document.payment_method}",
+        ]
+    else:
+        subject = f"Credit note {number}: a refund of {amount} did not go through"
+        lines = [
+            f"The refund of {amount} {document.currency.upper()}"
+            + (f" for receipt {document.refers_to_number}" if document.refers_to_number else "")
+            + f" did not go through; {fmt_credits(-(document.amount + document.bonus))} were returned to the balance.",
+            "",
+            f"Credit note: {number}",
+        ]
+    lines += [
+        f"Date: {document.issued_at:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"The {document.title.lower()} is attached as a PDF; owners and admins can download it again from the "
+        f"transaction history: {billing_url}",
+    ]
+    return subject, "\n".join(lines) + "\n"

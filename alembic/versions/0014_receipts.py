@@ -119,7 +119,7 @@ def _backfill(conn: sa.engine.Connection, receipt: sa.Table) -> int:
             " JOIN credit_account a ON a.organization_id = c.organization_id"
             " WHERE c.status IN ('completed', 'reversed') AND c.amount > 0"
             " ORDER BY COALESCE(c.completed_at, c.created_at), c.id"
-        )
+        ).columns(completed_at=sa.DateTime(timezone=True), created_at=sa.DateTime(timezone=True))
     ).all()
     number = 0
     for row in rows:
@@ -147,7 +147,11 @@ def _backfill(conn: sa.engine.Connection, receipt: sa.Table) -> int:
                 currency=row.currency,
                 provider=row.provider,
                 provider_reference=row.payment_intent_id or row.provider_id,
-                payment_method=f"Card via {name} Checkout" if hosted else f"Saved card via {name}",
+                payment_method=(
+                    f"Saved card via {name}"
+                    if not hosted
+                    else ("Card via Stripe Checkout" if row.provider == "stripe" else f"Paid via {name} Checkout")
+                ),
                 billing_name=row.name,
                 issued_at=row.completed_at or row.created_at,
             )

@@ -12,7 +12,20 @@ from fastapi.responses import JSONResponse
 
 from ..config import get_settings
 from ..db import get_engine
-from . import auth_routes, credits, errors, grants, guards, holds, keys, openapi, payments, schemas, usage_batch
+from . import (
+    auth_routes,
+    credits,
+    errors,
+    grants,
+    guards,
+    holds,
+    keys,
+    openapi,
+    payments,
+    receipts,
+    schemas,
+    usage_batch,
+)
 
 
 def create_api_app() -> FastAPI:
@@ -37,6 +50,7 @@ def create_api_app() -> FastAPI:
     app.include_router(grants.router)
     app.include_router(payments.router)
     app.include_router(keys.router)
+    app.include_router(receipts.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
     openapi.install(app, (*payments.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
     return app

@@ -24,6 +24,7 @@ from ..ledger import DbRow, Ledger, PostedEntry, Posting, find_entry, get_accoun
 from ..models import CheckoutSession, CreditSource, EntryType
 from ..money import MoneyError, parse_amount
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
+from ..receipts import CardLabel, issue_receipt
 
 UNITS_PER_CENT = 100  # ledger units are ten-thousandths of a credit; 1 credit = 100 cents
 PROVIDER_NAMES = {"stripe": "Stripe", "lemonsqueezy": "Lemon Squeezy"}
@@ -176,9 +177,12 @@ def credit_checkout(
     provider_reference: str | None,
     metadata: Mapping[str, Any],
     auto_recharge: bool = False,
+    card: CardLabel | None = None,
 ) -> list[PostedEntry] | None:
     """Marks our payment completed and posts its purchase (and bonus), once: None if it already was.
-    The credited reference is remembered on the connection, so events waiting for it run next."""
+    In the same transaction it issues the purchase's receipt (`card`: the card charged, when known),
+    so a receipt exists exactly when the credit was posted. The credited reference is remembered on
+    the connection, so events waiting for it run next."""
     t = table_of(CheckoutSession)
     values: dict[str, Any] = {"status": "completed", "completed_at": now(), "error": None}
     if provider_reference:
@@ -206,6 +210,7 @@ def credit_checkout(
             checkout_session_id=row.id,
         )
     ]
+    issue_receipt(conn, row, entry_id=entries[0].id, provider_reference=provider_reference, card=card)
     if provider_reference:
         conn.info.setdefault("credited_references", []).append(provider_reference)
     return entries

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ..ledger import DbRow
 from ..models import CheckoutSession
+from ..receipts import CardLabel, saved_card
 from .events import FINAL, Outcome, event_outcome, needs_attention, process_event
 from .flow import after_commit, credit_checkout, feature_of, hold_for_operator, payment_mismatch, table_of
 from .stripe_gateway import Card, PaymentError
@@ -160,6 +161,7 @@ class StripeEvents:
                     "stripeCheckoutSessionId": row.provider_id,
                     "stripePaymentIntentId": obj.get("payment_intent"),
                 },
+                card=CardLabel(pre.card.brand, pre.card.last4) if pre.card is not None else None,
             )
             if credited is None:
                 return Outcome("duplicate", "already credited", org)
@@ -218,6 +220,7 @@ class StripeEvents:
                 row,
                 provider_reference=intent_id,
                 metadata={"feature": feature_of(row), "stripePaymentIntentId": intent_id},
+                card=saved_card(conn, org, obj.get("payment_method")),
             )
             return Outcome("processed", "credited", org) if credited is not None else Outcome("duplicate", None, org)
         # payment_intent.payment_failed

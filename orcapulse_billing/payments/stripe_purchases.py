@@ -27,6 +27,7 @@ from ..config import Settings
 from ..ledger import DbRow, Ledger, PostedEntry
 from ..models import CheckoutSession, Organization, PaymentMethod
 from ..money import to_units
+from ..receipts import CardLabel
 from .events import needs_attention
 from .flow import (
     Choice,
@@ -284,6 +285,7 @@ class StripePurchases:
             amount_cents=charge.amount_cents,
             currency=charge.currency,
             feature=feature_of(row),
+            card=CardLabel(str(card["brand"]), str(card["last4"])),
         )
         if entries is None:
             raise PaymentError("payment_pending", PENDING_MESSAGE, retryable=True)
@@ -343,10 +345,18 @@ class StripePurchases:
             )
 
     def settle_charge(
-        self, row_id: int, payment_intent_id: str, *, amount_cents: int, currency: str, feature: str
+        self,
+        row_id: int,
+        payment_intent_id: str,
+        *,
+        amount_cents: int,
+        currency: str,
+        feature: str,
+        card: CardLabel | None = None,
     ) -> list[PostedEntry] | None:
         """Credits a succeeded charge of ours once; the entries (also when another path credited it
-        first), or None when it cannot be credited safely (it then awaits an operator)."""
+        first), or None when it cannot be credited safely (it then awaits an operator). `card`: the
+        saved card charged, for the receipt (the reconcile job does not know it)."""
         t = table_of(CheckoutSession)
         with self.ledger.transaction() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == row_id).with_for_update()).one()
@@ -372,6 +382,7 @@ class StripePurchases:
                     row,
                     provider_reference=payment_intent_id,
                     metadata={"feature": feature, "stripePaymentIntentId": payment_intent_id},
+                    card=card,
                 )
             if entries is None and row.status == "completed":
                 entries = credited_entries(conn, row)

@@ -5,6 +5,11 @@ takes all of the bonus), exactly once, in any order with the others: the purchas
 first (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's write transactions are already serial), so two
 events for one charge processed at the same time cannot both compute from the same old total.
 Debits here may take the balance below zero: the money has already gone back to the card.
+
+A refund, and a reversal, issues a credit note referring to the purchase's receipt (receipts.py), in
+the same transaction; a refund that failed afterwards gets one of a negative amount (what the earlier
+note said was refunded was not); a chargeback issues none (the bank took the money back: the dispute
+is the record).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..ledger import NO_FLOOR, DbRow, Ledger, Posting, get_account
+from ..ledger import NO_FLOOR, DbRow, Ledger, PostedEntry, Posting, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditSource, EntryType, PaymentDispute
+from ..receipts import issue_credit_note
 from .events import Outcome
 from .flow import PROVIDER_NAMES, UNITS_PER_CENT, bonus_share, now, table_of
 
@@ -49,17 +55,18 @@ def _move(
     what: str,
     key: str,
     metadata: Mapping[str, Any],
-) -> None:
+) -> list[PostedEntry]:
     """Posts `credits` and `bonus` units (negative: taken back; positive: returned) for a purchase."""
     account_id = get_account(conn, organization_id=row.organization_id).id
     name = PROVIDER_NAMES.get(row.provider, row.provider)
     meta = {"provider": row.provider, "feature": entry_type.value, **metadata}
+    posted = []
     for units, suffix, source in ((credits, "", CreditSource.purchase), (bonus, ":bonus", CreditSource.bonus)):
         if not units:
             continue
         label = f"${Decimal(abs(units)) / 10_000:,.2f}"
         part = "volume bonus" if suffix else f"credit top-up via {name}"
-        ledger.post_in(
+        entry = ledger.post_in(
             conn,
             Posting(
                 account_id,
@@ -75,6 +82,8 @@ def _move(
                 checkout_session_id=row.id,
             ),
         )
+        posted.append(entry)
+    return posted
 
 
 def refund_to(
@@ -105,7 +114,7 @@ def refund_to(
         return Outcome("rejected", "refund total changed concurrently", row.organization_id)
     delta = target - int(row.refunded)
     bonus = bonus_share(row, target) - bonus_share(row, int(row.refunded))
-    _move(
+    posted = _move(
         ledger,
         conn,
         row,
@@ -116,6 +125,9 @@ def refund_to(
         key=f"{key}:{target}",
         metadata={**metadata, "refundedTotal": f"{Decimal(target) / 10_000:.2f}"},
     )
+    if posted and not posted[0].replayed:  # a failed refund's credit note cancels what an earlier one said
+        reason = "Refund" if delta > 0 else "Refund failed"
+        issue_credit_note(conn, row, entry_id=posted[0].id, amount=delta, bonus=bonus, reason=reason)
     return Outcome("processed", "refunded" if delta > 0 else "refund reversed", row.organization_id)
 
 
@@ -214,7 +226,7 @@ def reverse_payment(
     held = int(row.refunded) + _disputed(conn, row)
     take = int(row.amount) - held
     bonus = int(row.bonus) - bonus_share(row, held)
-    _move(
+    posted = _move(
         ledger,
         conn,
         row,
@@ -225,6 +237,8 @@ def reverse_payment(
         key=f"{row.provider}-reversal:{row.id}",
         metadata={**metadata, "reason": reason},
     )
+    if take > 0 and posted and not posted[0].replayed:  # the receipt's payment never arrived: cancelled
+        issue_credit_note(conn, row, entry_id=posted[0].id, amount=take, bonus=bonus, reason="Payment reversed")
     _pause_auto_recharge(conn, row.organization_id)
     return Outcome("processed", "payment failed after it was credited: reversed", row.organization_id)
 

@@ -1,0 +1,428 @@
+"""Receipts and credit notes: issued in the transaction that credits a top-up (or takes a refund back),
+numbered without gaps per deployment, immutable, rendered as a real PDF (opened here with pypdf),
+downloaded by owners and admins, attached to the purchase email; the billing profile they are made out
+to; the CLI. Through real parts: the REST API over ASGI, the Stripe sandbox, signed webhooks, SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from pypdf import PdfReader
+
+from orcapulse_billing import receipts
+from orcapulse_billing.ledger import check_invariants
+
+from .apiutil import Org
+from .test_payments import _attach_test_card, _checkout, _event, _post_event, _session_object
+
+
+def pdf_text(data: bytes) -> str:
+    reader = PdfReader(io.BytesIO(data))
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def _buy_through_checkout(client, org: Org, package_id: str = "pkg_200", intent: str | None = None) -> str:
+    session = _checkout(client, org, package_id=package_id)
+    intent = intent or f"pi_{uuid.uuid4().hex[:16]}"
+    obj = _session_object(client, org, session["session_id"], payment_status="paid", payment_intent=intent)
+    assert _post_event(client, _event("checkout.session.completed", obj)).json()["outcome"] == "processed"
+    return intent
+
+
+def _documents(client, org: Org, role: str = "owner"):
+    r = client.get("/api/credits/receipts", headers=org.auth(role))
+    assert r.status_code == 200, r.text
+    return r.json()["receipts"]
+
+
+def _numbers(engine, kind: str = "receipt") -> list[int]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text("SELECT number FROM receipt WHERE kind = :k"), {"k": kind}).scalars())
+
+
+# -- a checkout's receipt, end to end ------------------------------------------------------------
+
+
+def test_a_checkout_gets_one_receipt_downloadable_as_the_same_pdf_and_emailed(client, org, other):
+    intent = _buy_through_checkout(client, org, "pkg_200")
+    (doc,) = _documents(client, org)
+    assert doc["kind"] == "receipt" and doc["number"].startswith("R-")
+    assert (doc["amount"], doc["bonus"], doc["credits"], doc["currency"]) == ("200.0000", "4.0000", "204.0000", "USD")
+    assert doc["provider_reference"] == intent and doc["payment_method"] == "Card via Stripe Checkout"
+    assert doc["billing_name"] == org.org.name
+    items = client.get("/api/credits/history", headers=org.auth("owner")).json()["items"]
+    purchase = next(e for e in items if e["type"] == "purchase")
+    assert doc["ledger_entry_id"] == purchase["id"]
+
+    first = client.get(doc["pdf_url"], headers=org.auth("owner"))
+    again = client.get(doc["pdf_url"], headers=org.auth("admin"))
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"] == "application/pdf"
+    assert f'filename="orcapulse-receipt-{doc["number"]}.pdf"' in first.headers["content-disposition"]
+    assert first.content == again.content  # byte for byte
+    text = pdf_text(first.content)
+    for expected in (
+        "Receipt\n",
+        f"No. {doc['number']}",
+        org.org.name,
+        "Prepaid credits - $200 package",
+        "Total paid $200.00 USD",
+        "Card via Stripe Checkout",
+        intent,
+    ):
+        assert expected in text, (expected, text)
+    meta = PdfReader(io.BytesIO(first.content)).metadata
+    assert meta.title == f"Receipt {doc['number']}"
+
+    # members may not; another organization's receipt does not exist for them
+    member = client.get(doc["pdf_url"], headers=org.auth("member"))
+    assert member.status_code == 403 and member.json()["error"]["code"] == "forbidden"
+    assert client.get("/api/credits/receipts", headers=org.auth("member")).status_code == 403
+    assert client.get(doc["pdf_url"], headers=other.auth("owner")).status_code == 404
+    assert client.get(doc["pdf_url"]).status_code == 401
+
+    # the purchase email to the owners carries the very bytes of the download
+    with org.engine.connect() as conn:
+        mails = conn.execute(
+            sa.text(
+                "SELECT o.kind, o.to_address, o.subject, o.body, a.filename, a.content_type, a.content "
+                "FROM email_outbox o JOIN email_attachment a ON a.email_id = o.id WHERE o.organization_id = :o"
+            ),
+            {"o": org.id},
+        ).all()
+    assert [(m.kind, m.to_address) for m in mails] == [("receipt", org.emails["owner"])]
+    assert doc["number"] in mails[0].subject and "$200.00" in mails[0].body
+    assert mails[0].content_type == "application/pdf" and mails[0].filename.endswith(f"{doc['number']}.pdf")
+    assert bytes(mails[0].content) == first.content
+
+
+def test_a_replayed_or_duplicated_completion_issues_no_second_receipt(client, org):
+    session = _checkout(client, org, package_id="pkg_50")
+    obj = _session_object(client, org, session["session_id"], payment_status="paid", payment_intent="pi_dup")
+    event = _event("checkout.session.completed", obj)
+    assert _post_event(client, event).json()["outcome"] == "processed"
+    assert _post_event(client, event).json()["outcome"] == "replay"
+    later = _event("checkout.session.async_payment_succeeded", obj)  # another event for the same payment
+    assert _post_event(client, later).json()["outcome"] == "duplicate"
+    assert len(_documents(client, org)) == 1
+
+
+def test_a_quick_purchase_receipt_names_the_card_and_the_bonus(client, org):
+    card = _attach_test_card(org, "4242424242424242")
+    r = client.post(
+        "/api/credits/quick-purchase",
+        json={"package_id": "pkg_500", "payment_method_id": card},
+        headers={**org.auth("owner"), "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert r.status_code == 200, r.text
+    (doc,) = _documents(client, org)
+    assert doc["payment_method"] == "Visa ending in 4242"
+    assert (doc["amount"], doc["bonus"], doc["credits"]) == ("500.0000", "25.0000", "525.0000")
+    assert doc["provider_reference"] == r.json()["entries"][0]["metadata"]["stripePaymentIntentId"]
+    text = pdf_text(client.get(doc["pdf_url"], headers=org.auth("owner")).content)
+    assert "Visa ending in 4242" in text and "Volume bonus: 25.00 credits" in text
+    assert "Credits added to the balance 525.00 credits" in text
+    with org.engine.connect() as conn:  # only brand and last four were kept
+        row = conn.execute(sa.text("SELECT * FROM receipt WHERE id = :i"), {"i": doc["id"]}).one()._mapping
+    assert row["payment_brand"] == "visa" and row["payment_last4"] == "4242"
+    assert not any("4242424242424242" in str(v) for v in row.values())
+
+
+# -- refunds: credit notes --------------------------------------------------------------------------
+
+
+def test_a_refund_gets_a_credit_note_that_refers_to_the_receipt(client, org):
+    intent = _buy_through_checkout(client, org, "pkg_500")  # 500 credits + 25 bonus
+    refund = _event("charge.refunded", {"id": "ch_cn", "payment_intent": intent, "amount_refunded": 20000})
+    assert _post_event(client, refund).json()["outcome"] == "processed"
+    assert _post_event(client, refund).json()["outcome"] == "replay"
+    note, receipt = _documents(client, org)
+    assert note["kind"] == "credit_note" and note["number"].startswith("CN-")
+    assert note["refers_to"] == receipt["number"]
+    assert (note["amount"], note["bonus"], note["credits"]) == ("200.0000", "10.0000", "210.0000")
+    items = client.get("/api/credits/history?type=refund", headers=org.auth("owner")).json()["items"]
+    assert note["ledger_entry_id"] == next(
+        e["id"] for e in items if e["source"] is None and "bonus" not in e["metadata"]
+    )
+    text = pdf_text(client.get(note["pdf_url"], headers=org.auth("owner")).content)
+    assert "Credit note" in text and f"Refers to receipt {receipt['number']}" in text
+    assert "Total refunded $200.00 USD" in text and "Volume bonus taken back: 10.00 credits" in text
+    with org.engine.connect() as conn:
+        kinds = conn.execute(
+            sa.text("SELECT kind FROM email_outbox WHERE organization_id = :o ORDER BY id"), {"o": org.id}
+        ).scalars()
+        assert list(kinds) == ["receipt", "credit_note"]
+    # a dispute issues no document
+    dispute = _event(
+        "charge.dispute.created",
+        {"id": "dp_cn", "payment_intent": intent, "amount": 10000, "status": "needs_response", "charge": "ch_cn"},
+    )
+    assert _post_event(client, dispute).json()["outcome"] == "processed"
+    assert len(_documents(client, org)) == 2
+
+
+def test_a_failed_refund_gets_a_credit_note_that_cancels_it(client, org, app_ledger):
+    from orcapulse_billing.payments.takebacks import refund_to
+
+    _buy_through_checkout(client, org, "pkg_50")
+    with org.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE organization_id = :o"), {"o": org.id}).one()
+    for cents in (2000, 0):  # refunded $20, then the provider says the refund failed
+        with app_ledger.transaction() as conn:
+            refund_to(app_ledger, conn, row, cents, key="test-refund", metadata={}, authoritative=True)
+    cancelled, refunded, receipt = _documents(client, org)
+    assert refunded["amount"] == "20.0000" and cancelled["amount"] == "-20.0000"
+    assert cancelled["refers_to"] == refunded["refers_to"] == receipt["number"]
+    text = pdf_text(client.get(cancelled["pdf_url"], headers=org.auth("owner")).content)
+    assert "Refund failed" in text and "Credits returned to the balance 20.00 credits" in text
+    with org.engine.connect() as conn:
+        check_invariants(conn, org.account_id)
+
+
+# -- the billing profile -------------------------------------------------------------------------
+
+
+PROFILE = {
+    "name": "  Łódź Voice Sp. z o.o.  ",
+    "address_line1": "ul. Piotrkowska 1",
+    "city": "Łódź",
+    "postal_code": "90-001",
+    "country": "Poland",
+    "tax_id": "PL1234567890",
+}
+
+
+def test_owners_edit_the_billing_profile_and_old_receipts_keep_theirs(client, org):
+    url = "/api/organization/billing-profile"
+    default = client.get(url, headers=org.auth("admin")).json()
+    assert default["name"] == org.org.name and default["updated_at"] is None and default["city"] == ""
+    _buy_through_checkout(client, org, "pkg_50")
+    (old,) = _documents(client, org)
+    before = client.get(old["pdf_url"], headers=org.auth("owner")).content
+
+    for role in ("admin", "member"):
+        r = client.put(url, json=PROFILE, headers=org.auth(role))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert client.get(url, headers=org.auth("member")).status_code == 403
+    saved = client.put(url, json=PROFILE, headers=org.auth("owner"))
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["name"] == "Łódź Voice Sp. z o.o." and saved.json()["updated_at"]
+    assert client.get(url, headers=org.auth("owner")).json() == saved.json()
+
+    # the receipt issued before keeps what it said, to the byte
+    assert client.get(old["pdf_url"], headers=org.auth("owner")).content == before
+    _buy_through_checkout(client, org, "pkg_50")
+    new = _documents(client, org)[0]
+    text = pdf_text(client.get(new["pdf_url"], headers=org.auth("owner")).content)
+    for expected in ("Łódź Voice Sp. z o.o.", "ul. Piotrkowska 1", "90-001 Łódź", "Poland", "Tax ID: PL1234567890"):
+        assert expected in text, (expected, text)
+    assert org.org.name not in pdf_text(client.get(new["pdf_url"], headers=org.auth("owner")).content)
+    with org.engine.connect() as conn:
+        audit = conn.execute(
+            sa.text("SELECT user_id FROM audit_log WHERE organization_id = :o AND action = 'billing_profile_updated'"),
+            {"o": org.id},
+        ).scalars()
+        assert list(audit) == [org.user_ids["owner"]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "   "},
+        {"address_line1": "no name"},
+        {"name": "x" * 201},
+        {"name": "Acme", "city": "two\nlines"},
+        {"name": "Acme", "postal_code": "1" * 33},
+        {"name": "Acme", "fax": "123"},
+        {"name": 42},
+        ["Acme"],
+    ],
+)
+def test_a_bad_billing_profile_is_refused_and_writes_nothing(client, org, body):
+    url = "/api/organization/billing-profile"
+    assert client.put(url, json={"name": "Kept Ltd"}, headers=org.auth("owner")).status_code == 200
+    r = client.put(url, json=body, headers=org.auth("owner"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert client.get(url, headers=org.auth("owner")).json()["name"] == "Kept Ltd"
+
+
+# -- numbering -------------------------------------------------------------------------------------
+
+
+def test_number_parsing_and_display():
+    assert receipts.display_number("receipt", 12) == "R-000012"
+    assert receipts.display_number("credit_note", 3) == "CN-000003"
+    assert receipts.parse_number("R-000012") == ("receipt", 12)
+    assert receipts.parse_number("cn3") == ("credit_note", 3)
+    assert receipts.parse_number("R-0") is None and receipts.parse_number("X-1") is None
+
+
+def _open_purchases(engine, org: Org, count: int) -> list[int]:
+    """`count` hosted checkouts of ours, open (as if their buyers were paying now)."""
+    ids = []
+    with engine.begin() as conn:
+        for _ in range(count):
+            ids.append(
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO checkout_session (organization_id, user_id, provider, provider_id, mode, package_id,"
+                        " amount, bonus, currency, status, refunded, created_at) VALUES (:o, :u, 'stripe', :p, 'payment',"
+                        " 'pkg_50', 500000, 0, 'usd', 'open', 0, CURRENT_TIMESTAMP) RETURNING id"
+                    ),
+                    {"o": org.id, "u": org.user_ids["owner"], "p": f"cs_{uuid.uuid4().hex}"},
+                ).scalar_one()
+            )
+    return ids
+
+
+def _complete_concurrently(ledger, purchase_ids: list[int], *, deliveries: int, fail) -> None:
+    """Every purchase completed by `deliveries` threads at once (as duplicate webhooks and the reconcile
+    job would); a transaction for which `fail(purchase_id)` is true rolls back after issuing."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orcapulse_billing.payments.flow import credit_checkout
+
+    jobs = [pid for pid in purchase_ids for _ in range(deliveries)]
+    start = threading.Barrier(min(len(jobs), 16))
+
+    def complete(pid: int) -> None:
+        try:
+            start.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass
+        try:
+            with ledger.transaction() as conn:
+                row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE id = :i"), {"i": pid}).one()
+                credit_checkout(ledger, conn, row, provider_reference=f"pi_{pid}", metadata={"feature": "checkout"})
+                if fail(pid):
+                    raise RuntimeError("the process died before the commit")
+        except RuntimeError:
+            pass
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(complete, jobs))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_concurrent_completions_are_numbered_one_to_n_without_gaps(kind, pg_database_factory, tmp_path):
+    """A fresh deployment: 24 purchases, each completed by two threads at once, a quarter of the
+    transactions rolled back after taking their number; then those completed again. The receipts are
+    numbered exactly 1..24 (none lost to a rollback, none twice), one per purchase, each credited once."""
+    from decimal import Decimal
+
+    from orcapulse_billing.db import make_engine, upgrade
+    from orcapulse_billing.ledger import Ledger
+
+    url = pg_database_factory() if kind == "postgres" else f"sqlite:///{tmp_path / 'receipts.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        ledger = Ledger(engine, grace_limit=Decimal(5))
+        orgs = [Org(engine, ledger, roles=("owner",)) for _ in range(3)]
+        purchases = [pid for org in orgs for pid in _open_purchases(engine, org, 8)]
+        unlucky = set(purchases[::4])
+        _complete_concurrently(ledger, purchases, deliveries=2, fail=lambda pid: pid in unlucky)
+        assert _numbers(engine) == list(range(1, len(purchases) - len(unlucky) + 1))
+        _complete_concurrently(ledger, sorted(unlucky), deliveries=2, fail=lambda pid: False)
+        assert _numbers(engine) == list(range(1, len(purchases) + 1))
+        with engine.connect() as conn:
+            per_purchase = conn.execute(
+                sa.text("SELECT checkout_session_id, COUNT(*) FROM receipt GROUP BY checkout_session_id")
+            ).all()
+            assert sorted(p for p, _ in per_purchase) == sorted(purchases) and {n for _, n in per_purchase} == {1}
+            last = conn.execute(sa.text("SELECT last_number FROM document_counter WHERE series = 'receipt'")).scalar()
+            assert last == len(purchases)
+            for org in orgs:
+                assert org.account().balance == Decimal(50 * 8)
+                check_invariants(conn, org.account_id)
+    finally:
+        engine.dispose()
+
+
+def test_purchases_completed_before_the_upgrade_get_their_receipts(tmp_path):
+    """Migration 0014 issues receipts for what was bought before it, in completion order; new ones follow."""
+    from decimal import Decimal
+
+    from alembic import command
+    from orcapulse_billing.db import alembic_config, make_engine
+    from orcapulse_billing.ledger import Ledger, Posting
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0013")
+    engine = make_engine(url)
+    ledger = Ledger(engine, grace_limit=Decimal(5))
+    org = Org(engine, ledger, roles=("owner",))
+    with engine.begin() as conn:
+        for n, provider_id in enumerate(("cs_second", "cs_first", "cs_never_paid")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO checkout_session (organization_id, user_id, provider, provider_id, mode, package_id,"
+                    " amount, bonus, currency, status, refunded, created_at, completed_at, payment_intent_id)"
+                    " VALUES (:o, :u, 'stripe', :p, 'payment', 'pkg_200', 2000000, 40000, 'usd', :s, 0,"
+                    " CURRENT_TIMESTAMP, :c, :pi)"
+                ),
+                {
+                    "o": org.id,
+                    "u": org.user_ids["owner"],
+                    "p": provider_id,
+                    "s": "open" if n == 2 else "completed",
+                    "c": None if n == 2 else f"2026-0{2 - n}-01 10:00:00",
+                    "pi": f"pi_{provider_id}",
+                },
+            )
+    for key in ("stripe:cs_second", "stripe:cs_first"):
+        ledger.post(
+            Posting(org.account_id, "purchase", Decimal(200), "Credit top-up", source="purchase", idempotency_key=key)
+        )
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as conn:
+        docs = receipts.list_documents(conn, org.id)
+    assert [(d.display_number, d.provider_reference) for d in docs] == [
+        ("R-000002", "pi_cs_second"),
+        ("R-000001", "pi_cs_first"),
+    ]
+    assert docs[0].billing.name == org.org.name and docs[0].description == "Prepaid credits - $200 package"
+    assert docs[0].payment_method == "Card via Stripe Checkout" and docs[0].bonus == 40000
+    (fresh,) = _open_purchases(engine, org, 1)
+    _complete_concurrently(ledger, [fresh], deliveries=1, fail=lambda pid: False)
+    assert _numbers(engine) == [1, 2, 3]
+    engine.dispose()
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_the_cli_lists_and_writes_receipts_and_refuses_bad_input(client, org, tmp_path, capsys):
+    from orcapulse_billing.cli import main
+
+    _buy_through_checkout(client, org, "pkg_50")
+    (doc,) = _documents(client, org)
+    assert main(["receipts", str(org.id)]) == 0
+    listed = capsys.readouterr().out
+    assert doc["number"] in listed and "$50.00 USD" in listed and "Card via Stripe Checkout" in listed
+
+    out = tmp_path / "receipt.pdf"
+    assert main(["receipt", doc["number"], "--out", str(out)]) == 0
+    assert out.read_bytes() == client.get(doc["pdf_url"], headers=org.auth("owner")).content
+    assert main(["receipt", doc["number"]]) == 0
+    shown = capsys.readouterr().out
+    assert f"Receipt {doc['number']}" in shown and org.org.name in shown
+
+    for argv in (
+        ["receipt", "R-999999", "--out", str(tmp_path / "none.pdf")],
+        ["receipt", "INV-1", "--out", str(tmp_path / "none.pdf")],
+        ["receipt", doc["number"], "--out", str(tmp_path / "missing-dir" / "none.pdf")],
+        ["receipt", doc["number"], "--out", str(tmp_path)],
+        ["receipts", "no such organization"],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("orcapulse-billing: error: ") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["receipt.pdf"]  # nothing else written
