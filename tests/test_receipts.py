@@ -132,6 +132,53 @@ def test_a_quick_purchase_receipt_names_the_card_and_the_bonus(client, org):
     assert not any("4242424242424242" in str(v) for v in row.values())
 
 
+def test_an_auto_recharge_charge_gets_its_receipt(client, org):
+    """Auto-recharge charges the saved card through the same flow (mode `auto`)."""
+    from orcapulse_billing.auth import Principal
+    from orcapulse_billing.payments.flow import choose
+    from orcapulse_billing.services import get_stripe_purchases
+
+    _attach_test_card(org, "5555555555554444")
+    purchases = get_stripe_purchases(org.engine)
+    principal = Principal(org.user_ids["owner"], org.emails["owner"], org.id, "owner", "session")
+    card = purchases.cards(org.id)[0]  # (localstripe calls every test card a Visa)
+    assert card["last4"] == "4444"
+    purchases.quick_purchase(
+        principal,
+        choose(purchases.settings, amount="20"),
+        payment_method_id=card["provider_id"],
+        request_key=uuid.uuid4().hex,
+        ip=None,
+        auto_recharge=True,
+    )
+    (doc,) = _documents(client, org)
+    assert doc["description"] == "Prepaid credits - auto-recharge"
+    assert doc["payment_method"] == receipts.card_text(card["brand"], "4444")
+    assert doc["amount"] == "20.0000"
+
+
+def test_a_lemon_squeezy_order_gets_its_receipt_and_its_refund_a_credit_note(client, org, lemon_sandbox):
+    from .test_lemonsqueezy import _checkout as lemon_checkout
+    from .test_lemonsqueezy import _order_event, _post
+
+    created = lemon_checkout(client, org)
+    order = str(uuid.uuid4().int % 10**9)
+    paid = _order_event(lemon_sandbox, created["session_id"], org, order_id=order)
+    assert _post(client, lemon_sandbox, paid).json()["outcome"] == "processed"
+    assert _post(client, lemon_sandbox, paid).json()["outcome"] == "replay"
+    (receipt,) = _documents(client, org)
+    assert receipt["provider"] == "lemonsqueezy" and receipt["provider_reference"] == order
+    assert receipt["payment_method"] == "Paid via Lemon Squeezy Checkout" and receipt["amount"] == "50.0000"
+    refund = _order_event(
+        lemon_sandbox, created["session_id"], org, order_id=order, event="order_refunded", refunded=5000
+    )
+    assert _post(client, lemon_sandbox, refund).json()["outcome"] == "processed"
+    note, _ = _documents(client, org)
+    assert note["kind"] == "credit_note" and note["refers_to"] == receipt["number"] and note["amount"] == "50.0000"
+    text = pdf_text(client.get(note["pdf_url"], headers=org.auth("admin")).content)
+    assert "Lemon Squeezy" in text and f"Refers to receipt {receipt['number']}" in text
+
+
 # -- refunds: credit notes --------------------------------------------------------------------------
 
 
@@ -248,151 +295,6 @@ def test_a_bad_billing_profile_is_refused_and_writes_nothing(client, org, body):
     r = client.put(url, json=body, headers=org.auth("owner"))
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
     assert client.get(url, headers=org.auth("owner")).json()["name"] == "Kept Ltd"
-
-
-# -- numbering -------------------------------------------------------------------------------------
-
-
-def test_number_parsing_and_display():
-    assert receipts.display_number("receipt", 12) == "R-000012"
-    assert receipts.display_number("credit_note", 3) == "CN-000003"
-    assert receipts.parse_number("R-000012") == ("receipt", 12)
-    assert receipts.parse_number("cn3") == ("credit_note", 3)
-    assert receipts.parse_number("R-0") is None and receipts.parse_number("X-1") is None
-
-
-def _open_purchases(engine, org: Org, count: int) -> list[int]:
-    """`count` hosted checkouts of ours, open (as if their buyers were paying now)."""
-    ids = []
-    with engine.begin() as conn:
-        for _ in range(count):
-            ids.append(
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO checkout_session (organization_id, user_id, provider, provider_id, mode, package_id,"
-                        " amount, bonus, currency, status, refunded, created_at) VALUES (:o, :u, 'stripe', :p, 'payment',"
-                        " 'pkg_50', 500000, 0, 'usd', 'open', 0, CURRENT_TIMESTAMP) RETURNING id"
-                    ),
-                    {"o": org.id, "u": org.user_ids["owner"], "p": f"cs_{uuid.uuid4().hex}"},
-                ).scalar_one()
-            )
-    return ids
-
-
-def _complete_concurrently(ledger, purchase_ids: list[int], *, deliveries: int, fail) -> None:
-    """Every purchase completed by `deliveries` threads at once (as duplicate webhooks and the reconcile
-    job would); a transaction for which `fail(purchase_id)` is true rolls back after issuing."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from orcapulse_billing.payments.flow import credit_checkout
-
-    jobs = [pid for pid in purchase_ids for _ in range(deliveries)]
-    start = threading.Barrier(min(len(jobs), 16))
-
-    def complete(pid: int) -> None:
-        try:
-            start.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
-        try:
-            with ledger.transaction() as conn:
-                row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE id = :i"), {"i": pid}).one()
-                credit_checkout(ledger, conn, row, provider_reference=f"pi_{pid}", metadata={"feature": "checkout"})
-                if fail(pid):
-                    raise RuntimeError("the process died before the commit")
-        except RuntimeError:
-            pass
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(complete, jobs))
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
-def test_concurrent_completions_are_numbered_one_to_n_without_gaps(kind, pg_database_factory, tmp_path):
-    """A fresh deployment: 24 purchases, each completed by two threads at once, a quarter of the
-    transactions rolled back after taking their number; then those completed again. The receipts are
-    numbered exactly 1..24 (none lost to a rollback, none twice), one per purchase, each credited once."""
-    from decimal import Decimal
-
-    from orcapulse_billing.db import make_engine, upgrade
-    from orcapulse_billing.ledger import Ledger
-
-    url = pg_database_factory() if kind == "postgres" else f"sqlite:///{tmp_path / 'receipts.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        ledger = Ledger(engine, grace_limit=Decimal(5))
-        orgs = [Org(engine, ledger, roles=("owner",)) for _ in range(3)]
-        purchases = [pid for org in orgs for pid in _open_purchases(engine, org, 8)]
-        unlucky = set(purchases[::4])
-        _complete_concurrently(ledger, purchases, deliveries=2, fail=lambda pid: pid in unlucky)
-        assert _numbers(engine) == list(range(1, len(purchases) - len(unlucky) + 1))
-        _complete_concurrently(ledger, sorted(unlucky), deliveries=2, fail=lambda pid: False)
-        assert _numbers(engine) == list(range(1, len(purchases) + 1))
-        with engine.connect() as conn:
-            per_purchase = conn.execute(
-                sa.text("SELECT checkout_session_id, COUNT(*) FROM receipt GROUP BY checkout_session_id")
-            ).all()
-            assert sorted(p for p, _ in per_purchase) == sorted(purchases) and {n for _, n in per_purchase} == {1}
-            last = conn.execute(sa.text("SELECT last_number FROM document_counter WHERE series = 'receipt'")).scalar()
-            assert last == len(purchases)
-            for org in orgs:
-                assert org.account().balance == Decimal(50 * 8)
-                check_invariants(conn, org.account_id)
-    finally:
-        engine.dispose()
-
-
-def test_purchases_completed_before_the_upgrade_get_their_receipts(tmp_path):
-    """Migration 0014 issues receipts for what was bought before it, in completion order; new ones follow."""
-    from decimal import Decimal
-
-    from alembic import command
-    from orcapulse_billing.db import alembic_config, make_engine
-    from orcapulse_billing.ledger import Ledger, Posting
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0013")
-    engine = make_engine(url)
-    ledger = Ledger(engine, grace_limit=Decimal(5))
-    org = Org(engine, ledger, roles=("owner",))
-    with engine.begin() as conn:
-        for n, provider_id in enumerate(("cs_second", "cs_first", "cs_never_paid")):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO checkout_session (organization_id, user_id, provider, provider_id, mode, package_id,"
-                    " amount, bonus, currency, status, refunded, created_at, completed_at, payment_intent_id)"
-                    " VALUES (:o, :u, 'stripe', :p, 'payment', 'pkg_200', 2000000, 40000, 'usd', :s, 0,"
-                    " CURRENT_TIMESTAMP, :c, :pi)"
-                ),
-                {
-                    "o": org.id,
-                    "u": org.user_ids["owner"],
-                    "p": provider_id,
-                    "s": "open" if n == 2 else "completed",
-                    "c": None if n == 2 else f"2026-0{2 - n}-01 10:00:00",
-                    "pi": f"pi_{provider_id}",
-                },
-            )
-    for key in ("stripe:cs_second", "stripe:cs_first"):
-        ledger.post(
-            Posting(org.account_id, "purchase", Decimal(200), "Credit top-up", source="purchase", idempotency_key=key)
-        )
-    command.upgrade(alembic_config(url), "head")
-    with engine.connect() as conn:
-        docs = receipts.list_documents(conn, org.id)
-    assert [(d.display_number, d.provider_reference) for d in docs] == [
-        ("R-000002", "pi_cs_second"),
-        ("R-000001", "pi_cs_first"),
-    ]
-    assert docs[0].billing.name == org.org.name and docs[0].description == "Prepaid credits - $200 package"
-    assert docs[0].payment_method == "Card via Stripe Checkout" and docs[0].bonus == 40000
-    (fresh,) = _open_purchases(engine, org, 1)
-    _complete_concurrently(ledger, [fresh], deliveries=1, fail=lambda pid: False)
-    assert _numbers(engine) == [1, 2, 3]
-    engine.dispose()
 
 
 # -- the command line ------------------------------------------------------------------------------
