@@ -58,7 +58,14 @@ PROFILE_LIMITS = {
     "country": 100,
     "tax_id": 64,
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# One line of text: no control characters (C0, DEL, C1, line and paragraph separators). Blank: only
+# spaces (these, spelled out, so that Python, the JSON Schema pattern and its validators agree on them).
+CONTROL_CLASS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+SPACES = " \u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + "\u202f\u205f\u3000\ufeff"
+LINE_PATTERN = f"^[^{CONTROL_CLASS}]*$"
+_SPACE_CLASS = "".join(f"\\u{ord(c):04x}" for c in SPACES)
+NOT_BLANK_PATTERN = f"^[^{CONTROL_CLASS}]*[^{CONTROL_CLASS}{_SPACE_CLASS}][^{CONTROL_CLASS}]*$"
+_CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 
 
 class ProfileError(ValueError):
@@ -85,7 +92,7 @@ def validate_profile(data: Mapping[str, Any]) -> BillingDetails:
             raise ProfileError(f"{name} must be one line of text, without control characters")
         if len(raw) > PROFILE_LIMITS[name]:
             raise ProfileError(f"{name} must be at most {PROFILE_LIMITS[name]} characters")
-        values[name] = raw.strip()
+        values[name] = raw.strip(SPACES)
     if not values["name"]:
         raise ProfileError("name is required (the name receipts are made out to)")
     return BillingDetails(**values)

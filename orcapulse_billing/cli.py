@@ -324,6 +324,7 @@ def cmd_outbox(args) -> None:
     import sqlalchemy as sa
 
     from .models import EmailOutbox
+    from .notifications import attachments_of
 
     with get_engine().connect() as conn:
         rows = conn.execute(sa.select(EmailOutbox).order_by(EmailOutbox.id.desc()).limit(args.limit)).all()
@@ -333,6 +334,8 @@ def cmd_outbox(args) -> None:
         state = "sent" if mail.sent_at else (f"failed: {mail.error}" if mail.error else "queued")
         print(f"#{mail.id} {mail.created_at:%Y-%m-%d %H:%M} UTC  {mail.kind}  to {mail.to_address}  [{state}]")
         print(f"    {mail.subject}")
+        for filename, _, content in attachments_of(get_engine(), mail.id):
+            print(f"    attached: {filename} ({len(content):,} bytes)")
         if args.full:
             print("    " + mail.body.replace("\n", "\n    "))
 

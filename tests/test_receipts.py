@@ -234,7 +234,7 @@ def test_a_failed_refund_gets_a_credit_note_that_cancels_it(client, org, app_led
 
 
 PROFILE = {
-    "name": "  Łódź Voice Sp. z o.o.  ",
+    "name": "\u3000 Łódź Voice Sp. z o.o.  ",  # trimmed, also of an ideographic space
     "address_line1": "ul. Piotrkowska 1",
     "city": "Łódź",
     "postal_code": "90-001",
@@ -280,6 +280,7 @@ def test_owners_edit_the_billing_profile_and_old_receipts_keep_theirs(client, or
     "body",
     [
         {"name": "   "},
+        {"name": "\u3000\ufeff\u00a0"},  # spaces of other scripts are spaces too
         {"address_line1": "no name"},
         {"name": "x" * 201},
         {"name": "Acme", "city": "two\nlines"},
@@ -315,6 +316,8 @@ def test_the_cli_lists_and_writes_receipts_and_refuses_bad_input(client, org, tm
     assert main(["receipt", doc["number"]]) == 0
     shown = capsys.readouterr().out
     assert f"Receipt {doc['number']}" in shown and org.org.name in shown
+    assert main(["outbox", "--limit", "500"]) == 0  # the purchase email, with its PDF
+    assert f"attached: orcapulse-receipt-{doc['number']}.pdf ({out.stat().st_size:,} bytes)" in capsys.readouterr().out
 
     for argv in (
         ["receipt", "R-999999", "--out", str(tmp_path / "none.pdf")],

@@ -27,10 +27,9 @@ READERS = (Role.owner.value, Role.admin.value)
 FORBIDDEN = {403: {"model": ErrorBody, "description": "forbidden: only owners and admins see receipts"}}
 ReceiptId = Path(..., ge=1, le=2_147_483_647, description="The document's id (`id` in GET /api/credits/receipts).")
 
-# One line of text: no control characters (JSON Schema and the server say the same).
-_TEXT = "\x00-\x1f\x7f-\x9f\u2028\u2029"
-LINE = f"^[^{_TEXT}]*$"
-NOT_BLANK = rf"^[^{_TEXT}]*[^\s{_TEXT}][^{_TEXT}]*$"
+# One line of text, the name not blank: the patterns validate_profile checks (billing_profile.py).
+LINE = billing_profile.LINE_PATTERN
+NOT_BLANK = billing_profile.NOT_BLANK_PATTERN
 
 
 def reader_principal(principal: Principal = Depends(current_principal)) -> Principal:
@@ -48,7 +47,7 @@ def _line(limit: int, description: str) -> Any:
 
 class BillingProfileIn(BaseModel):
     """What receipts are made out to. Each field is one line of text (no control characters); leading
-    and trailing spaces are dropped. Absent fields are saved empty."""
+    and trailing spaces are dropped. Absent fields are saved empty; other fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
