@@ -247,13 +247,15 @@ def other(app_engine, app_ledger):
     return Org(app_engine, app_ledger, roles=("owner", "member"))
 
 
-# -- running in two processes (pytest-xdist, `--dist loadgroup`) ---------------------------------
+# -- the suite in two processes (scripts/test) ---------------------------------------------------
 
-# Tests that must share one process: the app harness, its database and sandboxes are one per session
-# and its dev server owns the checkout's .web; the modules below publish and listen on the shared
-# Redis by organization id, which two processes' databases would both hand out.
-_ONE_PROCESS_FIXTURES = {"app_database", "browser", "stripe_sandbox", "lemon_sandbox"}
-_ONE_PROCESS_MODULES = {
+# Tests marked `shared_app` run in one pytest process, the others in a second one at the same time.
+# The first holds everything that must not be shared with another process or disturbed by other
+# tests in its own: the app harness (one per session; its dev server owns the checkout's .web and
+# reads process-wide settings), its sandboxes, and the modules that publish and listen on the
+# shared Redis by organization id, which two processes' databases would both hand out.
+_SHARED_APP_FIXTURES = {"app_database", "browser", "stripe_sandbox", "lemon_sandbox"}
+_SHARED_APP_MODULES = {
     "test_events",
     "test_jobs",
     "test_notifications",
@@ -264,9 +266,8 @@ _ONE_PROCESS_MODULES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if _ONE_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or module in _ONE_PROCESS_MODULES:
-            item.add_marker(pytest.mark.xdist_group("one-process"))
+        if _SHARED_APP_FIXTURES & set(getattr(item, "fixturenames", ())) or module in _SHARED_APP_MODULES:
+            item.add_marker(pytest.mark.shared_app)
