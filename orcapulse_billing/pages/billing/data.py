@@ -21,6 +21,7 @@ from ...holds import reserved_units
 from ...ledger import get_account
 from ...models import CheckoutSession, Organization
 from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
+from ...receipts import DOCUMENTED_TYPES, documents_for_entries
 from ...services import get_auto_recharger
 from ...state import SharedReads
 
@@ -55,8 +56,12 @@ def format_when(value: datetime) -> str:
     return f"{v:%b} {v.day}, {v:%Y %H:%M}"
 
 
-def _row(item) -> dict[str, str]:
+def _row(item, documents: dict[int, tuple[int, str]] | None = None) -> dict[str, str]:
+    """`documents`: entry id -> (receipt or credit note id, its number), for the rows that have one."""
+    document = (documents or {}).get(item.id)
     return {
+        "receipt": str(document[0]) if document else "",
+        "receipt_number": document[1] if document else "",
         "id": str(item.id),
         "when": format_when(item.created_at),
         "type": item.type,
@@ -104,6 +109,8 @@ def _load(
         result = history_page(conn, acct.id, query, page=page, page_size=page_size)
         if result.items == [] and page > result.total_pages:  # the page vanished (filter changed elsewhere)
             result = history_page(conn, acct.id, query, page=result.total_pages, page_size=page_size)
+        # receipts and credit notes of the page's purchases and refunds (one indexed probe)
+        documents = documents_for_entries(conn, [i.id for i in result.items if i.type in DOCUMENTED_TYPES])
         spend = usage_summary(conn, acct.id, now - timedelta(days=CHART_DAYS), None)
         # saved-card charges whose answer was lost: shown as being confirmed until they settle
         pending = conn.execute(
@@ -130,7 +137,7 @@ def _load(
         "transactions": acct.transaction_count,
         "threshold_units": to_units(settings.low_balance_threshold),
         "grace_units": to_units(settings.grace_limit),
-        "rows": [_row(i) for i in result.items],
+        "rows": [_row(i, documents) for i in result.items],
         "page": result.page,
         "total": result.total,
         "total_pages": result.total_pages,
@@ -265,6 +272,7 @@ def _load_entry(organization_id: int, entry_id: int) -> dict | None:
         item = detail.item
         session = billing_session(conn, acct.id, item.usage_session_id) if item.usage_session_id else None
         used = consumed_by(conn, item.id) if item.amount_units < 0 else []  # which grants a debit spent
+        documents = documents_for_entries(conn, [item.id]) if item.type in DOCUMENTED_TYPES else {}
     meta = item.metadata
     if detail.actor_email:
         actor = detail.actor_email
@@ -273,7 +281,7 @@ def _load_entry(organization_id: int, entry_id: int) -> dict | None:
     else:
         actor = "System"
     return {
-        "row": _row(item),
+        "row": _row(item, documents),
         "entry": {
             "id": str(item.id),
             "type": TYPE_BADGES.get(item.type, item.type.title()),

@@ -8,8 +8,10 @@ import reflex as rx
 from ...components.layout import page_frame
 from ...config import get_settings
 from . import BillingState as S
+from .profile import BillingProfileState as P
 from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
+from .views.billing_profile import billing_profile_card
 from .views.header import (
     error_state,
     expiry_notice,
@@ -24,6 +26,8 @@ from .views.history_filters import history_range_controls
 from .views.session_panel import session_panel
 from .views.stats import stats, usage_chart
 from .views.styles import PAGE_CSS
+
+CAN_DOWNLOAD = (S.role == "owner") | (S.role == "admin")  # receipts: owners and admins (the server checks)
 
 
 def content() -> rx.Component:
@@ -91,6 +95,23 @@ def content() -> rx.Component:
             is_empty=S.total == 0,
             rows=S.rows,
             on_open_row=S.open_row,
+            can_download=CAN_DOWNLOAD,
+        ),
+        billing_profile_card(
+            visible=P.visible,
+            can_edit=S.is_owner,
+            name=P.name,
+            address=P.address,
+            tax_id=P.tax_id,
+            on_mount=P.load_profile,
+            on_edit=P.open_profile,
+            dialog_open=P.dialog_open,
+            on_open_change=P.set_profile_open,
+            form=P.form,
+            on_field=P.set_profile_field,
+            on_save=P.save_billing_profile,
+            saving=P.saving,
+            error=P.error,
         ),
         auto_recharge_panel(
             enabled=S.auto_enabled,
@@ -134,6 +155,7 @@ def billing() -> rx.Component:
             session=S.panel_session,
             entry=S.panel_entry,
             refs=S.panel_refs,
+            can_download=CAN_DOWNLOAD,
         ),
         add_credits_dialog(
             is_open=S.add_credits_open,

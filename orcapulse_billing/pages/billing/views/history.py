@@ -4,6 +4,7 @@ state and the pagination footer."""
 from __future__ import annotations
 
 import reflex as rx
+from reflex_base.vars.base import Var
 
 from ....components.native_form import backend_url, resolve_on_use
 from ....components.pagination import pagination
@@ -20,11 +21,43 @@ def type_badge(row) -> rx.Component:
     )
 
 
-def history_row(row, on_open_row) -> rx.Component:
+def receipt_link(row, can_download) -> rx.Component:
+    """A purchase's receipt (a refund's credit note) as a PDF download, for owners and admins; the
+    click downloads and does not open the row's detail."""
+    allowed = can_download if isinstance(can_download, Var) else Var.create(bool(can_download))
+    url = backend_url("/api/credits/receipts/") + row["receipt"] + ".pdf"
+    on_click = Var(
+        _js_expr=f"((event) => {{ event.stopPropagation(); event.currentTarget.href = {url}; }})",
+        _var_data=url._get_all_var_data(),
+    )
+    link = rx.el.a(
+        rx.icon("file-down", size=13),
+        rx.cond(row["type"] == "refund", "Credit note ", "Receipt "),
+        row["receipt_number"],
+        href=url,
+        custom_attrs={"onClick": on_click, "reloadDocument": True},
+        download=rx.cond(row["type"] == "refund", "orcapulse-credit-note-", "orcapulse-receipt-")
+        + row["receipt_number"]
+        + ".pdf",
+        title="Download the PDF",
+        display="inline-flex",
+        align_items="center",
+        gap="4px",
+        font_size="var(--font-size-1)",
+        color="var(--accent-11)",
+        data_testid="receipt-link",
+    )
+    return rx.cond(allowed, rx.cond(row["receipt"], link))  # JS truthiness: a row without one has "" or none
+
+
+def history_row(row, on_open_row, can_download=False) -> rx.Component:
     return rx.table.row(
         rx.table.cell(row["when"], white_space="nowrap"),
         rx.table.cell(type_badge(row)),
-        rx.table.cell(row["description"], min_width="220px"),
+        rx.table.cell(
+            rx.vstack(rx.text(row["description"]), receipt_link(row, can_download), spacing="1"),
+            min_width="220px",
+        ),
         rx.table.cell(
             rx.text(
                 row["amount"],
@@ -47,7 +80,7 @@ def history_row(row, on_open_row) -> rx.Component:
     )
 
 
-def history_card(row, on_open_row) -> rx.Component:
+def history_card(row, on_open_row, can_download=False) -> rx.Component:
     """A history entry as a compact card, for phones (the table needs about 760 px): date, type,
     description, amount and balance after; a tap opens the same detail as the table row."""
     return rx.box(
@@ -60,6 +93,7 @@ def history_card(row, on_open_row) -> rx.Component:
                 align="center",
             ),
             rx.text(row["description"], size="2", weight="medium", data_testid="card-description"),
+            receipt_link(row, can_download),
             rx.hstack(
                 rx.text(
                     row["amount"],
@@ -184,9 +218,9 @@ def history_footer(*, range_text, page, total_pages, page_labels, on_prev, on_ne
     )
 
 
-def history_table(*, controls, empty, footer, is_empty, rows, on_open_row) -> rx.Component:
+def history_table(*, controls, empty, footer, is_empty, rows, on_open_row, can_download=False) -> rx.Component:
     """`controls`, `empty` and `footer`: the components above, built by the caller; `rows`: the
-    page's rows; `on_open_row(row)`: a row's click."""
+    page's rows; `on_open_row(row)`: a row's click; `can_download`: the receipt links are shown."""
     return rx.card(
         rx.vstack(
             controls,
@@ -196,7 +230,7 @@ def history_table(*, controls, empty, footer, is_empty, rows, on_open_row) -> rx
                 rx.vstack(
                     # phones: one card per entry; the table from the `sm` breakpoint (48em) up
                     rx.vstack(
-                        rx.foreach(rows, lambda row: history_card(row, on_open_row)),
+                        rx.foreach(rows, lambda row: history_card(row, on_open_row, can_download)),
                         display=rx.breakpoints(initial="flex", sm="none"),
                         spacing="2",
                         width="100%",
@@ -213,7 +247,7 @@ def history_table(*, controls, empty, footer, is_empty, rows, on_open_row) -> rx
                                     rx.table.column_header_cell("Balance", text_align="right"),
                                 )
                             ),
-                            rx.table.body(rx.foreach(rows, lambda row: history_row(row, on_open_row))),
+                            rx.table.body(rx.foreach(rows, lambda row: history_row(row, on_open_row, can_download))),
                             variant="ghost",
                             size="2",
                             width="100%",

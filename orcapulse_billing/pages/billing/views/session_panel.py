@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import reflex as rx
 
+from .history import receipt_link
+
 
 def _detail(label, value, testid: str | None = None) -> rx.Component:
     return rx.cond(
@@ -18,10 +20,11 @@ def _detail(label, value, testid: str | None = None) -> rx.Component:
     )
 
 
-def session_panel(*, is_open, on_open_change, row, session, entry=None, refs=None) -> rx.Component:
+def session_panel(*, is_open, on_open_change, row, session, entry=None, refs=None, can_download=False) -> rx.Component:
     """`row`: the clicked history row; `session`: its billing session, {} when it has none;
     `entry`: the entry's detail (type, balance_before, balance_after, source, actor, ip,
-    auto_recharge, id); `refs`: its provider references, [{label, value}]."""
+    auto_recharge, id); `refs`: its provider references, [{label, value}]; `can_download`: its
+    receipt (credit note) link is shown."""
     s = session
     r = row
     e = entry
@@ -36,6 +39,7 @@ def session_panel(*, is_open, on_open_change, row, session, entry=None, refs=Non
                     align="center",
                 ),
                 rx.text(r["description"], weight="medium"),
+                receipt_link(r, can_download),
                 _detail("Amount", r["amount"]),
                 _detail("Date & Time", r["when"]),
                 *(
