@@ -250,11 +250,13 @@ def other(app_engine, app_ledger):
 # -- the suite in two processes (scripts/test) ---------------------------------------------------
 
 # Tests marked `shared_app` run in one pytest process, the others in a second one at the same time.
-# The first holds everything that must not be shared with another process or disturbed by other
-# tests in its own: the app harness (one per session; its dev server owns the checkout's .web and
-# reads process-wide settings), its sandboxes, and the modules that publish and listen on the
-# shared Redis by organization id, which two processes' databases would both hand out.
-_SHARED_APP_FIXTURES = {"app_database", "browser", "stripe_sandbox", "lemon_sandbox"}
+# The first holds what must not be shared with another process or disturbed by other tests in its
+# own: the app harness (one per session; its dev server owns the checkout's .web and reads
+# process-wide settings) and the browser, and the modules that publish and listen on the shared
+# Redis by organization id, which two processes' databases would both hand out. Tests of the REST
+# API on the app's database without the harness run in the other process, on its own app database
+# and sandboxes.
+_SHARED_APP_FIXTURES = {"app", "browser", "page"}
 _SHARED_APP_MODULES = {
     "test_events",
     "test_jobs",

@@ -32,8 +32,11 @@ LOGS = ROOT / "test-artifacts"
 
 
 def _log(name: str):
+    """test-artifacts/NAME.log; scripts/test runs two pytest processes, each with sandboxes of its own,
+    and names them apart with PYTEST_PART."""
     LOGS.mkdir(exist_ok=True)
-    return open(LOGS / f"{name}.log", "w")
+    part = os.environ.get("PYTEST_PART")
+    return open(LOGS / (f"{name}-{part}.log" if part else f"{name}.log"), "w")
 
 
 def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
