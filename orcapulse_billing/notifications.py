@@ -16,7 +16,6 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -27,9 +26,7 @@ from .db import writer
 from .ledger import PostedEntry, get_account
 from .models import EmailAttachment, EmailOutbox, Membership, Organization, User
 from .money import fmt_balance, to_units
-
-if TYPE_CHECKING:
-    from .receipts import Document
+from .receipts import DOCUMENTED_TYPES, Document, documents_for_entries, fmt_credits, get_document
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,6 @@ class Notifier:
     def document_emails(self, entry_ids: list[int]) -> None:
         """The purchase email (a refund's too) with its receipt (credit note) attached: once per document."""
         from .receipt_pdf import render
-        from .receipts import documents_for_entries, get_document
 
         with self.engine.connect() as conn:
             found = documents_for_entries(conn, entry_ids)
@@ -212,9 +208,6 @@ class Notifier:
             smtp.send_message(message)
 
 
-DOCUMENTED_TYPES = ("purchase", "refund")  # the entries a receipt or credit note may belong to
-
-
 def attachments_of(engine: Engine, email_id: int) -> list[tuple[str, str, bytes]]:
     """An outbox email's attachments: (filename, content type, the exact bytes), in the order written."""
     with engine.connect() as conn:
@@ -228,8 +221,6 @@ def attachments_of(engine: Engine, email_id: int) -> list[tuple[str, str, bytes]
 
 def document_email(document: Document, billing_url: str) -> tuple[str, str]:
     """Subject and body of a receipt's (a credit note's) email."""
-    from .receipts import fmt_credits
-
     number, amount = document.display_number, fmt_balance(abs(document.amount))
     added = fmt_credits(document.amount + document.bonus)
     if document.kind == "receipt":

@@ -37,6 +37,7 @@ from .db import as_utc
 from .models import DocumentCounter, PaymentMethod, Receipt
 
 RECEIPT, CREDIT_NOTE = "receipt", "credit_note"
+DOCUMENTED_TYPES = ("purchase", "refund")  # the ledger entry types a receipt or credit note belongs to
 PREFIXES = {RECEIPT: "R-", CREDIT_NOTE: "CN-"}
 TITLES = {RECEIPT: "Receipt", CREDIT_NOTE: "Credit note"}
 PROVIDER_NAMES = {"stripe": "Stripe", "lemonsqueezy": "Lemon Squeezy"}
@@ -318,13 +319,24 @@ def find_by_number(conn: Connection, kind: str, number: int) -> Document | None:
 
 
 def list_documents(
-    conn: Connection, organization_id: int, *, limit: int = 100, kind: str | None = None
+    conn: Connection, organization_id: int, *, limit: int = 100, kind: str | None = None, before: int | None = None
 ) -> list[Document]:
-    """The organization's receipts and credit notes, newest first."""
+    """The organization's receipts and credit notes, newest first; `before`: only those listed after
+    that document (the last of the previous page)."""
     t = table_of(Receipt)
     where = [t.c.organization_id == organization_id]
     if kind is not None:
         where.append(t.c.kind == kind)
+    if before is not None:
+        after = conn.execute(
+            sa.select(t.c.issued_at, t.c.id).where(t.c.id == before, t.c.organization_id == organization_id)
+        ).first()
+        if after is None:
+            return []
+        where.append(
+            sa.tuple_(t.c.issued_at, t.c.id)
+            < sa.tuple_(sa.literal(after.issued_at, t.c.issued_at.type), sa.literal(after.id))
+        )
     return _documents(conn, where, limit)
 
 

@@ -42,33 +42,41 @@ def _open_purchases(engine, org: Org, count: int) -> list[int]:
     return ids
 
 
-def _complete_concurrently(ledger, purchase_ids: list[int], *, deliveries: int, fail) -> None:
-    """Every purchase completed by `deliveries` threads at once (as duplicate webhooks and the reconcile
-    job would); a transaction for which `fail(purchase_id)` is true rolls back after issuing."""
+def _concurrently(jobs: list[int], work) -> None:
+    """`work(job)` for every job on 16 threads, started together; a RuntimeError is a transaction that
+    rolled back (the process died before its commit)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from orcapulse_billing.payments.flow import credit_checkout
+    go = threading.Event()
 
-    jobs = [pid for pid in purchase_ids for _ in range(deliveries)]
-    start = threading.Barrier(min(len(jobs), 16))
-
-    def complete(pid: int) -> None:
+    def run(job: int) -> None:
+        go.wait(timeout=10)
         try:
-            start.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
-        try:
-            with ledger.transaction() as conn:
-                row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE id = :i"), {"i": pid}).one()
-                credit_checkout(ledger, conn, row, provider_reference=f"pi_{pid}", metadata={"feature": "checkout"})
-                if fail(pid):
-                    raise RuntimeError("the process died before the commit")
+            work(job)
         except RuntimeError:
             pass
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(complete, jobs))
+        futures = [pool.submit(run, job) for job in jobs]
+        go.set()
+        for future in futures:
+            future.result()
+
+
+def _complete_concurrently(ledger, purchase_ids: list[int], *, deliveries: int, fail) -> None:
+    """Every purchase completed by `deliveries` threads at once (as duplicate webhooks and the reconcile
+    job would); a transaction for which `fail(purchase_id)` is true rolls back after issuing."""
+    from orcapulse_billing.payments.flow import credit_checkout
+
+    def complete(pid: int) -> None:
+        with ledger.transaction() as conn:
+            row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE id = :i"), {"i": pid}).one()
+            credit_checkout(ledger, conn, row, provider_reference=f"pi_{pid}", metadata={"feature": "checkout"})
+            if fail(pid):
+                raise RuntimeError("the process died before the commit")
+
+    _concurrently([pid for pid in purchase_ids for _ in range(deliveries)], complete)
 
 
 @pytest.mark.postgres
@@ -103,6 +111,54 @@ def test_concurrent_completions_are_numbered_one_to_n_without_gaps(kind, pg_data
             assert last == len(purchases)
             for org in orgs:
                 assert org.account().balance == Decimal(50 * 8)
+                check_invariants(conn, org.account_id)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_concurrent_refunds_get_credit_notes_numbered_without_gaps(kind, pg_database_factory, tmp_path):
+    """16 purchases refunded at once, each refund delivered twice, a quarter of the transactions rolled
+    back, then delivered again: credit notes CN-1..CN-16, one per refund, each referring to its receipt."""
+    from decimal import Decimal
+
+    from orcapulse_billing.db import make_engine, upgrade
+    from orcapulse_billing.ledger import Ledger
+    from orcapulse_billing.payments.takebacks import refund_to
+
+    url = pg_database_factory() if kind == "postgres" else f"sqlite:///{tmp_path / 'notes.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        ledger = Ledger(engine, grace_limit=Decimal(5))
+        orgs = [Org(engine, ledger, roles=("owner",)) for _ in range(2)]
+        purchases = [pid for org in orgs for pid in _open_purchases(engine, org, 8)]
+        _complete_concurrently(ledger, purchases, deliveries=1, fail=lambda pid: False)
+        unlucky = set(purchases[1::4])
+
+        def refund(pid: int, *, fail: bool) -> None:
+            with ledger.transaction() as conn:
+                row = conn.execute(sa.text("SELECT * FROM checkout_session WHERE id = :i"), {"i": pid}).one()
+                refund_to(ledger, conn, row, 2000, key=f"refund:{pid}", metadata={})  # $20 of the $50
+                if fail:
+                    raise RuntimeError("the process died before the commit")
+
+        _concurrently([p for p in purchases for _ in range(2)], lambda pid: refund(pid, fail=pid in unlucky))
+        assert _numbers(engine, "credit_note") == list(range(1, len(purchases) - len(unlucky) + 1))
+        _concurrently([p for p in sorted(unlucky) for _ in range(2)], lambda pid: refund(pid, fail=False))
+        assert _numbers(engine, "credit_note") == list(range(1, len(purchases) + 1))
+        with engine.connect() as conn:
+            notes = conn.execute(
+                sa.text(
+                    "SELECT n.checkout_session_id, n.amount, r.checkout_session_id AS receipt_of FROM receipt n"
+                    " JOIN receipt r ON r.id = n.refers_to_id WHERE n.kind = 'credit_note'"
+                )
+            ).all()
+            assert sorted(n.checkout_session_id for n in notes) == sorted(purchases)
+            assert all(n.receipt_of == n.checkout_session_id and n.amount == 200_000 for n in notes)
+            for org in orgs:
+                assert org.account().balance == Decimal(30 * 8)
                 check_invariants(conn, org.account_id)
     finally:
         engine.dispose()

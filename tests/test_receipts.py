@@ -7,6 +7,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 
 import pytest
@@ -59,6 +60,7 @@ def test_a_checkout_gets_one_receipt_downloadable_as_the_same_pdf_and_emailed(cl
     assert doc["ledger_entry_id"] == purchase["id"]
 
     first = client.get(doc["pdf_url"], headers=org.auth("owner"))
+    time.sleep(1.1)  # nothing of the clock gets in: a later second renders the same bytes
     again = client.get(doc["pdf_url"], headers=org.auth("admin"))
     assert first.status_code == again.status_code == 200
     assert first.headers["content-type"] == "application/pdf"
@@ -189,6 +191,15 @@ def test_a_refund_gets_a_credit_note_that_refers_to_the_receipt(client, org):
     assert _post_event(client, refund).json()["outcome"] == "replay"
     note, receipt = _documents(client, org)
     assert note["kind"] == "credit_note" and note["number"].startswith("CN-")
+    pages = [client.get("/api/credits/receipts?limit=1", headers=org.auth("owner")).json()["receipts"]]
+    for _ in range(2):  # page by page, newest first
+        last = pages[-1][-1]["id"]
+        pages.append(
+            client.get(f"/api/credits/receipts?limit=1&before={last}", headers=org.auth("owner")).json()["receipts"]
+        )
+    assert pages == [[note], [receipt], []]
+    only = client.get("/api/credits/receipts?kind=receipt", headers=org.auth("owner")).json()["receipts"]
+    assert only == [receipt]
     assert note["refers_to"] == receipt["number"]
     assert (note["amount"], note["bonus"], note["credits"]) == ("200.0000", "10.0000", "210.0000")
     items = client.get("/api/credits/history?type=refund", headers=org.auth("owner")).json()["items"]

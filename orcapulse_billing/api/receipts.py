@@ -148,10 +148,16 @@ def profile_json(details: billing_profile.BillingDetails, updated_at: datetime |
 def list_receipts(
     limit: int = Query(100, ge=1, le=500, description="At most this many, newest first"),
     kind: Literal["receipt", "credit_note"] | None = Query(None, description="Only receipts, or only credit notes"),
+    before: int | None = Query(
+        None,
+        ge=1,
+        le=2_147_483_647,
+        description="The next page: the documents listed after this one (the `id` of the previous page's last)",
+    ),
     principal: Principal = Depends(reader_principal),
 ) -> Documents:
     with get_engine().connect() as conn:
-        found = receipts.list_documents(conn, principal.organization_id, limit=limit, kind=kind)
+        found = receipts.list_documents(conn, principal.organization_id, limit=limit, kind=kind, before=before)
     return Documents(receipts=[document_json(d) for d in found])
 
 
