@@ -18,6 +18,7 @@ from orcapulse_billing import receipts
 from orcapulse_billing.ledger import check_invariants
 
 from .apiutil import Org
+from .test_notifications import smtp_server  # noqa: F401 (a fixture)
 from .test_payments import _attach_test_card, _checkout, _event, _post_event, _session_object
 
 
@@ -342,3 +343,42 @@ def test_the_cli_lists_and_writes_receipts_and_refuses_bad_input(client, org, tm
         err = capsys.readouterr().err
         assert err.startswith("orcapulse-billing: error: ") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["receipt.pdf"]  # nothing else written
+
+
+def test_the_receipt_goes_out_over_smtp_as_a_pdf_attachment(engine, smtp_server):  # noqa: F811 (the fixture)
+    """Over real SMTP on loopback: the purchase email's attachment is the receipt's PDF, byte for byte."""
+    import dataclasses
+    import email
+    import email.policy
+    from decimal import Decimal
+
+    from orcapulse_billing.config import load_settings
+    from orcapulse_billing.ledger import Ledger
+    from orcapulse_billing.notifications import Notifier
+    from orcapulse_billing.receipt_pdf import render
+
+    from .test_notifications import _wait_for
+    from .test_receipt_numbers import _complete_concurrently, _open_purchases
+
+    controller, inbox = smtp_server
+    settings = dataclasses.replace(
+        load_settings(), smtp_host="127.0.0.1", smtp_port=controller.port, smtp_starttls=False
+    )
+    ledger = Ledger(engine, grace_limit=Decimal(5))
+    ledger.add_listener(Notifier(engine, settings).on_postings)
+    org = Org(engine, ledger, roles=("owner", "member"))
+    _complete_concurrently(ledger, _open_purchases(engine, org, 1), deliveries=1, fail=lambda pid: False)
+    with engine.connect() as conn:
+        (document,) = receipts.list_documents(conn, org.id)
+
+    def mine():
+        return [m for m in inbox.messages if document.display_number in m[1] and org.org.name in m[1]]
+
+    assert _wait_for(lambda: len(mine()) == 1)
+    recipients, content = mine()[0]
+    assert recipients == [org.emails["owner"]]  # owners only
+    message = email.message_from_string(content, policy=email.policy.default)
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_content_type() == "application/pdf" and attachment.get_filename() == document.filename
+    assert attachment.get_content() == render(document)
+    assert "Total paid $50.00 USD" in pdf_text(attachment.get_content())
