@@ -62,6 +62,7 @@ class StripeApi:
             if out.get("last_payment_error"):
                 error = out["last_payment_error"]
                 out["last_payment_error"] = {"type": "card_error", "decline_code": "generic_decline", **error}
+            out = self.sandbox.three_ds.shape(out)  # one waiting for its customer's authentication
         elif kind == "charge":
             failed = sum(f["amount"] for f in self.failed_refunds.values() if f["charge"] == out.get("id"))
             if failed and "amount_refunded" in out:
@@ -92,6 +93,13 @@ class StripeApi:
                 self.sandbox.send("payment_intent.succeeded", body, key)
             elif r.status_code == 402:
                 body = await self._declined(body, key)
+            elif (
+                r.status_code == 200
+                and body.get("status") == "requires_action"
+                and str(decode_form(await request.body()).get("off_session", "")).lower() == "true"
+            ):  # Stripe declines an off-session charge that needs authentication (stripe_3ds)
+                body = await self.sandbox.three_ds.off_session_declined(body, key)
+                return JSONResponse(body, status_code=402)
         elif request.method == "POST" and path == "/v1/refunds" and r.status_code == 200:
             charge = await self.get(f"/v1/charges/{body['charge']}")
             if charge is not None:

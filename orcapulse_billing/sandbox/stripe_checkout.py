@@ -14,6 +14,9 @@ Test cards on the hosted page:
   4000 0000 0000 0077  delayed payment that succeeds (completed unpaid, then async_payment_succeeded)
   4000 0000 0000 9995  delayed payment that fails (completed unpaid, then async_payment_failed)
 
+Off-session charges of a card that needs authentication (4000 0025 0000 3155) are declined with
+Stripe's `authentication_required`, and are confirmed on a hosted 3-D Secure page (stripe_3ds.py).
+
 Stripe API behaviour added on top of localstripe (stripe_api.py, stripe_wire.py):
   - Idempotency-Key on every POST under /v1/: the answer (2xx or 4xx) is kept 24 h and replayed with
     `Idempotent-Replayed: true`; other endpoint or body -> 400, still running -> 409 (`idempotency_error`).
@@ -60,6 +63,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .stripe_3ds import ThreeDSecure
 from .stripe_api import StripeApi
 from .stripe_wire import IdempotencyKeys, decode_form, list_page, sign, stripe_error
 
@@ -83,6 +87,7 @@ class Sandbox:
         self.retry_delays = (1, 2, 5, 10, 30)
         self.deliveries: set[asyncio.Task] = set()
         self.api = StripeApi(self)
+        self.three_ds = ThreeDSecure(self)
 
     # -- localstripe -----------------------------------------------------------------------
 
@@ -348,6 +353,9 @@ def create_app(sandbox: Sandbox) -> Starlette:
             Route("/_config/events/resend", api.resend_event, methods=["POST"]),
             Route("/pay/{id}", sandbox.page, methods=["GET"]),
             Route("/pay/{id}", sandbox.pay, methods=["POST"]),
+            Route("/v1/payment_intents/{id}/confirm", once(sandbox.three_ds.confirm), methods=["POST"]),
+            Route("/authenticate/{id}", sandbox.three_ds.page, methods=["GET"]),
+            Route("/authenticate/{id}", sandbox.three_ds.authenticate, methods=["POST"]),
             Route("/v1/{path:path}", once(api.proxy), methods=["GET", "POST", "DELETE"]),
         ]
     )
