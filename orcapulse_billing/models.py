@@ -300,6 +300,8 @@ class CheckoutSession(SQLModel, table=True):
         sa.UniqueConstraint("provider", "idempotency_key", name="uq_checkout_session_idempotency_key"),
         sa.Index("ix_checkout_session_payment_intent", "payment_intent_id"),
         sa.Index("ix_checkout_session_status", "status", "created_at"),
+        # an organization's auto-recharge charges of the last 24 hours (the daily limit)
+        sa.Index("ix_checkout_session_org_mode_created", "organization_id", "mode", "created_at"),
         # at most one saved-card charge in flight (or awaiting confirmation) per organization
         sa.Index(
             "uq_checkout_session_one_in_flight",
@@ -436,7 +438,10 @@ class EmailOutbox(SQLModel, table=True):
 
 class AutoRechargePolicy(SQLModel, table=True):
     """Buy credits with the saved card when the balance drops below a threshold. `claimed_until`
-    makes a recharge single-flight: only the trigger whose conditional UPDATE claims it charges."""
+    makes a recharge single-flight: only the trigger whose conditional UPDATE claims it charges, and
+    that UPDATE claims nothing before `next_attempt_at` (the backoff after a decline, or the end of the
+    daily limit). A charge the bank wants confirmed (3-D Secure) pauses it until that PaymentIntent
+    (`action_payment_intent_id`, confirmed on the provider's page at `action_url`) succeeds."""
 
     __tablename__ = "auto_recharge_policy"
 
@@ -451,6 +456,10 @@ class AutoRechargePolicy(SQLModel, table=True):
     disabled_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
     claimed_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts(nullable=False)
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    action_payment_intent_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    action_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(2000), nullable=True))
 
 
 class UsageRemainder(SQLModel, table=True):

@@ -46,7 +46,10 @@ def run_in_background(fn, *args) -> None:
 def get_auto_recharger(engine: Engine):
     from .payments.auto_recharge import AutoRecharger
 
-    return AutoRecharger(engine, lambda: get_stripe_purchases(engine), get_notifier(engine))
+    # its changes that post nothing (a decline's backoff, a pause) reach the open pages through the bus
+    return AutoRecharger(
+        engine, lambda: get_stripe_purchases(engine), get_notifier(engine), announce=get_event_bus().publish
+    )
 
 
 @lru_cache(maxsize=8)

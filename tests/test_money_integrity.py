@@ -405,11 +405,12 @@ def test_auto_recharge_retries_its_unsettled_charge_with_the_same_key(held_webho
 
     _card(org)
     recharger = AutoRecharger(org.engine, lambda: _purchases(org, proxy.url), Notifier(org.engine, get_settings()))
-    recharger.update(
+    proxy.add(*PI_CREATE, "drop_response", times=3)
+    # turned on below the threshold, it recharges at once; the answer is lost: not counted as a failure
+    policy = recharger.update(
         _principal(org), enabled=True, threshold=Decimal(10), amount=Decimal(20), monthly_cap=None, ip=None
     )
-    proxy.add(*PI_CREATE, "drop_response", times=3)
-    assert recharger.maybe_recharge(org.id) == "pending"  # not counted as a failure
+    assert policy.recharge == "pending" and policy.charges_last_24h == 1
     assert recharger.maybe_recharge(org.id) == "charged"  # the same charge, answered this time
     assert _balance(org) == Decimal(20) and len(_intents_for(held_webhooks, org)) == 1
     assert recharger.get(org.id).consecutive_failures == 0

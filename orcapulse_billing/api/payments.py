@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -17,6 +18,7 @@ from ..auth import Principal
 from ..config import get_settings
 from ..db import get_engine
 from ..money import fmt4
+from ..payments.auto_recharge_policy import DAILY_LIMIT
 from ..payments.flow import PurchaseError, choose, return_urls
 from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
 from ..pricing import PACKAGES
@@ -279,12 +281,47 @@ def delete_payment_method(
 
 
 class AutoRechargeSettings(BaseModel):
+    """What auto-recharge does now. It charges the larger of `amount` and what brings the balance back up
+    to `threshold` (counting payments being confirmed). After a decline it waits (1 hour, then 6) and
+    pauses after 3 in a row (`disabled_reason`); it makes at most `daily_limit` charges in any 24 hours.
+    A charge the bank wants confirmed (3-D Secure) pauses it until the owner confirms that payment at
+    `action_url`, which turns it back on. Buying credits by hand never turns it back on."""
+
     enabled: bool
     threshold: s.Money
     amount: s.Money
     monthly_cap: s.Money | None
     consecutive_failures: int
-    disabled_reason: str | None
+    disabled_reason: str | None = Field(description="why it is off or paused, when it turned itself off")
+    last_error: str | None = Field(description="why the last charge failed, while failures are being retried")
+    next_attempt_at: datetime | None = Field(
+        description="no charge before this (the backoff after a decline, or the daily limit); null when it may charge"
+    )
+    charges_last_24h: int = Field(ge=0, description="auto-recharge charges started in the last 24 hours")
+    daily_limit: int = Field(description="the most charges it makes in any 24 hours")
+    action_url: str | None = Field(
+        description="the payment provider's page where an owner confirms the charge that paused it (3-D Secure)"
+    )
+    recharge: (
+        Literal[
+            "charged",
+            "pending",
+            "failed",
+            "disabled",
+            "requires_action",
+            "daily_limit",
+            "capped",
+            "waiting",
+            "in_flight",
+            "not_needed",
+            "off",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="PUT only: turning it on or changing it while the balance is below the threshold recharges "
+        "at once; what that did (null: the balance was not below it, or it is off)",
+    )
 
 
 Threshold = s.decimal_string(
@@ -321,6 +358,12 @@ def _policy_json(policy) -> AutoRechargeSettings:
         monthly_cap=f"{policy.monthly_cap:.4f}" if policy.monthly_cap is not None else None,
         consecutive_failures=policy.consecutive_failures,
         disabled_reason=policy.disabled_reason,
+        last_error=policy.last_error,
+        next_attempt_at=policy.next_attempt_at,
+        charges_last_24h=policy.charges_last_24h,
+        daily_limit=DAILY_LIMIT,
+        action_url=policy.action_url,
+        recharge=policy.recharge,
     )
 
 
@@ -338,7 +381,8 @@ def get_auto_recharge(principal: Principal = Depends(current_principal)) -> Auto
     "/auto-recharge",
     response_model=AutoRechargeSettings,
     responses=responses(400, 401, 403),
-    summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap)",
+    summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap); "
+    "below the threshold, it recharges at once",
 )
 def put_auto_recharge(
     body: AutoRechargeUpdate, request: Request, principal: Principal = Depends(owner_principal)

@@ -1,23 +1,24 @@
-"""Auto-recharge: when the balance drops below the owner's threshold, buy the configured amount
-with the saved card, off-session.
+"""Auto-recharge: when the balance drops below the owner's threshold, charge the saved card
+off-session for what closes the gap (at least the configured amount).
 
-Triggers: a posting that leaves the balance below the threshold (a ledger listener), GET
-/balance, and a periodic sweep. Whatever fires, and however many at once on however many
-workers, one conditional UPDATE claims the policy for a short while: only that trigger charges,
-after checking the balance again. The purchase entry carries autoRecharge: true. Owners get an
-email on success and on failure; after 3 failures in a row it turns itself off and says why.
+Triggers: a posting that leaves the balance below the threshold (a ledger listener), GET /balance,
+a periodic sweep, and an owner turning it on or changing it while the balance is already low (one
+recharge at once). Whatever fires, and however many at once on however many workers, one conditional
+UPDATE claims the policy for a short while, and claims nothing while a backoff or the daily limit
+runs (`next_attempt_at`): only the trigger that claims it may charge, after reading everything again.
+The rules (how much, when not) are in `auto_recharge_policy`; what follows a charge (emails, backoff,
+the pause after 3 declines, the pause for a 3-D Secure confirmation) in `auto_recharge_outcomes`.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -25,9 +26,28 @@ from sqlmodel import col
 
 from ..auth import Principal
 from ..db import writer
-from ..ledger import DbRow, PostedEntry, get_account
+from ..ledger import PostedEntry, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditAccount, PaymentMethod, User
-from ..money import fmt_balance, from_units, to_units
+from ..money import from_units, to_units
+from .auto_recharge_outcomes import Outcomes
+from .auto_recharge_policy import (
+    CLAIM_FOR,
+    DAILY_LIMIT,
+    DAY,
+    MAX_AMOUNT,
+    MAX_THRESHOLD,
+    MIN_AMOUNT,
+    MIN_THRESHOLD,
+    UNITS_PER_CENT,
+    Policy,
+    aware,
+    charges_since,
+    in_flight_units,
+    now,
+    policy_row,
+    read_policy,
+    recharge_amount,
+)
 from .flow import Choice, PurchaseError, table_of
 from .stripe_gateway import PaymentError
 from .stripe_purchases import StripePurchases
@@ -35,33 +55,23 @@ from .stripe_purchases import StripePurchases
 if TYPE_CHECKING:
     from ..notifications import Notifier
 
-log = logging.getLogger(__name__)
-MIN_THRESHOLD = Decimal(5)
-MIN_AMOUNT = Decimal(20)
-MAX_AMOUNT = Decimal(1000)
-MAX_THRESHOLD = Decimal(10_000)
-CLAIM_FOR = timedelta(minutes=2)
 THRESHOLD_CACHE_SECONDS = 30  # a change made on another worker is seen this late (the sweep covers it)
-MAX_FAILURES = 3
 
 
-@dataclass(frozen=True)
-class Policy:
-    enabled: bool
-    threshold: Decimal
-    amount: Decimal
-    monthly_cap: Decimal | None
-    consecutive_failures: int
-    disabled_reason: str | None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class AutoRecharger:
-    def __init__(self, engine: Engine, purchases_factory: Callable[[], StripePurchases], notifier: Notifier):
+class AutoRecharger(Outcomes):
+    def __init__(
+        self,
+        engine: Engine,
+        purchases_factory: Callable[[], StripePurchases],
+        notifier: Notifier,
+        *,
+        announce: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], datetime] = now,
+    ):
+        """`announce`: tells the organization's open pages that its auto-recharge changed (the event
+        bus); `clock`: the time the backoff and the daily limit are judged by."""
         self.engine, self.purchases_factory, self.notifier = engine, purchases_factory, notifier
+        self.announce, self.clock = announce, clock
         # account -> (threshold units of an enabled policy, or None; when to look again): keeps the
         # posting path free of lookups for the many accounts without auto-recharge
         self._thresholds: dict[int, tuple[int | None, float]] = {}
@@ -93,19 +103,7 @@ class AutoRecharger:
 
     def get(self, organization_id: int) -> Policy:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(AutoRechargePolicy).where(col(AutoRechargePolicy.organization_id) == organization_id)
-            ).first()
-        if row is None:
-            return Policy(False, Decimal(10), Decimal(50), None, 0, None)
-        return Policy(
-            row.enabled,
-            from_units(row.threshold),
-            from_units(row.amount),
-            from_units(row.monthly_cap) if row.monthly_cap is not None else None,
-            row.consecutive_failures,
-            row.disabled_reason,
-        )
+            return read_policy(conn, organization_id, self.clock())
 
     def update(
         self,
@@ -117,6 +115,9 @@ class AutoRecharger:
         monthly_cap: Decimal | None,
         ip: str | None,
     ) -> Policy:
+        """An owner's settings. Turning it on, or saving it on, while the balance is below the
+        threshold recharges once at once (`Policy.recharge` says how that went): an owner's save
+        also ends a backoff and a pause, never the daily limit."""
         from ..auth import audit
 
         if not MIN_THRESHOLD <= threshold <= MAX_THRESHOLD:
@@ -135,16 +136,23 @@ class AutoRecharger:
             ).first()
             if enabled and not has_card:
                 raise PurchaseError("no_saved_card", "auto-recharge needs a saved card: save one first")
-            values = dict(
+            values: dict[str, Any] = dict(
                 enabled=enabled,
                 threshold=to_units(threshold),
                 amount=to_units(amount),
                 monthly_cap=to_units(monthly_cap) if monthly_cap is not None else None,
                 owner_user_id=principal.user_id,
-                updated_at=_now(),
+                updated_at=now(),
             )
             if enabled:
-                values.update(consecutive_failures=0, disabled_reason=None)
+                values.update(
+                    consecutive_failures=0,
+                    disabled_reason=None,
+                    next_attempt_at=None,
+                    last_error=None,
+                    action_payment_intent_id=None,  # a payment still awaiting confirmation no longer resumes it
+                    action_url=None,
+                )
             t = table_of(AutoRechargePolicy)
             if (
                 conn.execute(
@@ -165,7 +173,12 @@ class AutoRecharger:
                 amount=str(amount),
                 monthly_cap=str(monthly_cap) if monthly_cap is not None else None,
             )
-        return self.get(principal.organization_id)
+        outcome = None
+        if enabled:
+            with self.engine.connect() as conn:
+                low = get_account(conn, organization_id=principal.organization_id).balance_units < to_units(threshold)
+            outcome = self.maybe_recharge(principal.organization_id) if low else None
+        return replace(self.get(principal.organization_id), recharge=outcome)
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -189,39 +202,47 @@ class AutoRecharger:
         return sum(1 for org in orgs if self.maybe_recharge(org) == "charged")
 
     def maybe_recharge(self, organization_id: int) -> str:
+        """What this trigger did: `off`, `not_needed`, `waiting` (a backoff or the daily limit runs),
+        `in_flight` (another trigger or payment is at it), or what its charge did: `charged`,
+        `pending`, `failed`, `disabled` (paused after 3 declines), `requires_action` (paused until
+        the owner confirms it with the bank), `daily_limit`, `capped` (the monthly cap)."""
         t = table_of(AutoRechargePolicy)
+        at = self.clock()
         with self.engine.connect() as conn:
-            policy = conn.execute(sa.select(t).where(t.c.organization_id == organization_id)).first()
+            policy = policy_row(conn, organization_id)
             if policy is None or not policy.enabled:
                 return "off"
             if get_account(conn, organization_id=organization_id).balance_units >= policy.threshold:
                 return "not_needed"
-        now = _now()
+        not_before = aware(policy.next_attempt_at)
+        if not_before is not None and not_before > at:
+            return "waiting"
         with writer(self.engine).begin() as conn:  # the claim: one trigger wins, on any worker
             claimed = conn.execute(
                 sa.update(t)
                 .where(
                     t.c.organization_id == organization_id,
                     t.c.enabled.is_(True),
-                    sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
+                    sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < at),
+                    sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at),
                 )
-                .values(claimed_until=now + CLAIM_FOR, attempts=t.c.attempts + 1)
+                .values(claimed_until=at + CLAIM_FOR, attempts=t.c.attempts + 1)
             ).rowcount
         if not claimed:
             return "in_flight"
         try:
-            return self._recharge(organization_id)
+            return self._recharge(organization_id, at)
         finally:
             with writer(self.engine).begin() as conn:
                 conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(claimed_until=None))
 
-    def _recharge(self, organization_id: int) -> str:
-        t = table_of(AutoRechargePolicy)
+    def _recharge(self, organization_id: int, at: datetime) -> str:
+        """Under the claim: everything read again, then at most one charge."""
         with self.engine.connect() as conn:
-            policy = conn.execute(sa.select(t).where(t.c.organization_id == organization_id)).one()
+            policy = policy_row(conn, organization_id)
             balance = get_account(conn, organization_id=organization_id).balance_units
             owner = conn.execute(sa.select(col(User.email)).where(col(User.id) == policy.owner_user_id)).scalar()
-            month_start = _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            month_start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             this_month = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(col(CheckoutSession.amount)), 0)).where(
                     col(CheckoutSession.organization_id) == organization_id,
@@ -230,16 +251,32 @@ class AutoRecharger:
                     col(CheckoutSession.created_at) >= month_start,
                 )
             ).scalar()
+            in_flight = in_flight_units(conn, organization_id)
+            charges, first_charge = charges_since(conn, organization_id, at - DAY)
+            unsettled = self._unsettled(conn, organization_id)
         if balance >= policy.threshold:
             return "not_needed"  # another trigger's recharge landed first
-        request_key, retrying = self._request_key(organization_id, policy.attempts)
-        # a retry of an unsettled charge adds nothing: it is already counted in this month's sum
-        if not retrying and policy.monthly_cap is not None and this_month + policy.amount > policy.monthly_cap:
-            return "capped"
-        amount = from_units(policy.amount)
+        if unsettled is not None:  # a retry of the same charge (same key and amount), never a second one
+            request_key, units = unsettled
+        else:
+            units = recharge_amount(
+                balance=balance, in_flight=in_flight, threshold=policy.threshold, amount=policy.amount
+            )
+            if units == 0:
+                return "in_flight"  # a payment being confirmed brings it back up
+            if charges >= DAILY_LIMIT:
+                return self._daily_limit(organization_id, first_charge or at, charges)
+            if policy.monthly_cap is not None:
+                left = policy.monthly_cap - this_month
+                if left < policy.amount:
+                    return "capped"
+                units = min(units, left - left % UNITS_PER_CENT)
+            request_key = f"{policy.attempts}-{uuid.uuid4().hex[:12]}"
+        amount = from_units(units)
         principal = Principal(policy.owner_user_id, owner or "", organization_id, "owner", "auto_recharge")
         try:
-            entries = self.purchases_factory().quick_purchase(
+            purchases = self.purchases_factory()
+            entries = purchases.quick_purchase(
                 principal,
                 Choice(None, amount, amount, Decimal(0), Decimal(0)),
                 payment_method_id=None,
@@ -250,71 +287,26 @@ class AutoRecharger:
         except PurchaseError as exc:
             if exc.code == "payment_in_progress":
                 return "in_flight"  # another charge of this organization awaits confirmation
-            return self._failed(organization_id, policy, exc.message)
+            return self._failed(organization_id, policy, units, exc.message)
         except PaymentError as exc:
             if exc.code == "payment_pending":
                 return "pending"  # charged or not, the webhook or the reconcile job settles it; not a failure
-            return self._failed(organization_id, policy, exc.message)
-        with writer(self.engine).begin() as conn:
-            conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(consecutive_failures=0))
-        self.notifier.notify_owners(
-            organization_id,
-            "auto_recharge_succeeded",
-            f"auto-recharge:{organization_id}:{policy.attempts}:ok",
-            f"Auto-recharge added {fmt_balance(policy.amount)} of credits",
-            f"Your balance dropped below {fmt_balance(policy.threshold)}, so we charged your saved card "
-            f"{fmt_balance(policy.amount)}. New balance: {fmt_balance(entries[-1].balance_after_units)}.\n",
-        )
-        return "charged"
+            if exc.code == "authentication_required":
+                return self._needs_authentication(organization_id, policy, units, exc, request_key)
+            return self._failed(organization_id, policy, units, exc.message)
+        return self._charged(organization_id, policy, units, entries[-1].balance_after_units)
 
-    def _request_key(self, organization_id: int, attempts: int) -> tuple[str, bool]:
-        """The key of this organization's unsettled auto-recharge if there is one (a retry of the same
-        charge, never a second one: True), else a new one for this claim (False)."""
+    @staticmethod
+    def _unsettled(conn: Any, organization_id: int) -> tuple[str, int] | None:
+        """This organization's auto-recharge charge awaiting confirmation: its request key and amount."""
         prefix = f"auto-{organization_id}-"
-        with self.engine.connect() as conn:
-            unsettled = conn.execute(
-                sa.select(col(CheckoutSession.idempotency_key)).where(
-                    col(CheckoutSession.organization_id) == organization_id,
-                    col(CheckoutSession.mode) == "auto",
-                    col(CheckoutSession.status).in_(("charging", "unknown")),
-                )
-            ).scalar()
-        if unsettled and unsettled.startswith(prefix):
-            return unsettled.removeprefix(prefix), True
-        return f"{attempts}-{uuid.uuid4().hex[:12]}", False
-
-    def _failed(self, organization_id: int, policy: DbRow, reason: str) -> str:
-        t = table_of(AutoRechargePolicy)
-        failures = policy.consecutive_failures + 1
-        disable = failures >= MAX_FAILURES
-        with writer(self.engine).begin() as conn:
-            conn.execute(
-                sa.update(t)
-                .where(t.c.organization_id == organization_id)
-                .values(
-                    consecutive_failures=failures,
-                    **(
-                        {"enabled": False, "disabled_reason": f"turned off after {failures} failed charges: {reason}"}
-                        if disable
-                        else {}
-                    ),
-                )
+        row = conn.execute(
+            sa.select(col(CheckoutSession.idempotency_key), col(CheckoutSession.amount)).where(
+                col(CheckoutSession.organization_id) == organization_id,
+                col(CheckoutSession.mode) == "auto",
+                col(CheckoutSession.status).in_(("charging", "unknown")),
             )
-        subject = "Auto-recharge is now off after 3 failed charges" if disable else f"Auto-recharge failed: {reason}"
-        self.notifier.notify_owners(
-            organization_id,
-            "auto_recharge_failed",
-            f"auto-recharge:{organization_id}:{policy.attempts}:failed",
-            subject,
-            f"We could not charge your saved card {fmt_balance(policy.amount)}: {reason}.\n"
-            + (
-                "Auto-recharge is turned off; update your card and turn it back on in Billing & Credits.\n"
-                if disable
-                else f"We will try again when the balance is below {fmt_balance(policy.threshold)} "
-                f"({failures} of {MAX_FAILURES} attempts).\n"
-            ),
-        )
-        log.warning(
-            "auto-recharge for organization %s failed (%s of %s): %s", organization_id, failures, MAX_FAILURES, reason
-        )
-        return "disabled" if disable else "failed"
+        ).first()
+        if row is None or not (row.idempotency_key or "").startswith(prefix):
+            return None
+        return row.idempotency_key.removeprefix(prefix), int(row.amount)

@@ -213,6 +213,10 @@ def credit_checkout(
     issue_receipt(conn, row, entry_id=entries[0].id, provider_reference=provider_reference, card=card)
     if provider_reference:
         conn.info.setdefault("credited_references", []).append(provider_reference)
+        if row.mode == "auto":  # the charge auto-recharge paused for was confirmed: it resumes
+            from .auto_recharge_policy import resume_confirmed
+
+            resume_confirmed(conn, row.organization_id, provider_reference)
     return entries
 
 

@@ -26,9 +26,22 @@ class PaymentError(Exception):
     """A payment that did not go through. `code` is what the API answers; `retryable` says whether
     the same request (same idempotency key) may simply be sent again."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        payment_intent_id: str | None = None,
+        payment_method_id: str | None = None,
+    ):
         super().__init__(message)
         self.code, self.message, self.retryable = code, message, retryable
+        # an `authentication_required` charge: the PaymentIntent the customer can still confirm, and its card
+        self.payment_intent_id, self.payment_method_id = payment_intent_id, payment_method_id
+
+
+AUTHENTICATION_MESSAGE = "your bank asks to confirm this payment (3-D Secure): use checkout instead"
 
 
 class WebhookSignatureError(Exception):
@@ -103,9 +116,15 @@ class StripeGateway:
             return fn(*args, **kwargs)
         except CardError as exc:
             code = getattr(exc, "code", None) or "card_declined"
-            if code == "authentication_required":
+            if code == "authentication_required":  # Stripe's answer to an off-session charge needing 3-D Secure
+                body: dict[str, Any] = exc.json_body if isinstance(exc.json_body, dict) else {}
+                error: dict[str, Any] = body.get("error") or {}
+                intent, method = error.get("payment_intent") or {}, error.get("payment_method") or {}
                 raise PaymentError(
-                    "authentication_required", "your bank asks to confirm this payment: use checkout instead"
+                    "authentication_required",
+                    AUTHENTICATION_MESSAGE,
+                    payment_intent_id=intent.get("id"),
+                    payment_method_id=method.get("id") or intent.get("payment_method"),
                 ) from None
             raise PaymentError("card_declined", exc.user_message or "the card was declined") from None
         except APIConnectionError:
@@ -227,11 +246,34 @@ class StripeGateway:
         )
         if intent["status"] == "requires_action":  # treated like Stripe's authentication_required error
             raise PaymentError(
-                "authentication_required", "your bank asks to confirm this payment: use checkout instead"
+                "authentication_required",
+                AUTHENTICATION_MESSAGE,
+                payment_intent_id=intent["id"],
+                payment_method_id=intent["payment_method"],
             )
         if intent["status"] != "succeeded":
             raise PaymentError("card_declined", f"the payment did not succeed ({intent['status']})")
         return Charge(intent["id"], intent["status"], int(intent["amount"]), str(intent["currency"]))
+
+    def authentication_page(
+        self, payment_intent_id: str, *, payment_method_id: str | None, return_url: str, idempotency_key: str
+    ) -> tuple[str, str | None]:
+        """Readies a charge that needs the customer's authentication to be confirmed on the provider's
+        hosted page (Stripe's manual 3-D Secure redirect: the PaymentIntent confirmed with a
+        `return_url` answers `next_action.redirect_to_url`); its status and that page's URL (None when
+        there is none: it succeeded at once, or failed)."""
+        params: dict[str, Any] = {"return_url": return_url}
+        if payment_method_id:
+            params["payment_method"] = payment_method_id
+        intent = self._call(
+            self.client.v1.payment_intents.confirm,
+            payment_intent_id,
+            params=params,  # type: ignore[arg-type]
+            options={"idempotency_key": idempotency_key},
+        ).to_dict()
+        action = intent.get("next_action") or {}
+        url = (action.get("redirect_to_url") or {}).get("url") if action.get("type") == "redirect_to_url" else None
+        return str(intent["status"]), url
 
     # -- what reconciliation and events read back ---------------------------------------------------
 

@@ -277,7 +277,8 @@ class StripePurchases:
             if exc.retryable:  # no answer: the charge may or may not exist; never say "nothing was charged"
                 self._mark(row.id, "unknown", "no answer from the payment provider")
                 raise PaymentError("payment_pending", PENDING_MESSAGE, retryable=True) from None
-            self._mark(row.id, "failed", exc.message)
+            # a charge awaiting authentication keeps its PaymentIntent: confirming it later credits this row
+            self._mark(row.id, "failed", exc.message, payment_intent_id=exc.payment_intent_id)
             raise
         entries = self.settle_charge(
             row.id,
@@ -335,14 +336,13 @@ class StripePurchases:
             )
         return _Attempt(row), mine
 
-    def _mark(self, row_id: int, status: str, error: str) -> None:
+    def _mark(self, row_id: int, status: str, error: str, *, payment_intent_id: str | None = None) -> None:
         t = table_of(CheckoutSession)
+        values: dict[str, Any] = {"status": status, "error": error[:300]}
+        if payment_intent_id:
+            values["payment_intent_id"] = payment_intent_id
         with self.ledger.transaction() as conn:
-            conn.execute(
-                sa.update(t)
-                .where(t.c.id == row_id, t.c.status.in_(("charging", "unknown")))
-                .values(status=status, error=error[:300])
-            )
+            conn.execute(sa.update(t).where(t.c.id == row_id, t.c.status.in_(("charging", "unknown"))).values(**values))
 
     def settle_charge(
         self,

@@ -247,10 +247,15 @@ def _pause_auto_recharge(conn: Connection, organization_id: int) -> None:
     t = table_of(AutoRechargePolicy)
     conn.execute(
         sa.update(t)
-        .where(t.c.organization_id == organization_id, t.c.enabled.is_(True))
+        .where(
+            t.c.organization_id == organization_id,
+            sa.or_(t.c.enabled.is_(True), t.c.action_payment_intent_id.is_not(None)),
+        )
         .values(
             enabled=False,
             disabled_reason="paused: a payment was disputed or reversed; check your card, then turn it back on",
+            action_payment_intent_id=None,  # confirming a charge awaiting authentication no longer resumes it
+            action_url=None,
             updated_at=now(),
         )
     )

@@ -199,9 +199,10 @@ class LiveFanout:
             del self._organization_of[token]
 
     async def _update(self, organization_id: int, events: list[dict]) -> None:
-        # holds (placed, captured, released, expired) change Available and Reserved, not the ledger:
-        # no toast and no billingUpdated for them, only the figures
-        holds = [e for e in events if e.get("type") == "hold"]
+        # holds (placed, captured, released, expired) change Available and Reserved, not the ledger, and
+        # auto-recharge's own state (a decline's backoff, a pause) neither: no toast and no
+        # billingUpdated for them, only the figures
+        holds = [e for e in events if e.get("type") in ("hold", "auto_recharge")]
         entries = [e for e in events if "entry_id" in e]
         latest = max(entries, key=lambda e: e["entry_id"]) if entries else None
         subscribers = await self._current(organization_id)
