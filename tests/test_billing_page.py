@@ -503,9 +503,10 @@ def test_auto_recharge_panel_for_owners_and_members(app, page, app_engine, app_l
     page.get_by_test_id("auto-threshold").fill("15")
     page.get_by_test_id("auto-amount").fill("20")
     page.get_by_test_id("auto-save").click()
-    expect(page.get_by_text("Auto-recharge saved")).to_be_visible()
-    # the balance (5.00) is already below 15: the next debit triggers one recharge, and it shows live
-    org.post("usage", "-1", category="sms")
+    # the balance (5.00) is already below 15: saving it recharges once at once, and it shows live
+    expect(page.get_by_text("so it recharged now")).to_be_visible(timeout=20_000)
+    expect(page.get_by_test_id("balance-value")).to_have_text("$25.00", timeout=20_000)
+    org.post("usage", "-1", category="sms")  # 24.00 is not below 15: nothing more
     expect(page.get_by_test_id("balance-value")).to_have_text("$24.00", timeout=20_000)
     expect(panel).to_be_visible()
     page.context.clear_cookies()

@@ -15,6 +15,8 @@ from typing import Any
 
 from ...components.pagination import page_window
 from ...money import fmt_balance
+from ...payments.auto_recharge_outcomes import when
+from ...payments.auto_recharge_policy import DAILY_LIMIT, MAX_FAILURES, Policy
 
 View = tuple[str, int, int, str, str, str]  # type filter, page, page size, from, to, order (data._load's)
 
@@ -68,9 +70,32 @@ def figures_of(result: dict, page_size: int) -> Figures:
         "auto_amount": f"{policy.amount:.2f}",
         "auto_cap": f"{policy.monthly_cap:.2f}" if policy.monthly_cap is not None else "",
         "auto_note": policy.disabled_reason or "",
+        "auto_status": auto_status(policy),
+        "auto_action_url": policy.action_url or "",
     }
     kept = {"_balance_units": balance, "_reserved_units": reserved, "_threshold_units": threshold}
     return Figures(shown, kept, result)
+
+
+def auto_status(policy: Policy) -> str:
+    """The line under the auto-recharge panel's title: why it waits, and until when."""
+    if not policy.enabled:
+        return ""
+    declined = policy.consecutive_failures > 0 and policy.last_error
+    reason = (policy.last_error or "").rstrip(". ")
+    failures = f"{policy.consecutive_failures} of {MAX_FAILURES} failed in a row"
+    if policy.next_attempt_at is not None:
+        if declined:
+            return f"Last charge failed: {reason}. Next attempt: {when(policy.next_attempt_at)} ({failures})."
+        if policy.charges_last_24h >= DAILY_LIMIT:
+            return (
+                f"{policy.charges_last_24h} charges in the last 24 hours, the most in a day. "
+                f"Next possible charge: {when(policy.next_attempt_at)}."
+            )
+        return f"Next attempt: {when(policy.next_attempt_at)}."
+    if declined:
+        return f"Last charge failed: {reason}. It tries again when the balance is below the threshold ({failures})."
+    return ""
 
 
 def balance_vars(balance: int, reserved: int, threshold: int) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def content() -> rx.Component:
             amount=S.auto_amount,
             cap=S.auto_cap,
             note=S.auto_note,
+            status=S.auto_status,
+            action_url=S.auto_action_url,
             error=S.auto_error,
             can_edit=S.is_owner,
             on_enabled=S.set_auto_enabled,

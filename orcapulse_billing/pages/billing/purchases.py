@@ -60,6 +60,8 @@ class Purchases(rx.State, mixin=True):
     auto_amount: str = ""
     auto_cap: str = ""
     auto_note: str = ""
+    auto_status: str = ""  # a decline's backoff or the daily limit: until when
+    auto_action_url: str = ""  # the provider's page to confirm the charge that paused it (3-D Secure)
     auto_error: str = ""
 
     def _owner(self) -> Principal | None:
@@ -271,7 +273,7 @@ class Purchases(rx.State, mixin=True):
             values = [parse_amount(v) if v else None for v in (self.auto_threshold, self.auto_amount, self.auto_cap)]
             if values[0] is None or values[1] is None:
                 raise PurchaseError("invalid_request", "Enter a threshold and an amount.")
-            await asyncio.to_thread(
+            policy = await asyncio.to_thread(
                 get_auto_recharger(get_engine()).update,
                 principal,
                 enabled=self.auto_enabled,
@@ -287,7 +289,20 @@ class Purchases(rx.State, mixin=True):
             self.auto_error = exc.message
             return
         await self._reload()
-        yield rx.toast.success("Auto-recharge saved")
+        # below the threshold, saving it on recharged at once: say how that went
+        if policy.recharge in ("failed", "disabled"):
+            yield rx.toast.error(f"Auto-recharge saved, but the charge failed: {policy.last_error}")
+        else:
+            yield rx.toast.success(SAVED.get(policy.recharge or "", "Auto-recharge saved"))
+
+
+SAVED = {  # what saving auto-recharge did at once, when the balance was below the threshold
+    "charged": "Auto-recharge saved: the balance was below the threshold, so it recharged now",
+    "pending": "Auto-recharge saved: a charge is being confirmed",
+    "requires_action": "Auto-recharge saved: your bank asks you to confirm the payment (see the panel)",
+    "daily_limit": "Auto-recharge saved: it already made 4 charges in the last 24 hours",
+    "capped": "Auto-recharge saved: this month's cap is reached",
+}
 
 
 # -- the provider calls, in a worker thread ------------------------------------------------------

@@ -6,9 +6,11 @@ import reflex as rx
 
 
 def auto_recharge_panel(
-    *, enabled, threshold, amount, cap, note, error, can_edit, on_enabled, on_field, on_save
+    *, enabled, threshold, amount, cap, note, status, action_url, error, can_edit, on_enabled, on_field, on_save
 ) -> rx.Component:
-    """`on_field(name, value)`: name is auto_threshold, auto_amount or auto_cap."""
+    """`on_field(name, value)`: name is auto_threshold, auto_amount or auto_cap. `note`: why it is off or
+    paused; `status`: why it waits and until when; `action_url`: the provider's page where the charge
+    that paused it is confirmed (3-D Secure)."""
 
     def field(label: str, name: str, value, placeholder: str) -> rx.Component:
         return rx.vstack(
@@ -43,6 +45,19 @@ def auto_recharge_panel(
                         size="1",
                         data_testid="auto-disabled-note",
                     ),
+                ),
+                rx.cond(
+                    can_edit & (action_url != ""),  # the owners confirm it (they are emailed the link too)
+                    rx.link(
+                        rx.button(rx.icon("shield-check", size=16), "Confirm the payment", size="2"),
+                        href=action_url,
+                        is_external=True,
+                        data_testid="auto-confirm",
+                    ),
+                ),
+                rx.cond(
+                    status != "",
+                    rx.callout(status, icon="clock", color_scheme="amber", size="1", data_testid="auto-status"),
                 ),
                 spacing="1",
             ),
