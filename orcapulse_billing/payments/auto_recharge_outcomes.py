@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..config import get_settings
 from ..db import writer
 from ..models import AutoRechargePolicy
 from ..money import fmt_balance
@@ -127,7 +128,7 @@ class Outcomes:
                 status, url = self.purchases_factory().gateway.authentication_page(
                     exc.payment_intent_id,
                     payment_method_id=exc.payment_method_id,
-                    return_url=self.notifier.settings.app_url.rstrip("/") + "/billing",
+                    return_url=get_settings().app_url.rstrip("/") + "/billing",  # back to the page, signed in
                     idempotency_key=f"auto-{organization_id}-{request_key}-authenticate",
                 )
             except PaymentError as error:
