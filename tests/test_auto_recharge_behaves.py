@@ -321,3 +321,42 @@ def test_a_failed_authentication_leaves_it_paused_until_an_owner_turns_it_on(cli
     # the owner turns it back on: the balance is low, so it tries at once, and the bank asks again
     answer = _put(client, org, enabled=True, threshold="10", amount="20")
     assert answer["recharge"] == "requires_action" and answer["action_url"] not in (None, link)
+
+
+# -- the CLI -----------------------------------------------------------------------------------------
+
+
+def test_the_cli_shows_the_backoff_and_a_run_respects_it(tmp_path, stripe_sandbox):
+    from .test_cli import _make_cli
+
+    run = _make_cli(tmp_path, STRIPE_SECRET_KEY="sk_test_sandbox", STRIPE_API_BASE=stripe_sandbox.api_base)
+    run("create-org", "Acme")
+    run("add-user", "Acme", "owner@acme.test", "--role", "owner", "--password", "a-long-password")
+    out = run("auto-recharge", "Acme").stdout.splitlines()
+    assert out == [
+        "Acme: auto-recharge off: below 10.00 credits, add at least $50.00, no monthly cap",
+        "  charges in the last 24 hours: 0 of 4",
+    ]
+    next_at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    with run.engine.begin() as conn:  # after a first decline, as the recharger leaves it
+        conn.execute(
+            sa.text(
+                "INSERT INTO auto_recharge_policy (organization_id, enabled, threshold, amount, owner_user_id, "
+                "attempts, consecutive_failures, last_error, next_attempt_at, updated_at) "
+                "VALUES (1, 1, 100000, 200000, 1, 1, 1, 'Your card was declined.', :n, :n)"
+            ),
+            {"n": next_at},
+        )
+    assert run("auto-recharge", "1", "--run").stdout.splitlines() == [
+        "recharge: waiting",  # the balance (5.00) is below 10, but the backoff holds
+        "Acme: auto-recharge on: below 10.00 credits, add at least $20.00, no monthly cap",
+        "  charges in the last 24 hours: 0 of 4",
+        "  last charge failed: Your card was declined. (1 of 3 in a row)",
+        f"  next attempt: {when(next_at)}",
+    ]
+    bad = run("auto-recharge", "Nobody", ok=False)
+    assert bad.returncode == 2 and bad.stderr == "orcapulse-billing: error: no organization 'Nobody'\n"
+    bare = _make_cli(tmp_path / "bare", STRIPE_SECRET_KEY="")
+    bare("create-org", "Acme")
+    bad = bare("auto-recharge", "Acme", "--run", ok=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "STRIPE_SECRET_KEY" in bad.stderr
