@@ -270,8 +270,8 @@ def test_a_card_needing_authentication_pauses_it_until_the_owner_confirms_the_pa
     _low(org)
     assert get_auto_recharger(org.engine).maybe_recharge(org.id) == "requires_action"
     policy = client.get("/api/credits/auto-recharge", headers=org.auth("member")).json()
-    assert not policy["enabled"] and "confirm" in policy["disabled_reason"]
-    link = policy["action_url"]
+    assert not policy["enabled"] and "confirm" in policy["disabled_reason"] and policy["action_url"] is None
+    link = client.get("/api/credits/auto-recharge", headers=org.auth("owner")).json()["action_url"]
     assert link.startswith(stripe_sandbox.api_base + "/authenticate/pi_")
     (mail,) = _mails(org.engine, org.id, "auto_recharge_action_required")
     assert mail.subject == "Confirm your auto-recharge payment of $20.00" and link in mail.body
@@ -321,6 +321,21 @@ def test_a_failed_authentication_leaves_it_paused_until_an_owner_turns_it_on(cli
     # the owner turns it back on: the balance is low, so it tries at once, and the bank asks again
     answer = _put(client, org, enabled=True, threshold="10", amount="20")
     assert answer["recharge"] == "requires_action" and answer["action_url"] not in (None, link)
+
+
+def test_an_owner_turning_it_off_is_not_undone_by_confirming_the_payment_later(client, org, stripe_sandbox):
+    _card(org.engine, org.id, AUTHENTICATES)
+    org.post("purchase", "30")
+    _put(client, org, enabled=True, threshold="10", amount="20")
+    _low(org)
+    assert get_auto_recharger(org.engine).maybe_recharge(org.id) == "requires_action"
+    link = client.get("/api/credits/auto-recharge", headers=org.auth("owner")).json()["action_url"]
+    assert _put(client, org, enabled=False, threshold="10", amount="20")["action_url"] is None
+    assert httpx.post(link, data={"action": "complete"}).status_code == 303  # the emailed link, used later
+    intent_id = link.rsplit("/", 1)[1]
+    assert _deliver_sent(client, stripe_sandbox, "payment_intent.succeeded", intent_id) in ("processed", "duplicate")
+    assert _auto_purchases(org.engine, org.account_id) == [200_000]  # the payment is credited...
+    assert not client.get("/api/credits/auto-recharge", headers=org.auth("owner")).json()["enabled"]  # ...it stays off
 
 
 # -- the CLI -----------------------------------------------------------------------------------------

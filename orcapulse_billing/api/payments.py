@@ -300,7 +300,8 @@ class AutoRechargeSettings(BaseModel):
     charges_last_24h: int = Field(ge=0, description="auto-recharge charges started in the last 24 hours")
     daily_limit: int = Field(description="the most charges it makes in any 24 hours")
     action_url: str | None = Field(
-        description="the payment provider's page where an owner confirms the charge that paused it (3-D Secure)"
+        description="the payment provider's page where an owner confirms the charge that paused it (3-D Secure); "
+        "owners only (null for others)"
     )
     recharge: (
         Literal[
@@ -350,7 +351,7 @@ class AutoRechargeUpdate(s.Strict):
     monthly_cap: MonthlyCap | None = None
 
 
-def _policy_json(policy) -> AutoRechargeSettings:
+def _policy_json(policy, *, owner: bool = True) -> AutoRechargeSettings:
     return AutoRechargeSettings(
         enabled=policy.enabled,
         threshold=f"{policy.threshold:.4f}",
@@ -362,7 +363,7 @@ def _policy_json(policy) -> AutoRechargeSettings:
         next_attempt_at=policy.next_attempt_at,
         charges_last_24h=policy.charges_last_24h,
         daily_limit=DAILY_LIMIT,
-        action_url=policy.action_url,
+        action_url=policy.action_url if owner else None,  # the owners confirm it (as on the page)
         recharge=policy.recharge,
     )
 
@@ -374,7 +375,7 @@ def _policy_json(policy) -> AutoRechargeSettings:
     summary="Auto-recharge settings",
 )
 def get_auto_recharge(principal: Principal = Depends(current_principal)) -> AutoRechargeSettings:
-    return _policy_json(get_auto_recharger(get_engine()).get(principal.organization_id))
+    return _policy_json(get_auto_recharger(get_engine()).get(principal.organization_id), owner=principal.is_owner)
 
 
 @router.put(

@@ -117,7 +117,8 @@ class AutoRecharger(Outcomes):
     ) -> Policy:
         """An owner's settings. Turning it on, or saving it on, while the balance is below the
         threshold recharges once at once (`Policy.recharge` says how that went): an owner's save
-        also ends a backoff and a pause, never the daily limit."""
+        also ends a backoff and a pause, never the daily limit, and any save (on or off) means a charge
+        still awaiting 3-D Secure no longer turns it back on when confirmed (it is still credited)."""
         from ..auth import audit
 
         if not MIN_THRESHOLD <= threshold <= MAX_THRESHOLD:
@@ -143,20 +144,20 @@ class AutoRecharger(Outcomes):
                 monthly_cap=to_units(monthly_cap) if monthly_cap is not None else None,
                 owner_user_id=principal.user_id,
                 updated_at=now(),
+                # the owner decides now: a payment still awaiting confirmation no longer turns it back on
+                action_payment_intent_id=None,
+                action_url=None,
             )
             if enabled:
-                values.update(
-                    consecutive_failures=0,
-                    disabled_reason=None,
-                    next_attempt_at=None,
-                    last_error=None,
-                    action_payment_intent_id=None,  # a payment still awaiting confirmation no longer resumes it
-                    action_url=None,
-                )
+                values.update(consecutive_failures=0, disabled_reason=None, last_error=None)
             t = table_of(AutoRechargePolicy)
+            # an owner's save ends a decline's backoff, not the daily limit (set with no failures)
+            ends_backoff = {"next_attempt_at": sa.case((t.c.consecutive_failures > 0, None), else_=t.c.next_attempt_at)}
             if (
                 conn.execute(
-                    sa.update(t).where(t.c.organization_id == principal.organization_id).values(**values)
+                    sa.update(t)
+                    .where(t.c.organization_id == principal.organization_id)
+                    .values(**values, **(ends_backoff if enabled else {}))
                 ).rowcount
                 == 0
             ):
@@ -254,6 +255,8 @@ class AutoRecharger(Outcomes):
             in_flight = in_flight_units(conn, organization_id)
             charges, first_charge = charges_since(conn, organization_id, at - DAY)
             unsettled = self._unsettled(conn, organization_id)
+        if not policy.enabled:
+            return "off"  # an owner turned it off since the claim
         if balance >= policy.threshold:
             return "not_needed"  # another trigger's recharge landed first
         if unsettled is not None:  # a retry of the same charge (same key and amount), never a second one

@@ -92,13 +92,14 @@ class Outcomes:
         log.warning(
             "auto-recharge for organization %s failed (%s of %s): %s", organization_id, failures, MAX_FAILURES, reason
         )
+        why = reason.rstrip(". ")
         if pause:
             self.notifier.notify_owners(
                 organization_id,
                 "auto_recharge_failed",
                 f"auto-recharge:{organization_id}:{policy.attempts}:failed",
                 f"Auto-recharge is now off after {failures} failed charges",
-                f"We could not charge your saved card {fmt_balance(units)}: {reason}.\n"
+                f"We could not charge your saved card {fmt_balance(units)}: {why}.\n"
                 f"After {failures} failed charges in a row, auto-recharge is paused. Update your card and turn it "
                 "back on in Billing & Credits; buying credits by hand does not turn it back on.\n",
             )
@@ -109,7 +110,7 @@ class Outcomes:
                 "auto_recharge_failed",
                 f"auto-recharge:{organization_id}:{policy.attempts}:failed",
                 f"Auto-recharge failed: {reason}",
-                f"We could not charge your saved card {fmt_balance(units)}: {reason}.\n"
+                f"We could not charge your saved card {fmt_balance(units)}: {why}.\n"
                 f"We will try again at {when(next_at)} if the balance is still below "
                 f"{fmt_balance(policy.threshold)}; after {MAX_FAILURES} failed charges in a row auto-recharge "
                 "pauses. Check your card in Billing & Credits, or add credits by hand.\n",

@@ -31,7 +31,10 @@ MIN_AMOUNT = Decimal(20)
 MAX_AMOUNT = Decimal(1000)
 MAX_THRESHOLD = Decimal(10_000)
 MAX_CHARGE = Decimal(10_000)  # one charge closing a gap never exceeds this (the next one goes on)
-CLAIM_FOR = timedelta(minutes=2)
+# a claim outlives its charge's provider calls at their slowest (the charge and, for 3-D Secure, the
+# confirmation: each up to STRIPE_TIMEOUT_SECONDS x (1 + STRIPE_NETWORK_RETRIES), 30 s x 3 by default); it
+# is released as soon as they end, so this only delays the next claim after a process died holding one
+CLAIM_FOR = timedelta(minutes=5)
 MAX_FAILURES = 3  # in a row: then it pauses until an owner turns it back on
 BACKOFF = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))  # after the 1st, 2nd, 3rd+ decline
 DAILY_LIMIT = 4  # charges in any 24 hours, whatever the traffic
