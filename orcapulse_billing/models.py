@@ -665,3 +665,75 @@ class EmailAttachment(SQLModel, table=True):
 
 
 # -- end of receipts and credit notes -----------------------------------------------------------
+
+
+# -- outbound webhooks (webhooks.py) ------------------------------------------------------------
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """An owner's HTTPS endpoint that receives the organization's events, signed as Standard Webhooks
+    says with its own secret (`whsec_...`, shown once when it is created). Removing one sets
+    `deleted_at` (its delivery log stays readable) and cancels what it had not received yet."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = (sa.Index("ix_webhook_endpoint_org", "organization_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    url: str = Field(sa_column=sa.Column(sa.String(2000), nullable=False))
+    description: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, server_default=""))
+    event_types: list[str] = Field(sa_column=sa.Column(JsonType, nullable=False))
+    secret: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.true()))
+    created_by_user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    created_at: datetime = _ts(nullable=False)
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookMessage(SQLModel, table=True):
+    """The outbox: one event for one endpoint, written in the transaction of the change it reports.
+    `msg_id` is the `webhook-id` header, the same on every attempt (receivers dedupe on it), and
+    `payload` the exact body sent each time. Due while `status` is pending and `next_attempt_at` has
+    passed; a sender claims it by moving `next_attempt_at` a lease ahead and counting the attempt."""
+
+    __tablename__ = "webhook_message"
+    __table_args__ = (
+        sa.UniqueConstraint("endpoint_id", "msg_id", name="uq_webhook_message_endpoint_msg"),
+        sa.Index("ix_webhook_message_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_message_org", "organization_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    endpoint_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("webhook_endpoint.id"), nullable=False))
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    event_type: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    msg_id: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    payload: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # pending|delivered|failed|cancelled
+    attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime = _ts(nullable=False)
+    last_attempt_at: datetime | None = _ts(nullable=True)
+    last_status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    created_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """The delivery log: each attempt to send a message, with the response code (or the error)."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (sa.Index("ix_webhook_attempt_message", "message_id", "attempt"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True, autoincrement=True))
+    message_id: int = Field(sa_column=sa.Column(BigId, sa.ForeignKey("webhook_message.id"), nullable=False))
+    attempt: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(300), nullable=True))
+    duration_ms: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    attempted_at: datetime = _ts(nullable=False)
+
+
+# -- end of outbound webhooks -------------------------------------------------------------------
