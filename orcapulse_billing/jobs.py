@@ -246,6 +246,22 @@ async def reconcile_loop(every_seconds: int = 300) -> None:
         await asyncio.sleep(every_seconds)
 
 
+async def webhook_delivery_loop(every_seconds: float = 5.0) -> None:
+    """Lifespan task: every 5 seconds, send the outbound webhooks that are due (webhooks.py). Every
+    worker runs it: each message is claimed by one sender, so no deployment-wide lock is needed."""
+    from .db import get_engine
+    from .webhooks import deliver_due
+
+    while True:
+        try:
+            run = await asyncio.to_thread(deliver_due, get_engine())
+            if run.delivered or run.retrying or run.failed:
+                log.info("webhooks: %d delivered, %d to retry, %d failed", run.delivered, run.retrying, run.failed)
+        except Exception:
+            log.exception("webhook delivery failed")
+        await asyncio.sleep(every_seconds)
+
+
 def add_phone_number(
     engine: Engine, organization_id: int, number: str, monthly_cost: Decimal, acquired_at: datetime | None = None
 ) -> int:

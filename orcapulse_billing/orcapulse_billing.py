@@ -6,7 +6,7 @@ from .api import create_api_app
 from .config import require_safe_start
 from .grants import credit_expiry_loop
 from .holds import hold_expiry_loop
-from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop
+from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop, webhook_delivery_loop
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
 from .pages.billing.fanout import LiveSync, fanout
@@ -26,5 +26,6 @@ app.add_middleware(LiveSync())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once
+app.register_lifespan_task(webhook_delivery_loop)  # every 5 seconds, every worker: outbound webhooks due
 app.register_lifespan_task(hold_expiry_loop)  # every minute: holds past HOLD_TTL_SECONDS released
 app.register_lifespan_task(credit_expiry_loop)  # every 5 minutes: expired grants posted, 7-day warnings

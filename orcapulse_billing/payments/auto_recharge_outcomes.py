@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from .. import webhooks
 from ..config import get_settings
 from ..db import writer
 from ..models import AutoRechargePolicy
-from ..money import fmt_balance
+from ..money import fmt4, fmt_balance
 from .auto_recharge_policy import DAILY_LIMIT, DAY, MAX_FAILURES, backoff_after, now
 from .flow import table_of
 from .stripe_gateway import PaymentError
@@ -45,10 +46,13 @@ class Outcomes:
     announce: Callable[[dict[str, Any]], None] | None
     clock: Callable[[], datetime]
 
-    def _set(self, organization_id: int, **values: Any) -> None:
+    def _set(self, organization_id: int, *, also: Callable[[Connection], None] | None = None, **values: Any) -> None:
+        """Updates the policy; `also` writes more in the same transaction (a webhook's outbox message)."""
         t = table_of(AutoRechargePolicy)
         with writer(self.engine).begin() as conn:
             conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(**values))
+            if also is not None:
+                also(conn)
         if self.announce is not None:  # the open pages show the new state (next attempt, pause)
             try:
                 # each announcement its own (the pages' shared reads are keyed by what they follow)
@@ -75,8 +79,27 @@ class Outcomes:
         failures = policy.consecutive_failures + 1
         pause = failures >= MAX_FAILURES
         next_at = None if pause else self.clock() + backoff_after(failures)
+        event = {
+            "organization_id": organization_id,
+            "amount": fmt4(units),
+            "reason": reason,
+            "consecutive_failures": failures,
+            "paused": pause,
+            "next_attempt_at": next_at.isoformat() if next_at else None,
+        }
+
+        def outbox(conn: Connection) -> None:  # the auto_recharge.failed webhook, with the policy's update
+            webhooks.emit(
+                conn,
+                organization_id,
+                "auto_recharge.failed",
+                event,
+                key=f"{organization_id}:{policy.attempts}:{failures}",
+            )
+
         self._set(
             organization_id,
+            also=outbox,
             consecutive_failures=failures,
             last_error=reason[:300],
             next_attempt_at=next_at,

@@ -19,10 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+from .. import webhooks
 from ..config import Settings
 from ..ledger import DbRow, Ledger, PostedEntry, Posting, find_entry, get_account
 from ..models import CheckoutSession, CreditSource, EntryType
-from ..money import MoneyError, parse_amount
+from ..money import MoneyError, fmt4, parse_amount
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..receipts import CardLabel, issue_receipt
 
@@ -211,6 +212,24 @@ def credit_checkout(
         )
     ]
     issue_receipt(conn, row, entry_id=entries[0].id, provider_reference=provider_reference, card=card)
+    webhooks.emit(
+        conn,
+        row.organization_id,
+        "credits.added",
+        {
+            "organization_id": row.organization_id,
+            "purchase_id": row.id,
+            "provider": row.provider,
+            "provider_reference": provider_reference,
+            "auto_recharge": auto_recharge or row.mode == "auto",
+            "amount": fmt4(int(row.amount)),
+            "bonus": fmt4(int(row.bonus or 0)),
+            "credits": fmt4(sum(e.amount_units for e in entries)),
+            "balance": fmt4(entries[-1].balance_after_units),
+            "ledger_entry_ids": [e.id for e in entries],
+        },
+        key=f"purchase:{row.id}",
+    )
     if provider_reference:
         conn.info.setdefault("credited_references", []).append(provider_reference)
         if row.mode == "auto":  # the charge auto-recharge paused for was confirmed: it resumes

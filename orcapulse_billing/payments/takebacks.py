@@ -21,8 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .. import webhooks
 from ..ledger import NO_FLOOR, DbRow, Ledger, PostedEntry, Posting, get_account
 from ..models import AutoRechargePolicy, CheckoutSession, CreditSource, EntryType, PaymentDispute
+from ..money import fmt4
 from ..receipts import issue_credit_note
 from .events import Outcome
 from .flow import PROVIDER_NAMES, UNITS_PER_CENT, bonus_share, now, table_of
@@ -128,6 +130,24 @@ def refund_to(
     if posted and not posted[0].replayed:  # a failed refund's credit note cancels what an earlier one said
         reason = "Refund" if delta > 0 else "Refund failed"
         issue_credit_note(conn, row, entry_id=posted[0].id, amount=delta, bonus=bonus, reason=reason)
+        if delta > 0:  # a failed refund's return is not a refund
+            webhooks.emit(
+                conn,
+                row.organization_id,
+                "credits.refunded",
+                {
+                    "organization_id": row.organization_id,
+                    "purchase_id": row.id,
+                    "provider": row.provider,
+                    "amount": fmt4(delta),
+                    "bonus": fmt4(bonus),
+                    "credits": fmt4(-sum(e.amount_units for e in posted)),
+                    "refunded_total": fmt4(target),
+                    "balance": fmt4(posted[-1].balance_after_units),
+                    "ledger_entry_ids": [e.id for e in posted],
+                },
+                key=f"refund:{row.id}:{target}",
+            )
     return Outcome("processed", "refunded" if delta > 0 else "refund reversed", row.organization_id)
 
 
