@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, cli_auto_recharge, cli_receipts
+from . import accounts, cli_auto_recharge, cli_receipts, cli_webhooks, webhooks
 from .config import ConfigError, get_settings, start_refusal
 from .db import get_engine, upgrade
 from .ledger import LedgerError, Posting, get_account
@@ -520,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_holds)
     cli_receipts.add_commands(sub)
     cli_auto_recharge.add_commands(sub)
+    cli_webhooks.add_commands(sub)
     return parser
 
 
@@ -528,7 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.func(args)
         return 0
-    except (UsageError, cli_receipts.ReceiptUsageError, cli_auto_recharge.AutoRechargeUsageError) as exc:
+    except (
+        UsageError,
+        cli_receipts.ReceiptUsageError,
+        cli_auto_recharge.AutoRechargeUsageError,
+        webhooks.WebhookError,
+    ) as exc:
         print(f"orcapulse-billing: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (accounts.AccountsError, LedgerError, MoneyError, ConfigError) as exc:

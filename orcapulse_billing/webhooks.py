@@ -617,16 +617,23 @@ def list_deliveries(
     ]
 
 
-def attempts_of(conn: Connection, message_row_id: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "attempt": r.attempt,
-            "status_code": r.status_code,
-            "error": r.error,
-            "duration_ms": r.duration_ms,
-            "attempted_at": as_utc(r.attempted_at),
-        }
-        for r in conn.execute(
-            sa.select(ATTEMPTS).where(ATTEMPTS.c.message_id == message_row_id).order_by(ATTEMPTS.c.attempt)
+def attempts_for(conn: Connection, message_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each message's attempts, in order: number, response code (None: no answer), error, duration, time."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not message_ids:
+        return found
+    for r in conn.execute(
+        sa.select(ATTEMPTS)
+        .where(ATTEMPTS.c.message_id.in_(list(message_ids)))
+        .order_by(ATTEMPTS.c.message_id, ATTEMPTS.c.attempt)
+    ):
+        found.setdefault(r.message_id, []).append(
+            {
+                "attempt": r.attempt,
+                "status_code": r.status_code,
+                "error": r.error,
+                "duration_ms": r.duration_ms,
+                "attempted_at": as_utc(r.attempted_at),
+            }
         )
-    ]
+    return found

@@ -25,6 +25,7 @@ from . import (
     receipts,
     schemas,
     usage_batch,
+    webhooks,
 )
 
 
@@ -51,6 +52,7 @@ def create_api_app() -> FastAPI:
     app.include_router(payments.router)
     app.include_router(keys.router)
     app.include_router(receipts.router)
+    app.include_router(webhooks.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
     openapi.install(app, (*payments.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
     return app
