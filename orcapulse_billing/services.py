@@ -27,6 +27,7 @@ def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
     ledger.add_listener(get_notifier(engine).on_postings)
+    ledger.add_listener(low_balance_webhooks(engine))
     # a recharge calls the card network: never on the thread of the posting that triggered it
     ledger.add_listener(
         lambda entries: (
@@ -36,6 +37,17 @@ def _ledger_for(engine: Engine) -> Ledger:
         )
     )
     return ledger
+
+
+def low_balance_webhooks(engine: Engine):
+    """balance.low webhooks: the crossing the low-balance email is sent for (notifications.py)"""
+    from . import webhooks
+    from .money import to_units
+
+    def listen(entries) -> None:
+        webhooks.on_postings(engine, entries, to_units(get_settings().low_balance_threshold))
+
+    return listen
 
 
 def run_in_background(fn, *args) -> None:

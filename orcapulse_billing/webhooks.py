@@ -49,7 +49,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .db import as_utc, writer
+from .ledger import PostedEntry, get_account
 from .models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from .money import fmt4
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +364,29 @@ def emit_now(engine: Engine, organization_id: int, event_type: str, data: Mappin
     is decided by a ledger listener); the key keeps it once."""
     with writer(engine).begin() as conn:
         return emit(conn, organization_id, event_type, data, key=key)
+
+
+def on_postings(engine: Engine, entries: Sequence[PostedEntry], threshold: int) -> None:
+    """Ledger listener: `balance.low` for each entry that crossed below `threshold` (units), the same
+    crossing the low-balance email is sent for (notifications.Notifier.on_postings): once per crossing,
+    keyed by the entry (heard twice, written once). Decided after the posting's commit, so it is
+    written in a transaction of its own."""
+    for entry in entries:
+        if entry.balance_before_units >= threshold > entry.balance_after_units:
+            with writer(engine).begin() as conn:
+                organization_id = get_account(conn, account_id=entry.account_id).organization_id
+                emit(
+                    conn,
+                    organization_id,
+                    "balance.low",
+                    {
+                        "organization_id": organization_id,
+                        "balance": fmt4(entry.balance_after_units),
+                        "threshold": fmt4(threshold),
+                        "ledger_entry_id": entry.id,
+                    },
+                    key=f"{entry.account_id}:{entry.id}",
+                )
 
 
 def send_test_event(engine: Engine, organization_id: int, endpoint_id: int, user_email: str | None = None) -> str:

@@ -522,23 +522,28 @@ def test_completed_top_ups_and_refunds_are_sent(engine, ledger, receiver):
     assert Decimal(refunded["data"]["balance"]) == Decimal("157.5000")
 
 
-def test_a_low_balance_crossing_is_sent_once(engine, ledger, receiver):
+def test_a_low_balance_crossing_is_sent_once(engine, receiver):
     from orcapulse_billing.config import get_settings
-    from orcapulse_billing.notifications import Notifier
+    from orcapulse_billing.ledger import Ledger
+    from orcapulse_billing.services import low_balance_webhooks
 
+    ledger = Ledger(engine, grace_limit=Decimal(5))
+    listener = low_balance_webhooks(engine)
+    ledger.add_listener(listener)  # as the app's ledger (services.py)
     org = make_org(engine, ledger)
     _, secret = add(engine, org, receiver.url, ["balance.low"])
-    notifier = Notifier(engine, get_settings())
     threshold = get_settings().low_balance_threshold
-    above = org.post("bonus", str(threshold + 1))
-    notifier.on_postings([above])
+    org.post("bonus", str(threshold + 1))
     crossing = org.post("usage", "-2")
-    notifier.on_postings([crossing])
-    notifier.on_postings([crossing])  # heard twice (another worker): still one message
-    notifier.on_postings([org.post("usage", "-0.5")])  # staying below sends nothing
+    listener([crossing])  # heard twice (another worker): still one message
+    org.post("usage", "-0.5")  # staying below sends nothing
     assert deliver(engine, org).delivered == 1
     [request] = receiver.requests
     payload = standardwebhooks.Webhook(secret).verify(request["body"], request["headers"])
     assert payload["type"] == "balance.low"
-    assert payload["data"]["balance"] == f"{threshold - 1:.4f}"
-    assert payload["data"]["ledger_entry_id"] == crossing.id
+    assert payload["data"] == {
+        "organization_id": org.id,
+        "balance": f"{threshold - 1:.4f}",
+        "threshold": f"{threshold:.4f}",
+        "ledger_entry_id": crossing.id,
+    }
