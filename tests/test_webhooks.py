@@ -53,9 +53,10 @@ class Receiver:
     """A real HTTP server on 127.0.0.1: records each request and answers the next code of `codes`
     (200 once they run out)."""
 
-    def __init__(self, port: int = 0, codes: list[int] | None = None):
+    def __init__(self, port: int = 0, codes: list[int] | None = None, delay: float = 0):
         self.requests: list[dict] = []
         self.codes = list(codes or [])
+        self.delay = delay
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,6 +64,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 receiver.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                 code = receiver.codes.pop(0) if receiver.codes else 200
+                time.sleep(receiver.delay)
                 self.send_response(code)
                 self.send_header("content-length", "2")
                 self.end_headers()
@@ -349,6 +351,24 @@ def test_a_receiver_that_is_down_for_a_while_gets_the_events_when_it_is_back(eng
         for request in receiver.requests:
             assert spec_verify(secret, request["headers"], request["body"])
         assert {m.status for m in messages(engine, org)} == {"delivered"}
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_slower_than_the_timeout_is_retried(engine, ledger):
+    receiver = Receiver(delay=1.5)
+    try:
+        org = make_org(engine, ledger)
+        add(engine, org, receiver.url)
+        emit(engine, org, key="purchase:slow")
+        with httpx.Client(timeout=0.3) as client:  # the job's client has webhooks.TIMEOUT_SECONDS
+            assert deliver(engine, org, client=client).retrying == 1
+        [message] = messages(engine, org)
+        assert message.last_status_code is None and "Timeout" in message.last_error
+        receiver.delay = 0
+        make_due(engine, org)
+        assert deliver(engine, org).delivered == 1
+        assert len({r["headers"]["webhook-id"] for r in receiver.requests}) == 1
     finally:
         receiver.stop()
 
