@@ -13,6 +13,9 @@ Three things generated data cannot do by itself, done here exactly as the docume
   usage key in the body or in the Idempotency-Key header (the same when both), `from` not after `to`,
   a session not ending before it starts, a monthly cap not below the recharge amount. Positive
   (schema-valid) requests are made to keep them; a request breaking one is refused with 400.
+- The world outside: a webhook endpoint's host must resolve to addresses it may point at (public ones;
+  loopback outside production), which no schema can say; a positive request to register one names a
+  loopback URL (this app is not in production mode), its path and query generated.
 - State: a session is billed once (a new id per generated report), a chat hold is captured in whole
   messages, and enabling auto-recharge or a one-click purchase needs a saved card (one is saved
   again when a generated DELETE removed it);
@@ -169,6 +172,9 @@ def keep_rules(case) -> None:
     if case.path == "/api/credits/auto-recharge" and case.method == "PUT" and isinstance(body, dict):
         if body.get("monthly_cap") is not None and Decimal(body["monthly_cap"]) < Decimal(body["amount"]):
             body["monthly_cap"] = body["amount"]
+    if case.path == "/api/webhooks/endpoints" and case.method == "POST" and isinstance(body, dict):
+        if isinstance(body.get("url"), str):
+            body["url"] = "http://127.0.0.1:9/" + body["url"].partition("://")[2].partition("/")[2]
     if case.path in ("/api/credits/auto-recharge", "/api/credits/quick-purchase") and case.method != "GET":
         _ensure_card(org)
 
@@ -210,6 +216,8 @@ WRITTEN = sa.text(
         (SELECT count(*) FROM payment_method WHERE organization_id = :o),
         (SELECT count(*) FROM audit_log WHERE organization_id = :o),
         (SELECT count(*) FROM webhook_event),
+        (SELECT count(*) || ' ' || count(deleted_at) FROM webhook_endpoint WHERE organization_id = :o),
+        (SELECT count(*) FROM webhook_message WHERE organization_id = :o),
         (SELECT count(*) || ' ' || count(revoked_at) FROM api_key WHERE organization_id = :o
             OR user_id IN (SELECT user_id FROM membership WHERE organization_id = :o)),
         (SELECT enabled || ' ' || threshold || ' ' || amount || ' ' || coalesce(monthly_cap, '-')

@@ -32,7 +32,8 @@ def test_owners_register_test_and_remove_endpoints_admins_read_members_do_not(cl
         bad = [
             ({**body, "url": "http://10.0.0.1/hook"}, "invalid_url"),
             ({**body, "url": "http://[fe80::1]/hook"}, "invalid_url"),
-            ({**body, "url": "ftp://example.com/hook"}, "invalid_url"),
+            ({**body, "url": "ftp://example.com/hook"}, "invalid_request"),
+            ({**body, "url": "https://example.com/hook#part"}, "invalid_request"),
             ({**body, "event_types": ["credits.stolen"]}, "invalid_request"),
             ({**body, "event_types": []}, "invalid_request"),
             ({**body, "secret": "mine"}, "invalid_request"),

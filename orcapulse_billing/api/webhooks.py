@@ -51,6 +51,7 @@ class EndpointIn(BaseModel):
         Field(
             min_length=1,
             max_length=2000,
+            pattern=r"^https?://[A-Za-z0-9._~:/?\[\]@!$&'()*+,;=%-]+$",  # URL characters, no #fragment
             description="Where to POST events: https in production; its host must resolve to public addresses "
             "only (never loopback, private, link-local or unique-local)",
             examples=["https://example.com/hooks/orcapulse"],
