@@ -144,29 +144,39 @@ def test_the_cli_adds_lists_tests_and_removes_endpoints(tmp_path):
 
 
 def test_declined_auto_recharges_send_auto_recharge_failed(engine, app_database):
-    """The Stripe sandbox's decline card: each failed charge is one auto_recharge.failed message, the
-    third saying auto-recharge is now off."""
+    """The Stripe sandbox's decline card: each failed charge is one auto_recharge.failed message (the
+    backoff's next attempt in it), the third saying auto-recharge is now paused."""
+    from datetime import UTC, datetime, timedelta
+
     from orcapulse_billing.ledger import Posting
 
     from .test_auto_recharge import _setup
 
+    start = datetime.now(UTC).replace(microsecond=0)
+    clock = [start]
     receiver = Receiver()
     try:
-        ledger, recharger, org, account_id = _setup(engine, "4000000000000341", "30")  # this card declines
+        ledger, recharger, org, account_id = _setup(engine, "4000000000000341", "30", clock=lambda: clock[0])
         _, secret = webhooks.add_endpoint(engine, org.id, receiver.url, ["auto_recharge.failed"], production=False)
         for _ in range(3):  # 30 -> 6: the third debit triggers a charge, which fails
             ledger.post(Posting(account_id, "usage", "-8", "call", category="ai_call"))
-        assert [recharger.maybe_recharge(org.id) for _ in range(2)] == ["failed", "disabled"]
+        assert recharger.maybe_recharge(org.id) == "waiting"  # the backoff: no attempt, no message
+        clock[0] = start + timedelta(hours=1)
+        assert recharger.maybe_recharge(org.id) == "failed"
+        clock[0] += timedelta(hours=6)
+        assert recharger.maybe_recharge(org.id) == "disabled"
         assert webhooks.deliver_due(engine, organization_id=org.id, production=False).delivered == 3
         events = [standardwebhooks.Webhook(secret).verify(r["body"], r["headers"]) for r in receiver.requests]
         assert {e["type"] for e in events} == {"auto_recharge.failed"}
         data = sorted((e["data"] for e in events), key=lambda d: d["consecutive_failures"])
-        assert [(d["consecutive_failures"], d["disabled"], d["amount"]) for d in data] == [
+        assert [(d["consecutive_failures"], d["paused"], d["amount"]) for d in data] == [
             (1, False, "20.0000"),
             (2, False, "20.0000"),
             (3, True, "20.0000"),
         ]
-        assert all(d["organization_id"] == org.id and d["reason"] for d in data)
+        assert data[0]["next_attempt_at"] == (start + timedelta(hours=1)).isoformat()
+        assert data[2]["next_attempt_at"] is None
+        assert all(d["organization_id"] == org.id and "declined" in d["reason"] for d in data)
         assert len({r["headers"]["webhook-id"] for r in receiver.requests}) == 3
     finally:
         receiver.stop()

@@ -3,7 +3,7 @@ them (`webhook_message`, written in the transaction of the change each reports) 
 (`webhook_attempt`, one row per attempt with the response code)
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
