@@ -171,7 +171,7 @@ class Endpoint:
     event_types: tuple[str, ...]
     enabled: bool
     created_at: datetime
-    secret_hint: str  # "whsec_abcd..." (the whole secret is shown once, at creation)
+    secret_hint: str  # the secret's first characters and "..." (the whole secret is shown once, at creation)
 
 
 def new_secret() -> str:
