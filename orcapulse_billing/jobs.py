@@ -247,7 +247,7 @@ async def reconcile_loop(every_seconds: int = 300) -> None:
 
 
 async def webhook_delivery_loop(every_seconds: float = 5.0) -> None:
-    """Lifespan task: every 5 seconds, send the outbound webhooks that are due (webhooks.py). Every
+    """Lifespan task: every 5 seconds, send the outbound webhooks that are due (webhooks/). Every
     worker runs it: each message is claimed by one sender, so no deployment-wide lock is needed."""
     from .db import get_engine
     from .webhooks import deliver_due

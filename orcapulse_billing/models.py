@@ -667,7 +667,7 @@ class EmailAttachment(SQLModel, table=True):
 # -- end of receipts and credit notes -----------------------------------------------------------
 
 
-# -- outbound webhooks (webhooks.py) ------------------------------------------------------------
+# -- outbound webhooks (webhooks/) --------------------------------------------------------------
 
 
 class WebhookEndpoint(SQLModel, table=True):
