@@ -20,6 +20,7 @@ import reflex as rx
 
 from .auth import Principal, principal_for_session, session_token_from_cookie_header
 from .db import get_engine
+from .trust import client_address
 
 T = TypeVar("T")
 
@@ -87,6 +88,13 @@ class SessionState(rx.State):
         if (self.email, self.role) != (email, role):  # an assignment is sent to the tab even when equal
             self.email, self.role = email, role
         return principal
+
+    def _client_ip(self) -> str | None:
+        """The browser's address, decided as for the REST routes (trust.client_address): the socket's
+        peer (Reflex's own client_ip, with rxconfig's trusted_proxy_hops left at 0), or X-Forwarded-For
+        when that peer is one of TRUSTED_PROXIES."""
+        forwarded = self.router.headers.raw_headers.get("x-forwarded-for")
+        return client_address(self.router.session.client_ip or None, forwarded)
 
     def _binding(self, principal: Principal | None) -> str:
         """Who this tab shows data for: the signed-in session and organization. Anything tied to a user

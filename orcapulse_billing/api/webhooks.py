@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import webhooks
-from ..auth import Principal, audit
+from ..auth import Principal
 from ..config import get_settings
-from ..db import get_engine, writer
+from ..db import get_engine
 from ..models import Role
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal
 from .errors import ApiError, ErrorBody, responses
@@ -159,29 +159,18 @@ def list_endpoints(principal: Principal = Depends(reader_principal)) -> Endpoint
 def create_endpoint(
     body: EndpointIn, request: Request, principal: Principal = Depends(owner_principal)
 ) -> EndpointCreated:
-    engine = get_engine()
     try:
-        endpoint, secret = webhooks.add_endpoint(
-            engine,
-            principal.organization_id,
+        endpoint, secret = webhooks.add_audited(
+            get_engine(),
+            principal,
             body.url,
             list(body.event_types),
-            production=get_settings().production,
-            user_id=principal.user_id,
             description=body.description,
+            production=get_settings().production,
+            ip=client_ip(request),
         )
     except webhooks.WebhookError as exc:
         raise _refusal(exc) from None
-    with writer(engine).begin() as conn:
-        audit(
-            conn,
-            "webhook_endpoint_added",
-            organization_id=principal.organization_id,
-            user_id=principal.user_id,
-            ip=client_ip(request),
-            endpoint_id=endpoint.id,
-            url=endpoint.url,
-        )
     return EndpointCreated(**_out(endpoint).model_dump(), secret=secret)
 
 
@@ -194,17 +183,8 @@ def create_endpoint(
 def delete_endpoint(
     request: Request, endpoint_id: int = EndpointId, principal: Principal = Depends(owner_principal)
 ) -> Response:
-    with writer(get_engine()).begin() as conn:
-        if not webhooks.remove_endpoint(conn, principal.organization_id, endpoint_id):
-            raise ApiError(404, "not_found", "no such webhook endpoint in this organization")
-        audit(
-            conn,
-            "webhook_endpoint_removed",
-            organization_id=principal.organization_id,
-            user_id=principal.user_id,
-            ip=client_ip(request),
-            endpoint_id=endpoint_id,
-        )
+    if not webhooks.remove_audited(get_engine(), principal, endpoint_id, ip=client_ip(request)):
+        raise ApiError(404, "not_found", "no such webhook endpoint in this organization")
     return Response(status_code=204)
 
 

@@ -27,10 +27,12 @@ its libraries.
 
 The package, by concern: `common` (event types, the refusal error, tables), `urls` (where endpoints
 may point), `endpoints`, `outbox` (emit, the low-balance listener, the test event), `delivery`
-(signing, claiming, sending, backoff) and `log` (the delivery log). Everything callers use is
+(signing, claiming, sending, backoff), `log` (the delivery log) and `audited` (an owner's
+add and remove with their audit lines). Everything callers use is
 importable from here.
 """
 
+from .audited import add_audited, remove_audited
 from .common import EVENT_TYPES, TEST_EVENT, WebhookError
 from .delivery import (
     BATCH,
@@ -74,6 +76,7 @@ __all__ = [
     "Endpoint",
     "Resolver",
     "WebhookError",
+    "add_audited",
     "add_endpoint",
     "attempts_for",
     "backoff",
@@ -88,6 +91,7 @@ __all__ = [
     "message_id",
     "new_secret",
     "on_postings",
+    "remove_audited",
     "remove_endpoint",
     "send_test_event",
     "sign",

@@ -23,7 +23,6 @@ from ...billing_profile import (
 )
 from ...db import get_engine, writer
 from ...state import SessionState
-from ...trust import client_address
 
 READERS = ("owner", "admin")
 
@@ -108,9 +107,7 @@ class BillingProfileState(SessionState):
         self.saving = True
         yield
         try:
-            forwarded = self.router.headers.raw_headers.get("x-forwarded-for")
-            ip = client_address(self.router.session.client_ip or None, forwarded)
-            await asyncio.to_thread(_write, principal, details, ip)
+            await asyncio.to_thread(_write, principal, details, self._client_ip())
         finally:
             self.saving = False
         self._show(details)

@@ -21,7 +21,6 @@ from ...payments.flow import PurchaseError, choose, return_urls
 from ...payments.stripe_gateway import PaymentError
 from ...pricing import PACKAGES
 from ...services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
-from ...trust import client_address
 
 _OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
 # lemon.js is loaded by the page; createLemonSqueezy() (re)initialises it for the single-page app.
@@ -36,8 +35,8 @@ _OPEN_OVERLAY = """(() => {
 
 
 class Purchases(rx.State, mixin=True):
-    """Relies on SessionState (_current_principal, is_owner), BillingPage (_reload) and LiveUpdates
-    (_own_toast), with which BillingState composes it."""
+    """Relies on SessionState (_current_principal, _client_ip, is_owner), BillingPage (_reload) and
+    LiveUpdates (_own_toast), with which BillingState composes it."""
 
     add_credits_open: bool = False
     packages: list[dict[str, str]] = []
@@ -67,13 +66,6 @@ class Purchases(rx.State, mixin=True):
     def _owner(self) -> Principal | None:
         principal = self._current_principal()
         return principal if principal is not None and principal.is_owner else None
-
-    def _client_ip(self) -> str | None:
-        """The browser's address, decided as for the REST routes (trust.client_address): the socket's
-        peer (Reflex's own client_ip, with rxconfig's trusted_proxy_hops left at 0), or X-Forwarded-For
-        when that peer is one of TRUSTED_PROXIES."""
-        forwarded = self.router.headers.raw_headers.get("x-forwarded-for")
-        return client_address(self.router.session.client_ip or None, forwarded)
 
     @rx.event
     async def open_add_credits(self):
