@@ -7,6 +7,7 @@ import reflex as rx
 
 from ...components.layout import page_frame
 from ...config import get_settings
+from ...webhooks import EVENT_TYPES
 from . import BillingState as S
 from .profile import BillingProfileState as P
 from .views.add_credits import add_credits_dialog
@@ -26,6 +27,8 @@ from .views.history_filters import history_range_controls
 from .views.session_panel import session_panel
 from .views.stats import stats, usage_chart
 from .views.styles import PAGE_CSS
+from .views.webhooks import webhooks_card
+from .webhooks import WebhooksState as W
 
 CAN_DOWNLOAD = (S.role == "owner") | (S.role == "admin")  # receipts: owners and admins (the server checks)
 
@@ -126,6 +129,41 @@ def content() -> rx.Component:
             on_enabled=S.set_auto_enabled,
             on_field=S.set_auto_field,
             on_save=S.save_auto_recharge,
+        ),
+        webhooks_card(
+            visible=W.visible,
+            can_manage=W.can_manage,
+            endpoints=W.endpoints,
+            deliveries=W.deliveries,
+            has_more=W.has_more,
+            refreshing=W.refreshing,
+            on_mount=W.load_webhooks,
+            on_refresh=W.refresh_log,
+            on_more=W.show_more,
+            on_add=W.open_add,
+            on_test=W.send_test,
+            on_remove=W.ask_remove,
+            add_dialog={
+                "is_open": W.add_open,
+                "on_open_change": W.set_add_open,
+                "url": W.url,
+                "on_url": W.set_url,
+                "description": W.description,
+                "on_description": W.set_description,
+                "event_types": EVENT_TYPES,
+                "chosen": W.chosen,
+                "on_toggle": W.toggle_event_type,
+                "error": W.add_error,
+                "adding": W.adding,
+                "on_save": W.add_endpoint,
+                "secret": W.secret,
+            },
+            remove_dialog={
+                "remove_id": W.remove_id,
+                "remove_url": W.remove_url,
+                "on_open_change": W.set_remove_open,
+                "on_confirm": W.confirm_remove,
+            },
         ),
         width="100%",
         spacing="5",
