@@ -33,6 +33,12 @@ POLLS = 30
 OWNERS_ONLY = "Only owners can change webhooks."
 
 
+def _endpoint_id(value: object) -> int | None:
+    """An endpoint id sent by the tab, or None: digits only, within the column's range."""
+    text = str(value)
+    return int(text) if text.isdigit() and int(text) <= 2_147_483_647 else None
+
+
 def _when(at: datetime | None) -> str:
     return at.strftime("%b %-d, %H:%M:%S UTC") if at else ""
 
@@ -234,16 +240,17 @@ class WebhooksState(SessionState):
             self.remove_id = self.remove_url = ""
 
     @rx.event
-    async def confirm_remove(self):
+    async def confirm_remove(self, endpoint_id: str):
+        """The confirmation's button names the endpoint it asked about (closing the dialog clears
+        `remove_id`, whichever event arrives first)."""
         principal = self._owner()
-        endpoint_id, self.remove_id, self.remove_url = self.remove_id, "", ""
+        self.remove_id = self.remove_url = ""
         if principal is None:
             yield rx.toast.error(OWNERS_ONLY)
             return
-        if not endpoint_id.isdigit():
-            return
-        removed = await asyncio.to_thread(
-            webhooks.remove_audited, get_engine(), principal, int(endpoint_id), ip=self._client_ip()
+        found = _endpoint_id(endpoint_id)
+        removed = found is not None and await asyncio.to_thread(
+            webhooks.remove_audited, get_engine(), principal, found, ip=self._client_ip()
         )
         await self._reload(principal)
         yield rx.toast.success("Endpoint removed.") if removed else rx.toast.error("That endpoint is already gone.")
@@ -255,10 +262,11 @@ class WebhooksState(SessionState):
             yield rx.toast.error(OWNERS_ONLY)
             return
         try:
-            if not str(endpoint_id).isdigit():
+            found = _endpoint_id(endpoint_id)
+            if found is None:
                 raise webhooks.WebhookError("not_found", "no such webhook endpoint in this organization")
             msg_id = await asyncio.to_thread(
-                webhooks.send_test_event, get_engine(), principal.organization_id, int(endpoint_id), principal.email
+                webhooks.send_test_event, get_engine(), principal.organization_id, found, principal.email
             )
         except webhooks.WebhookError as exc:
             yield rx.toast.error(exc.message[:1].upper() + exc.message[1:] + ".")

@@ -220,7 +220,12 @@ def _remove_dialog(*, remove_id, remove_url, on_open_change, on_confirm) -> rx.C
             rx.hstack(
                 rx.alert_dialog.cancel(rx.button("Cancel", variant="soft", color_scheme="gray")),
                 rx.alert_dialog.action(
-                    rx.button("Remove", color_scheme="red", on_click=on_confirm, data_testid="webhook-remove-confirm")
+                    rx.button(
+                        "Remove",
+                        color_scheme="red",
+                        on_click=on_confirm(remove_id),
+                        data_testid="webhook-remove-confirm",
+                    )
                 ),
                 justify="end",
                 spacing="2",
