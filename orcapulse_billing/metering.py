@@ -31,6 +31,7 @@ from .usage_remainders import (
     apportion,
     carry,
     lock_remainder,
+    lock_usage_keys,
     record_uncharged,
     store_remainder,
     uncharged_report,
@@ -189,7 +190,8 @@ def record_usage(
     session_id = session.id if session else None
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
-        carried = lock_remainder(conn, account_id, operation)  # first: reports of this operation queue here
+        lock_usage_keys(conn, account_id, [idempotency_key])  # first: reports of this key queue here
+        carried = lock_remainder(conn, account_id, operation)  # then reports of this operation
         earlier = find_entry(conn, account_id, f"usage:{idempotency_key}")
         if earlier is not None:
             _check_same_report(earlier, charge, metadata, idempotency_key)

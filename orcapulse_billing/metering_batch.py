@@ -55,6 +55,7 @@ from .usage_remainders import (
     carry,
     drop_remainders,
     lock_remainders,
+    lock_usage_keys,
     record_uncharged_many,
     store_remainders,
     uncharged_reports,
@@ -192,8 +193,9 @@ def _record(
     account_id = get_account(conn, organization_id=organization_id).id
     if not reports:
         return {}
-    carried, created = lock_remainders(conn, account_id, {r.event.operation for r in reports})
     keys = {r.event.idempotency_key for r in reports}
+    lock_usage_keys(conn, account_id, keys)  # before the remainders, as a single report does
+    carried, created = lock_remainders(conn, account_id, {r.event.operation for r in reports})
     posted = find_entries(conn, account_id, [f"usage:{k}" for k in keys])
     uncharged = uncharged_reports(conn, account_id, keys)
     billed = _billed_sessions(conn, account_id, {r.session_id for r in reports if r.session_id})

@@ -5,13 +5,14 @@ cost) units and the rest, 0 <= rest < 1 unit, is carried to the next report of t
 operation (`usage_remainder`, exact decimal text in credits). Reports that charged nothing keep their
 idempotency key in `usage_report`, so a replay does not carry their cost twice.
 
-All functions run inside the caller's ledger transaction (`Ledger.transaction()`); `lock_remainder`
-must come first, so concurrent reports of one account+operation queue on its row. Plain Python and
-SQLAlchemy Core.
+All functions run inside the caller's ledger transaction (`Ledger.transaction()`); `lock_usage_keys`
+must come first, then `lock_remainder`, so concurrent reports of one key, and of one account+operation,
+queue. Plain Python and SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal, Inexact, localcontext
@@ -32,6 +33,28 @@ _CREATE_REMAINDER = sa.text(
     "INSERT INTO usage_remainder (account_id, operation, remainder, updated_at) "
     "VALUES (:account_id, :operation, '0', :now) ON CONFLICT (account_id, operation) DO NOTHING"
 ).bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+
+
+KEY_LOCK_BUCKETS = 64  # per account; a batch of 1,000 keys takes at most 64 advisory locks, not 1,000
+_LOCK_KEY_BUCKETS = sa.text(
+    "SELECT pg_advisory_xact_lock(CAST(:account_id AS integer), b) FROM (SELECT unnest(CAST(:buckets AS integer[])) AS b) AS k"
+)
+
+
+def lock_usage_keys(conn: Connection, account_id: int, keys: Collection[str]) -> None:
+    """Makes reports that use the same idempotency key on one account queue, whatever their operations.
+
+    The remainder row serialises reports of one account+operation only: without this, one key reused for
+    two operations at once could be checked by both before either wrote it, and both be recorded (one
+    charged, the other carried as uncharged). PostgreSQL: transaction-scoped advisory locks on (account,
+    bucket of the key), in the two-integer key space that the jobs' one-bigint locks never use, taken in
+    ascending bucket order (one statement over a sorted array) before any other lock, so batches and
+    single reports never deadlock; unrelated keys sharing a bucket merely queue, as they would at the
+    account row when they post. SQLite: `BEGIN IMMEDIATE` already holds the database's write lock."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    buckets = sorted({zlib.crc32(key.encode()) % KEY_LOCK_BUCKETS for key in keys})
+    conn.execute(_LOCK_KEY_BUCKETS, {"account_id": account_id, "buckets": buckets}).all()
 
 
 def lock_remainder(conn: Connection, account_id: int, operation: str) -> Decimal:

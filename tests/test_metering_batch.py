@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import uuid
+import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,9 +25,10 @@ from orcapulse_billing.db import make_engine
 from orcapulse_billing.ledger import IdempotencyConflict, InvalidPosting, Ledger, LedgerError, check_invariants
 from orcapulse_billing.metering import MeteringError, SessionInfo, price, record_usage
 from orcapulse_billing.metering_batch import BatchResult, UsageEvent, record_usage_batch
+from orcapulse_billing.usage_remainders import KEY_LOCK_BUCKETS
 
 from .conftest import GRACE
-from .test_metering_exact import MARKUP, assert_exact, org_of, state
+from .test_metering_exact import MARKUP, assert_exact, org_of, state, waiting_on_a_lock
 
 TOKENS = "openai_input_tokens"
 EARLIER, LATER = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
@@ -455,24 +457,22 @@ def test_postgres_concurrent_batches_and_single_reports_on_one_account_end_exact
         assert check_invariants(conn, account_id) == []
 
 
-@pytest.mark.parametrize("meanwhile", ["posted", "carried", "session"])
-def test_postgres_a_key_or_session_recorded_while_a_batch_plans_is_found_on_the_next_attempt(pg, meanwhile):
-    """Another transaction records one of the batch's keys (under another operation, whose remainder the
-    batch does not lock) or bills one of its sessions after the batch read them and before it wrote. The
-    ledger (a key posted meanwhile) or a unique index (a key carried, a session billed) stops the attempt;
-    the next one finds what was committed and the event is refused as `record_usage` would refuse it then,
-    while the others are recorded."""
+def test_postgres_a_session_billed_while_a_batch_plans_is_found_on_the_next_attempt(pg):
+    """Another report (its own key, in a key-lock bucket the batch does not hold, and another operation,
+    whose remainder the batch does not lock) bills one of the batch's sessions after the batch read them
+    and before it wrote. The unique index on the session stops the attempt; the next one finds what was
+    committed and the event is refused as `record_usage` would refuse it then, while the others are
+    recorded. (A key of the batch cannot be recorded meanwhile: see the test below.)"""
     engine, ledger = pg
     org = create_organization(engine, ledger, f"plan-{uuid.uuid4().hex[:8]}", welcome_credit=Decimal(1))
     account_id = account_id_for(engine, org.id)
-    ours, theirs = {
-        "posted": (tokens("k", "2000"), event("k", "sms_twilio", "1")),
-        "carried": (tokens("k", "1"), event("k", "openai_output_tokens", "3", model="gpt-4o-mini")),
-        "session": (
-            event("k", "voice_pipeline", "1", session="call-9"),
-            event("k2", "sms_twilio", "1", session="call-9"),
-        ),
-    }[meanwhile]
+    ours, theirs = (
+        event("k", "voice_pipeline", "1", session="call-9"),
+        event("k2", "sms_twilio", "1", session="call-9"),
+    )
+    assert zlib.crc32(b"k2") % KEY_LOCK_BUCKETS not in {
+        zlib.crc32(k) % KEY_LOCK_BUCKETS for k in (b"before", b"k", b"after")
+    }
     # their operation is none of the batch's: they do not wait for its remainder locks
     events = [tokens("before", "2000"), ours, event("after", "whatsapp", "2")]
     warm = [UsageEvent(e.operation, e.quantity, e.status, f"warm-{n}", e.model) for n, e in enumerate(events)]
@@ -480,7 +480,7 @@ def test_postgres_a_key_or_session_recorded_while_a_batch_plans_is_found_on_the_
     planned, go_on = threading.Event(), threading.Event()
     attempts: list[str] = []
 
-    last_read = "FROM billing_session" if meanwhile == "session" else "FROM usage_report"
+    last_read = "FROM billing_session"
 
     def pause(conn, cursor, statement, parameters, context, executemany):
         if threading.current_thread().name == "batch" and last_read in statement:
@@ -514,5 +514,66 @@ def test_postgres_a_key_or_session_recorded_while_a_batch_plans_is_found_on_the_
     assert expected[0] == "refused"
     assert [r.status for r in results] == ["charged", "refused", "charged"]
     assert (type(results[1].error), str(results[1].error)) == expected[2:]
+    with engine.connect() as conn:
+        assert check_invariants(conn, account_id) == []
+
+
+@pytest.mark.parametrize("meanwhile", ["posted", "carried"])
+def test_postgres_a_report_of_a_batch_key_waits_for_the_batch_and_is_refused(pg, meanwhile):
+    """A report that reuses one of a planning batch's keys under another operation (whose remainder the
+    batch does not lock) waits on the key's lock until the batch commits, then finds the batch's record
+    and is refused as a conflict: the key is recorded once, by the batch, in one attempt."""
+    engine, ledger = pg
+    org = create_organization(engine, ledger, f"plan-{uuid.uuid4().hex[:8]}", welcome_credit=Decimal(1))
+    account_id = account_id_for(engine, org.id)
+    ours, theirs = {
+        "posted": (tokens("k", "2000"), event("k", "sms_twilio", "1")),
+        "carried": (tokens("k", "1"), event("k", "openai_output_tokens", "3", model="gpt-4o-mini")),
+    }[meanwhile]
+    events = [tokens("before", "2000"), ours, event("after", "whatsapp", "2")]
+    planned, go_on = threading.Event(), threading.Event()
+    attempts: list[str] = []
+
+    def pause(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread().name == "batch" and "FROM usage_report" in statement:
+            attempts.append(statement)
+            if len(attempts) == 1:  # the batch holds its keys' locks and has read everything it plans with
+                planned.set()
+                assert go_on.wait(30)
+
+    sa.event.listen(engine, "after_cursor_execute", pause)
+    out: dict[str, object] = {}
+
+    def run_batch() -> None:
+        try:
+            out["batch"] = batch(ledger, org.id, events)
+        except BaseException as exc:
+            out["batch"] = exc
+
+    def run_theirs() -> None:
+        out["theirs"] = one_by_one(ledger, org.id, [theirs])[0]
+
+    worker, other = threading.Thread(target=run_batch, name="batch"), threading.Thread(target=run_theirs)
+    watcher = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        worker.start()
+        assert planned.wait(10), "the batch never read its keys"
+        other.start()
+        waiting = waiting_on_a_lock(watcher, "pg_advisory_xact_lock")
+        assert waiting == 1 and other.is_alive(), "the report did not wait for the batch's key"
+    finally:
+        go_on.set()
+        worker.join(30)
+        other.join(30)
+        sa.event.remove(engine, "after_cursor_execute", pause)
+        watcher.dispose()
+    results = out["batch"]
+    assert isinstance(results, list), results
+    assert len(attempts) == 1 and [r.status for r in results] == [
+        "charged",
+        "charged" if meanwhile == "posted" else "not_charged",
+        "charged",
+    ]
+    assert out["theirs"][0] == "refused" and out["theirs"][2] is IdempotencyConflict
     with engine.connect() as conn:
         assert check_invariants(conn, account_id) == []

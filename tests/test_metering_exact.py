@@ -22,6 +22,7 @@ from orcapulse_billing.db import make_engine
 from orcapulse_billing.ledger import IdempotencyConflict, Ledger, Posting, check_invariants
 from orcapulse_billing.ledger import get_account as ledger_account
 from orcapulse_billing.metering import SessionInfo, price, record_usage
+from orcapulse_billing.metering_batch import UsageEvent, record_usage_batch
 from orcapulse_billing.money import UNITS_PER_CREDIT, to_units
 
 from .conftest import GRACE
@@ -89,6 +90,24 @@ def assert_exact(engine, account_id: int, exact_by_operation: dict[str, Decimal]
     assert Decimal(s["usage_units"]) / UNITS_PER_CREDIT <= exact
     for op, remainder in s["remainders"].items():
         assert 0 <= remainder * UNITS_PER_CREDIT < 1, (op, remainder)
+
+
+def waiting_on_a_lock(watcher, query_part: str, timeout: float = 10) -> int:
+    """How many sessions of this database wait on a lock while running a query that contains `query_part`,
+    polled until one does or `timeout` passes (a blocked report is seen, not guessed from timing)."""
+    waiting = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not waiting:
+        with watcher.connect() as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE :q"
+                ),
+                {"q": f"%{query_part}%"},
+            ).scalar_one()
+        time.sleep(0.05)
+    return waiting
 
 
 def test_a_thousand_tiny_reports_charge_the_floor_of_their_exact_sum(engine, ledger, new_account):
@@ -317,17 +336,7 @@ def test_postgres_a_second_report_waits_for_the_first_on_the_remainder_row(pg_ur
         a.start()
         assert a_holds_the_lock.wait(10), "report A never locked the remainder row"
         b.start()
-        waiting = 0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not waiting:
-            with watcher.connect() as conn:
-                waiting = conn.execute(
-                    sa.text(
-                        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock' AND query LIKE '%usage_remainder%'"
-                    )
-                ).scalar_one()
-            time.sleep(0.05)
+        waiting = waiting_on_a_lock(watcher, "usage_remainder")
         assert waiting == 1, "report B did not wait on the remainder row"
         assert b.is_alive() and "B" not in results  # B is still queued behind A
     finally:
@@ -388,3 +397,80 @@ def test_twenty_concurrent_reporters_end_at_the_floor_of_the_exact_sum(engine, n
     assert sum(charged) == floor_units(exact) == 102
     assert_exact(engine, account_id, {"openai_input_tokens": exact})
     assert state(engine, account_id)["uncharged_keys"] == THREADS * REPORTS_PER_THREAD + SHARED_KEYS - 102
+
+
+@pytest.mark.parametrize("second_via", ["report", "batch"])
+@pytest.mark.parametrize("first", ["uncharged", "charged"])
+def test_postgres_one_key_reused_for_two_operations_at_once_is_recorded_once(pg_url, first, second_via):
+    """The same idempotency key sent at once for two operations (a client's bug): each operation has its
+    own remainder row, so only the key's lock makes the second wait. It then finds the first's record and
+    is refused as a conflict: one report recorded, whichever charged, never both (one charged and the
+    other carried as uncharged). The second comes alone or in a batch (which takes the same locks)."""
+    engine = make_engine(pg_url)
+    watcher = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    ledger = Ledger(engine, grace_limit=GRACE)
+    org = create_organization(engine, ledger, f"reuse-{uuid.uuid4().hex[:8]}", welcome_credit=Decimal(1))
+    account_id = account_id_for(engine, org.id)
+    tiny = {"operation": "openai_input_tokens", "tokens": TOKENS}  # below one unit: recorded uncharged
+    sms = {"operation": "sms_twilio", "tokens": Decimal(3)}  # charged
+    a_args, b_args = (tiny, sms) if first == "uncharged" else (sms, tiny)
+    a_holds_the_lock, release_a = threading.Event(), threading.Event()
+
+    def pause_a(conn, cursor, statement, parameters, context, executemany):
+        if (
+            threading.current_thread().name == "report-A"
+            and "usage_remainder" in statement
+            and "FOR UPDATE" in statement
+        ):
+            a_holds_the_lock.set()  # A holds its key's lock and its remainder row, has checked nothing yet
+            assert release_a.wait(30)
+
+    def run(name: str, args: dict) -> None:
+        try:
+            if name == "B" and second_via == "batch":
+                event = UsageEvent(args["operation"], args["tokens"], "completed", "reused-key", model="gpt-4o-mini")
+                (result,) = record_usage_batch(ledger, org.id, [event], markup_percent=MARKUP)
+                assert result.status == "refused", result
+                results[name] = result.error
+            else:
+                results[name] = report(ledger, org.id, "reused-key", args["tokens"], operation=args["operation"])
+        except BaseException as exc:  # surfaced by the asserts below
+            results[name] = exc
+
+    sa.event.listen(engine, "after_cursor_execute", pause_a)
+    results: dict[str, object] = {}
+    a = threading.Thread(target=run, args=("A", a_args), name="report-A")
+    b = threading.Thread(target=run, args=("B", b_args), name="report-B")
+    try:
+        a.start()
+        assert a_holds_the_lock.wait(10), "report A never locked its remainder row"
+        b.start()
+        waiting = waiting_on_a_lock(watcher, "pg_advisory_xact_lock")
+        assert waiting == 1, "report B did not wait on the key's lock"
+        assert b.is_alive() and "B" not in results
+    finally:
+        release_a.set()
+        for t in (a, b):
+            if t.ident is not None:
+                t.join(30)
+        sa.event.remove(engine, "after_cursor_execute", pause_a)
+    try:
+        assert not isinstance(results["A"], BaseException), results["A"]
+        assert isinstance(results["B"], IdempotencyConflict), results["B"]
+        with engine.connect() as conn:
+            entries = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM ledger_entry WHERE account_id = :a AND idempotency_key = 'usage:reused-key'"
+                ),
+                {"a": account_id},
+            ).scalar_one()
+            uncharged = conn.execute(
+                sa.text("SELECT COUNT(*) FROM usage_report WHERE account_id = :a AND idempotency_key = 'reused-key'"),
+                {"a": account_id},
+            ).scalar_one()
+        assert (entries, uncharged) == ((0, 1) if first == "uncharged" else (1, 0))
+        with engine.connect() as conn:
+            assert check_invariants(conn, account_id) == []
+    finally:
+        engine.dispose()
+        watcher.dispose()
