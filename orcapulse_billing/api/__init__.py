@@ -14,6 +14,7 @@ from ..config import get_settings
 from ..db import get_engine
 from . import (
     auth_routes,
+    auto_recharge,
     credits,
     errors,
     grants,
@@ -22,6 +23,7 @@ from . import (
     keys,
     openapi,
     payments,
+    provider_webhooks,
     receipts,
     schemas,
     usage_batch,
@@ -50,11 +52,13 @@ def create_api_app() -> FastAPI:
     app.include_router(holds.router)
     app.include_router(grants.router)
     app.include_router(payments.router)
+    app.include_router(auto_recharge.router)
+    app.include_router(provider_webhooks.router)
     app.include_router(keys.router)
     app.include_router(receipts.router)
     app.include_router(webhooks.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
-    openapi.install(app, (*payments.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
+    openapi.install(app, (*provider_webhooks.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
     return app
 
 

@@ -1,32 +1,26 @@
-"""Stripe payments: checkout, setup checkout, one-click purchase, saved cards (owners only) and
-the signed webhook (public, verified on the raw body)."""
+"""Stripe and Lemon Squeezy purchases: checkout, setup checkout, one-click purchase and saved cards
+(owners only). Auto-recharge settings are in auto_recharge.py, the providers' webhooks in provider_webhooks.py."""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, model_validator
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..auth import Principal
 from ..config import get_settings
-from ..db import get_engine
 from ..money import fmt4
-from ..payments.auto_recharge_policy import DAILY_LIMIT
 from ..payments.flow import PurchaseError, choose, return_urls
-from ..payments.stripe_gateway import PaymentError, WebhookSignatureError
+from ..payments.stripe_gateway import PaymentError
 from ..pricing import PACKAGES
-from ..services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
+from ..services import get_lemon_purchases, get_stripe_purchases
 from . import schemas as s
 from .credits import posted_entry_json
-from .deps import DecimalRoute, client_ip, current_principal, owner_principal, rate_limit
-from .errors import ApiError, describe, responses
+from .deps import DecimalRoute, client_ip, owner_principal, rate_limit
+from .errors import ApiError, responses
 
 router = APIRouter(prefix="/api/credits", tags=["payments"], route_class=DecimalRoute)
 IdemHeader = Annotated[
@@ -117,14 +111,14 @@ class QuickPurchaseResult(BaseModel):
     replayed: bool
 
 
-def _purchases():
+def stripe_purchases_or_503():
     try:
         return get_stripe_purchases()
     except PaymentError as exc:
         raise ApiError(503, exc.code, exc.message) from None
 
 
-def _lemon():
+def lemon_purchases_or_503():
     try:
         return get_lemon_purchases()
     except PaymentError as exc:
@@ -159,7 +153,7 @@ def create_checkout(
     if body.provider == "lemonsqueezy":
         rate_limit("purchase", str(principal.organization_id), limit=20)
         try:
-            created = _lemon().start_checkout(
+            created = lemon_purchases_or_503().start_checkout(
                 principal,
                 _choice(body),
                 ip=client_ip(request),
@@ -175,7 +169,7 @@ def _start_checkout(principal: Principal, choice, request: Request, idempotency_
     rate_limit("purchase", str(principal.organization_id), limit=20)
     success, cancel = return_urls(str(request.base_url))
     try:
-        created = _purchases().start_checkout(
+        created = stripe_purchases_or_503().start_checkout(
             principal,
             choice,
             ip=client_ip(request),
@@ -221,7 +215,7 @@ def quick_purchase(
     rate_limit("purchase", str(principal.organization_id), limit=20)
     choice = _choice(body)
     try:
-        entries = _purchases().quick_purchase(
+        entries = stripe_purchases_or_503().quick_purchase(
             principal,
             choice,
             payment_method_id=body.payment_method_id,
@@ -255,7 +249,7 @@ def list_payment_methods(principal: Principal = Depends(owner_principal)) -> lis
             exp_year=c["exp_year"],
             is_default=c["is_default"],
         )
-        for c in _purchases().cards(principal.organization_id)
+        for c in stripe_purchases_or_503().cards(principal.organization_id)
     ]
 
 
@@ -271,305 +265,13 @@ def delete_payment_method(
     principal: Principal = Depends(owner_principal),
 ):
     try:
-        _purchases().remove_card(
+        stripe_purchases_or_503().remove_card(
             principal.organization_id, payment_method_id, user_id=principal.user_id, ip=client_ip(request)
         )
     except PurchaseError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     except PaymentError as exc:
         raise _payment_error(exc) from None
-
-
-class AutoRechargeSettings(BaseModel):
-    """What auto-recharge does now. It charges the larger of `amount` and what brings the balance back up
-    to `threshold` (counting payments being confirmed). After a decline it waits (1 hour, then 6) and
-    pauses after 3 in a row (`disabled_reason`); it makes at most `daily_limit` charges in any 24 hours.
-    A charge the bank wants confirmed (3-D Secure) pauses it until the owner confirms that payment at
-    `action_url`, which turns it back on. Buying credits by hand never turns it back on."""
-
-    enabled: bool
-    threshold: s.Money
-    amount: s.Money
-    monthly_cap: s.Money | None
-    consecutive_failures: int
-    disabled_reason: str | None = Field(description="why it is off or paused, when it turned itself off")
-    last_error: str | None = Field(description="why the last charge failed, while failures are being retried")
-    next_attempt_at: datetime | None = Field(
-        description="no charge before this (the backoff after a decline, or the daily limit); null when it may charge"
-    )
-    charges_last_24h: int = Field(ge=0, description="auto-recharge charges started in the last 24 hours")
-    daily_limit: int = Field(description="the most charges it makes in any 24 hours")
-    action_url: str | None = Field(
-        description="the payment provider's page where an owner confirms the charge that paused it (3-D Secure); "
-        "owners only (null for others)"
-    )
-    recharge: (
-        Literal[
-            "charged",
-            "pending",
-            "failed",
-            "disabled",
-            "requires_action",
-            "daily_limit",
-            "capped",
-            "waiting",
-            "in_flight",
-            "not_needed",
-            "off",
-        ]
-        | None
-    ) = Field(
-        default=None,
-        description="PUT only: turning it on or changing it while the balance is below the threshold recharges "
-        "at once; what that did (null: the balance was not below it, or it is off)",
-    )
-
-
-Threshold = s.decimal_string(
-    r"^(?:(?:[5-9]|[1-9][0-9]{1,3})(?:\.[0-9]{1,4})?|10000(?:\.0{1,4})?)$",
-    "5 to 10,000 credits, up to 4 decimals",
-    "10.00",
-)
-RechargeAmount = s.decimal_string(
-    r"^(?:(?:[2-9][0-9]|[1-9][0-9]{2})(?:\.[0-9]{1,2})?|1000(?:\.0{1,2})?)$",
-    "$20 to $1,000 in whole cents",
-    "25.00",
-)
-MonthlyCap = s.decimal_string(
-    r"^(?:[2-9][0-9]|[1-9][0-9]{2,9})(?:\.[0-9]{1,2})?$",
-    "$20 up to $9,999,999,999.99 in whole cents, and at least `amount`",
-    "100.00",
-)
-
-
-class AutoRechargeUpdate(s.Strict):
-    """`monthly_cap`, when given, must be at least `amount`; `enabled` needs a saved card."""
-
-    enabled: bool
-    threshold: Threshold
-    amount: RechargeAmount
-    monthly_cap: MonthlyCap | None = None
-
-
-def _policy_json(policy, *, owner: bool = True) -> AutoRechargeSettings:
-    return AutoRechargeSettings(
-        enabled=policy.enabled,
-        threshold=f"{policy.threshold:.4f}",
-        amount=f"{policy.amount:.4f}",
-        monthly_cap=f"{policy.monthly_cap:.4f}" if policy.monthly_cap is not None else None,
-        consecutive_failures=policy.consecutive_failures,
-        disabled_reason=policy.disabled_reason,
-        last_error=policy.last_error,
-        next_attempt_at=policy.next_attempt_at,
-        charges_last_24h=policy.charges_last_24h,
-        daily_limit=DAILY_LIMIT,
-        action_url=policy.action_url if owner else None,  # the owners confirm it (as on the page)
-        recharge=policy.recharge,
-    )
-
-
-@router.get(
-    "/auto-recharge",
-    response_model=AutoRechargeSettings,
-    responses=responses(400, 401),
-    summary="Auto-recharge settings",
-)
-def get_auto_recharge(principal: Principal = Depends(current_principal)) -> AutoRechargeSettings:
-    return _policy_json(get_auto_recharger(get_engine()).get(principal.organization_id), owner=principal.is_owner)
-
-
-@router.put(
-    "/auto-recharge",
-    response_model=AutoRechargeSettings,
-    responses=responses(400, 401, 403),
-    summary="Change auto-recharge (threshold >= 5 credits, amount >= $20, optional monthly cap); "
-    "below the threshold, it recharges at once",
-)
-def put_auto_recharge(
-    body: AutoRechargeUpdate, request: Request, principal: Principal = Depends(owner_principal)
-) -> AutoRechargeSettings:
-    try:
-        policy = get_auto_recharger(get_engine()).update(
-            principal,
-            enabled=body.enabled,
-            threshold=body.threshold,
-            amount=body.amount,
-            monthly_cap=body.monthly_cap,
-            ip=client_ip(request),
-        )
-    except PurchaseError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    return _policy_json(policy)
-
-
-class WebhookAck(BaseModel):
-    received: bool
-    outcome: str
-
-
-# -- provider events: the parts we read, typed (anything else is the provider's business) -------
-
-
-def _integral(value: Any) -> Any:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-Integer = Annotated[StrictInt, BeforeValidator(_integral)]
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class StripeEventObject(_Open):
-    id: str | None = None
-    payment_intent: str | None = None
-    setup_intent: str | None = None
-    amount_total: Integer | None = None
-    amount_refunded: Integer | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class StripeEventData(_Open):
-    object: StripeEventObject
-
-
-class StripeEvent(_Open):
-    """A Stripe event as Stripe sends it; only these fields are read."""
-
-    id: Annotated[str, Field(min_length=1)]
-    type: str
-    data: StripeEventData
-
-
-OrganizationRef = Annotated[str, Field(pattern=r"^[0-9]{1,18}$")] | Annotated[Integer, Field(ge=0, le=10**18 - 1)]
-
-
-class LemonCustomData(_Open):
-    organization_id: OrganizationRef | None = None
-    checkout_ref: str | None = None
-
-
-class LemonMeta(_Open):
-    event_name: str
-    custom_data: LemonCustomData | None = None
-
-
-class LemonAttributes(_Open):
-    total: Integer | None = None
-    refunded_amount: Integer | None = None
-
-
-class LemonData(_Open):
-    type: str
-    id: str | Integer
-    attributes: LemonAttributes | None = None
-
-
-class LemonEvent(_Open):
-    """A Lemon Squeezy webhook as Lemon Squeezy sends it; only these fields are read."""
-
-    meta: LemonMeta
-    data: LemonData
-
-
-def _json_object(payload: bytes) -> dict:
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body is not a JSON object")
-    return body
-
-
-def _event(model: type[BaseModel], body: dict) -> None:
-    try:
-        model.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_request", describe(exc.errors())) from None
-
-
-def _signed_json(model: type[BaseModel], header: str, pattern: str | None = None) -> dict[str, Any]:
-    parameter = {"name": header, "in": "header", "required": True, "schema": {"type": "string", "minLength": 1}}
-    if pattern:
-        parameter["schema"]["pattern"] = pattern
-    return {
-        "parameters": [parameter],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-        },
-    }
-
-
-@router.post(
-    "/webhook",
-    response_model=WebhookAck,
-    responses=responses(400, 503),
-    summary="Stripe webhook (Stripe-Signature verified on the raw body)",
-    openapi_extra=_signed_json(StripeEvent, "Stripe-Signature"),
-)
-async def stripe_webhook(request: Request) -> WebhookAck:
-    from ..payments import live_mode
-
-    payload = await request.body()
-    purchases = _purchases()
-    signature = request.headers.get("stripe-signature")
-    if not signature:
-        raise ApiError(400, "invalid_signature", "missing Stripe-Signature header")
-    if not signature.isascii():  # Stripe's own check compares str digests, which must be ASCII
-        raise ApiError(400, "invalid_signature", "the Stripe-Signature is not a Stripe signature header")
-    body = _json_object(payload)
-    try:
-        event = purchases.gateway.verify_event(payload, signature)
-    except WebhookSignatureError as exc:
-        raise ApiError(400, "invalid_signature", str(exc)) from None
-    try:
-        live_mode.check_stripe_event(get_settings(), event)
-    except live_mode.TestModeEvent as exc:  # production: test money is refused, nothing recorded
-        raise ApiError(400, exc.code, exc.message) from None
-    _event(StripeEvent, body)
-    try:
-        outcome = await run_in_threadpool(purchases.handle_event, event, payload.decode())  # the raw event is kept
-    except PaymentError as exc:  # Stripe itself unreachable while reading card details: let it retry
-        raise ApiError(503, exc.code, exc.message) from None
-    return WebhookAck(received=True, outcome=outcome)
-
-
-LEMON_SIGNATURE = r"^[0-9A-Fa-f]{64}$"
-
-
-@router.post(
-    "/lemonsqueezy/webhook",
-    response_model=WebhookAck,
-    responses=responses(400, 503),
-    summary="Lemon Squeezy order webhook (X-Signature verified on the raw body)",
-    openapi_extra=_signed_json(LemonEvent, "X-Signature", LEMON_SIGNATURE),
-)
-async def lemonsqueezy_webhook(request: Request) -> WebhookAck:
-    from ..payments import live_mode
-
-    payload = await request.body()
-    purchases = _lemon()
-    signature = request.headers.get("x-signature")
-    if signature is not None and not (signature.isascii() and re.fullmatch(LEMON_SIGNATURE, signature)):
-        raise ApiError(400, "invalid_signature", "the X-Signature is not a hex HMAC-SHA256")
-    try:
-        purchases.gateway.verify(payload, signature)
-    except WebhookSignatureError as exc:
-        raise ApiError(400, "invalid_signature", str(exc)) from None
-    body = _json_object(payload)
-    try:
-        live_mode.check_lemonsqueezy_event(get_settings(), body)
-    except live_mode.TestModeEvent as exc:  # production: test money is refused, nothing recorded
-        raise ApiError(400, exc.code, exc.message) from None
-    _event(LemonEvent, body)
-    outcome = await run_in_threadpool(purchases.handle_webhook, body, payload.decode())
-    return WebhookAck(received=True, outcome=outcome)
-
-
-WEBHOOK_EVENTS = (StripeEvent, LemonEvent)  # documented in components (api.openapi)
 
 
 @router.get("/checkout-return", response_class=HTMLResponse, include_in_schema=False)
