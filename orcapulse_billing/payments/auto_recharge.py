@@ -174,6 +174,8 @@ class AutoRecharger(Outcomes):
                 amount=str(amount),
                 monthly_cap=str(monthly_cap) if monthly_cap is not None else None,
             )
+        # pages open on it (another owner editing them among them) see the new settings live
+        self._announce_change(principal.organization_id)
         outcome = None
         if enabled:
             with self.engine.connect() as conn:

@@ -53,7 +53,11 @@ class Outcomes:
             conn.execute(sa.update(t).where(t.c.organization_id == organization_id).values(**values))
             if also is not None:
                 also(conn)
-        if self.announce is not None:  # the open pages show the new state (next attempt, pause)
+        self._announce_change(organization_id)
+
+    def _announce_change(self, organization_id: int) -> None:
+        """After the policy's commit: the open pages show the new state (next attempt, pause, settings)."""
+        if self.announce is not None:
             try:
                 # each announcement its own (the pages' shared reads are keyed by what they follow)
                 self.announce({"organization_id": organization_id, "type": "auto_recharge", "id": uuid.uuid4().hex})

@@ -11,11 +11,12 @@ One package per page, as Reflex's code-structure guide lays out a large page:
                   same update sent to each tab; LiveSync, the middleware that lets a tab's state
                   take the figures it was sent
     live.py       LiveUpdates: a tab subscribing to its organization's updates, the 30 s heartbeat
-    purchases.py  Purchases: Add Credits (checkout, quick purchase, saved cards), auto-recharge
+    purchases.py  Purchases: Add Credits (checkout, quick purchase, saved cards)
+    auto_recharge.py  AutoRechargeForm: the auto-recharge panel (saved settings live, edits per tab)
     views/        component functions taking vars and event handlers as arguments, no State
     page.py       the /billing and / routes: wires BillingState into the views
 
-BillingState is one Reflex state, a substate of SessionState, composed here from the three mixins.
+BillingState is one Reflex state, a substate of SessionState, composed here from the four mixins.
 It is defined in this module on purpose: a state's name comes from its module and class name, so it
 stays `orcapulse_billing___pages___billing____billing_state`, the name the frontend, the Redis state
 manager (which also pickles it by `orcapulse_billing.pages.billing.BillingState`) and bench/live.py
@@ -23,12 +24,13 @@ know. Moving or renaming it, or turning a mixin into a substate, changes that na
 """
 
 from ...state import SessionState
+from .auto_recharge import AutoRechargeForm
 from .live import LiveUpdates
 from .purchases import Purchases
 from .state import BillingPage
 
 
-class BillingState(BillingPage, LiveUpdates, Purchases, SessionState):
+class BillingState(BillingPage, LiveUpdates, Purchases, AutoRechargeForm, SessionState):
     """The billing page's state. Mixins first, SessionState (the parent state) last."""
 
 

@@ -69,12 +69,19 @@ def figures_of(result: dict, page_size: int) -> Figures:
         "auto_threshold": f"{policy.threshold:.2f}",
         "auto_amount": f"{policy.amount:.2f}",
         "auto_cap": f"{policy.monthly_cap:.2f}" if policy.monthly_cap is not None else "",
+        "auto_saved": saved_key(policy),
         "auto_note": policy.disabled_reason or "",
         "auto_status": auto_status(policy),
         "auto_action_url": policy.action_url or "",
     }
     kept = {"_balance_units": balance, "_reserved_units": reserved, "_threshold_units": threshold}
     return Figures(shown, kept, result)
+
+
+def saved_key(policy: Policy) -> str:
+    """The saved auto-recharge settings as one string: a tab editing them compares it with the one it
+    started from (pages/billing/auto_recharge.py)."""
+    return f"{policy.enabled}|{policy.threshold}|{policy.amount}|{policy.monthly_cap}"
 
 
 def auto_status(policy: Policy) -> str:

@@ -117,10 +117,14 @@ def content() -> rx.Component:
             error=P.error,
         ),
         auto_recharge_panel(
-            enabled=S.auto_enabled,
-            threshold=S.auto_threshold,
-            amount=S.auto_amount,
-            cap=S.auto_cap,
+            # the tab's edits from the first one until Save or Discard, else the saved settings (live)
+            enabled=rx.cond(S.auto_editing, S.auto_edit_enabled, S.auto_enabled),
+            threshold=rx.cond(S.auto_editing, S.auto_edit_threshold, S.auto_threshold),
+            amount=rx.cond(S.auto_editing, S.auto_edit_amount, S.auto_amount),
+            cap=rx.cond(S.auto_editing, S.auto_edit_cap, S.auto_cap),
+            editing=S.auto_editing,
+            # compared in the browser: the live update changes auto_saved without writing the tab's state
+            changed_elsewhere=S.auto_editing & (S.auto_saved != S.auto_base),
             note=S.auto_note,
             status=S.auto_status,
             action_url=S.auto_action_url,
@@ -129,6 +133,7 @@ def content() -> rx.Component:
             on_enabled=S.set_auto_enabled,
             on_field=S.set_auto_field,
             on_save=S.save_auto_recharge,
+            on_discard=S.discard_auto_edits,
         ),
         webhooks_card(
             visible=W.visible,

@@ -1,8 +1,8 @@
 """Purchases: BillingState's buying part (a mixin): the Add Credits dialog (Stripe Checkout in a
 popup or the Lemon Squeezy overlay, then waiting for the signed webhook; quick purchase with the
-saved card; saving and removing cards) and the auto-recharge settings. Owners only: every handler
+saved card; saving and removing cards). Owners only: every handler
 re-checks the role on the server. Each records the browser's IP address where the REST routes
-record the request's (checkout, quick purchase, card removal, auto-recharge changes)."""
+record the request's (checkout, quick purchase, card removal)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ import reflex as rx
 
 from ...auth import Principal
 from ...config import get_settings
-from ...db import get_engine
-from ...money import MoneyError, fmt_balance, parse_amount, to_units
+from ...money import fmt_balance, to_units
 from ...payments.flow import PurchaseError, choose, return_urls
 from ...payments.stripe_gateway import PaymentError
 from ...pricing import PACKAGES
-from ...services import get_auto_recharger, get_lemon_purchases, get_stripe_purchases
+from ...services import get_lemon_purchases, get_stripe_purchases
 
 _OPEN_POPUP = "(() => { const w = window.open(URL, 'opb-checkout', 'popup,width=520,height=760'); return !!w; })()"
 # lemon.js is loaded by the page; createLemonSqueezy() (re)initialises it for the single-page app.
@@ -54,14 +53,6 @@ class Purchases(rx.State, mixin=True):
     _checkout_credits: str = ""  # what the checkout adds, bonus included: "$525.00"
     providers: list[str] = []
     provider: str = "stripe"
-    auto_enabled: bool = False
-    auto_threshold: str = ""
-    auto_amount: str = ""
-    auto_cap: str = ""
-    auto_note: str = ""
-    auto_status: str = ""  # a decline's backoff or the daily limit: until when
-    auto_action_url: str = ""  # the provider's page to confirm the charge that paused it (3-D Secure)
-    auto_error: str = ""
 
     def _owner(self) -> Principal | None:
         principal = self._current_principal()
@@ -241,60 +232,6 @@ class Purchases(rx.State, mixin=True):
             return
         self.cards = await asyncio.to_thread(_card_rows, principal.organization_id)
         yield rx.toast.success("Card removed")
-
-    # -- auto-recharge ---------------------------------------------------------------------------
-
-    @rx.event
-    def set_auto_field(self, field: str, value: str):
-        if field in ("auto_threshold", "auto_amount", "auto_cap"):
-            setattr(self, field, value.strip().lstrip("$"))
-            self.auto_error = ""
-
-    @rx.event
-    def set_auto_enabled(self, value: bool):
-        self.auto_enabled = bool(value)
-        self.auto_error = ""
-
-    @rx.event
-    async def save_auto_recharge(self):
-        principal = self._owner()
-        if principal is None:
-            yield rx.toast.error("Only owners can change auto-recharge.")
-            return
-        try:
-            values = [parse_amount(v) if v else None for v in (self.auto_threshold, self.auto_amount, self.auto_cap)]
-            if values[0] is None or values[1] is None:
-                raise PurchaseError("invalid_request", "Enter a threshold and an amount.")
-            policy = await asyncio.to_thread(
-                get_auto_recharger(get_engine()).update,
-                principal,
-                enabled=self.auto_enabled,
-                threshold=values[0],
-                amount=values[1],
-                monthly_cap=values[2],
-                ip=self._client_ip(),
-            )
-        except MoneyError as exc:
-            self.auto_error = f"Amounts: {exc}"
-            return
-        except PurchaseError as exc:
-            self.auto_error = exc.message
-            return
-        await self._reload()
-        # below the threshold, saving it on recharged at once: say how that went
-        if policy.recharge in ("failed", "disabled"):
-            yield rx.toast.error(f"Auto-recharge saved, but the charge failed: {policy.last_error}")
-        else:
-            yield rx.toast.success(SAVED.get(policy.recharge or "", "Auto-recharge saved"))
-
-
-SAVED = {  # what saving auto-recharge did at once, when the balance was below the threshold
-    "charged": "Auto-recharge saved: the balance was below the threshold, so it recharged now",
-    "pending": "Auto-recharge saved: a charge is being confirmed",
-    "requires_action": "Auto-recharge saved: your bank asks you to confirm the payment (see the panel)",
-    "daily_limit": "Auto-recharge saved: it already made 4 charges in the last 24 hours",
-    "capped": "Auto-recharge saved: this month's cap is reached",
-}
 
 
 # -- the provider calls, in a worker thread ------------------------------------------------------

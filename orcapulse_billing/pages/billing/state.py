@@ -183,6 +183,7 @@ class BillingPage(rx.State, mixin=True):
             # (its figures, cards, dialogs, checkout, toasts), and its listener ends at its next check
             self.reset()
             self._live_binding = binding
+        self._stop_editing()  # a page load shows the saved auto-recharge settings, as a reloaded form does
         self.loaded = False
         self._read_url()
         if not await self._reload():

@@ -6,11 +6,27 @@ import reflex as rx
 
 
 def auto_recharge_panel(
-    *, enabled, threshold, amount, cap, note, status, action_url, error, can_edit, on_enabled, on_field, on_save
+    *,
+    enabled,
+    threshold,
+    amount,
+    cap,
+    editing,
+    changed_elsewhere,
+    note,
+    status,
+    action_url,
+    error,
+    can_edit,
+    on_enabled,
+    on_field,
+    on_save,
+    on_discard,
 ) -> rx.Component:
     """`on_field(name, value)`: name is auto_threshold, auto_amount or auto_cap. `note`: why it is off or
     paused; `status`: why it waits and until when; `action_url`: the provider's page where the charge
-    that paused it is confirmed (3-D Secure)."""
+    that paused it is confirmed (3-D Secure). `editing`: the form holds unsaved edits (Discard shows);
+    `changed_elsewhere`: the saved settings changed since they began."""
 
     def field(label: str, name: str, value, placeholder: str) -> rx.Component:
         return rx.vstack(
@@ -78,7 +94,20 @@ def auto_recharge_panel(
                 field("Monthly cap ($)", "auto_cap", cap, "none"),
                 rx.cond(
                     can_edit,
-                    rx.button("Save", on_click=on_save, data_testid="auto-save"),
+                    rx.hstack(
+                        rx.cond(
+                            editing,
+                            rx.button(
+                                "Discard",
+                                variant="soft",
+                                color_scheme="gray",
+                                on_click=on_discard,
+                                data_testid="auto-discard",
+                            ),
+                        ),
+                        rx.button("Save", on_click=on_save, data_testid="auto-save"),
+                        spacing="2",
+                    ),
                 ),
                 align="end",
                 spacing="3",
@@ -87,6 +116,26 @@ def auto_recharge_panel(
             gap="4",
             width="100%",
             direction=rx.breakpoints(initial="column", md="row"),
+        ),
+        rx.cond(
+            changed_elsewhere,
+            rx.callout.root(
+                rx.callout.icon(rx.icon("triangle-alert", size=16)),
+                rx.callout.text(
+                    "Changed elsewhere since you started editing. Save replaces those settings with yours."
+                ),
+                rx.button(
+                    "Discard my edits and load the saved settings",
+                    size="1",
+                    variant="soft",
+                    on_click=on_discard,
+                    data_testid="auto-load-saved",
+                ),
+                color_scheme="amber",
+                size="1",
+                margin_top="8px",
+                data_testid="auto-changed-elsewhere",
+            ),
         ),
         rx.cond(
             error != "",
