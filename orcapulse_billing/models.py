@@ -737,3 +737,36 @@ class WebhookAttempt(SQLModel, table=True):
 
 
 # -- end of outbound webhooks -------------------------------------------------------------------
+
+
+# -- notification settings (low_balance.py, notification_preferences.py; migration 0017) --------
+
+
+class LowBalanceSetting(SQLModel, table=True):
+    """An organization's own low-balance threshold, set by its owners: a fixed amount (`amount`, in
+    units) or a percentage of the last top-up (`percent`). Without a row the deployment's
+    LOW_BALANCE_THRESHOLD applies."""
+
+    __tablename__ = "low_balance_setting"
+
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), primary_key=True))
+    mode: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))  # "amount" | "percent"
+    amount: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    percent: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    updated_by_user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    updated_at: datetime = _ts(nullable=False)
+
+
+class NotificationPreference(SQLModel, table=True):
+    """One owner's choice for one category of emails in one organization. Without a row the category
+    is on (the default), so a category added later reaches everyone until they turn it off."""
+
+    __tablename__ = "notification_preference"
+
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), primary_key=True))
+    user_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), primary_key=True))
+    category: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
+    enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    updated_at: datetime = _ts(nullable=False)

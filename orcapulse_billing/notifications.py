@@ -1,11 +1,9 @@
-"""Emails to owners: low balance (once per crossing of the threshold), and what later features
-announce. Each notification is written to the outbox once (a dedupe key), then sent through SMTP
-(STARTTLS when configured) off the posting's thread; without SMTP it stays in the outbox, which
-operators read with `orcapulse-billing outbox`.
-
-A crossing is a single ledger entry whose balance_before is at or above the threshold and whose
-balance_after is below it, so "once per crossing" needs no extra state: staying below sends
-nothing, and rising above re-arms it.
+"""Emails to owners: low balance and balance recovered (once per crossing of the organization's
+threshold, low_balance.py), receipts, auto-recharge news and what later features announce. Each
+notification is written to the outbox once (a dedupe key) for each owner whose preferences let that
+kind through (notification_preferences.py), then sent through SMTP (STARTTLS when configured) off
+the posting's thread; without SMTP it stays in the outbox, which operators read with
+`orcapulse-billing outbox`.
 """
 
 from __future__ import annotations
@@ -23,9 +21,11 @@ from sqlalchemy.exc import IntegrityError
 
 from .config import Settings
 from .db import writer
-from .ledger import PostedEntry, get_account
+from .ledger import PostedEntry
+from .low_balance import Crossing, crossings
 from .models import EmailAttachment, EmailOutbox, Membership, Organization, User
 from .money import fmt_balance, to_units
+from .notification_preferences import category_of, muted_by
 from .receipts import DOCUMENTED_TYPES, Document, documents_for_entries, fmt_credits, get_document
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ class Notifier:
     # -- ledger listener ----------------------------------------------------------------------
 
     def on_postings(self, entries: list[PostedEntry]) -> None:
-        threshold = to_units(self.settings.low_balance_threshold)
-        for entry in entries:
-            if entry.balance_before_units >= threshold > entry.balance_after_units:
-                self.low_balance(entry, threshold)
+        with self.engine.connect() as conn:
+            crossed = crossings(conn, entries, to_units(self.settings.low_balance_threshold))
+        for crossing in crossed:
+            self.crossed(crossing)
         documented = [e.id for e in entries if e.type in DOCUMENTED_TYPES]  # purchases, refunds
         if documented:
             self.document_emails(documented)
@@ -66,20 +66,29 @@ class Notifier:
                     attachments=[(document.filename, "application/pdf", render(document))],
                 )
 
-    def low_balance(self, entry: PostedEntry, threshold: int) -> None:
+    def crossed(self, crossing: Crossing) -> None:
+        """The low-balance email for a crossing down, the balance-recovered one for a crossing up;
+        keyed by the entry, so each is written once."""
+        entry, organization_id = crossing.entry, crossing.organization_id
         with self.engine.connect() as conn:
-            organization_id = get_account(conn, account_id=entry.account_id).organization_id
             name = conn.execute(sa.select(Organization.name).where(Organization.id == organization_id)).scalar()
-        balance = fmt_balance(entry.balance_after_units)
+        balance, threshold = fmt_balance(entry.balance_after_units), fmt_balance(crossing.threshold)
         url = self.settings.app_url.rstrip("/") + "/billing"
+        if crossing.direction == "low":
+            kind, subject = "low_balance", f"Low balance: {balance} left for {name}"
+            body = (
+                f"The credit balance of {name} is {balance}, below your {threshold} warning threshold.\n\n"
+                f"New calls stop when it reaches $0.00 (calls already running finish, down to "
+                f"-{fmt_balance(to_units(self.settings.grace_limit))}). Add credits: {url}\n"
+            )
+        else:
+            kind, subject = "balance_recovered", f"Balance recovered: {balance} for {name}"
+            body = (
+                f"The credit balance of {name} is {balance} again, at or above your {threshold} warning "
+                f"threshold. You will hear from us again if it falls below it.\n\nBilling: {url}\n"
+            )
         self.notify_owners(
-            organization_id,
-            "low_balance",
-            f"low-balance:{entry.account_id}:{entry.id}",
-            f"Low balance: {balance} left for {name}",
-            f"The credit balance of {name} is {balance}, below your {fmt_balance(threshold)} warning threshold.\n\n"
-            f"New calls stop when it reaches $0.00 (calls already running finish, down to "
-            f"-{fmt_balance(to_units(self.settings.grace_limit))}). Add credits: {url}\n",
+            organization_id, kind, f"{kind.replace('_', '-')}:{entry.account_id}:{entry.id}", subject, body
         )
 
     # -- outbox and delivery -------------------------------------------------------------------
@@ -93,18 +102,20 @@ class Notifier:
         body: str,
         attachments: Sequence[tuple[str, str, bytes]] = (),
     ) -> list[int]:
-        """One email per owner, written to the outbox once (per dedupe key and address) with its
-        attachments (filename, content type, bytes) in the same transaction."""
+        """One email per owner who has not turned this kind's category off (notification_preferences),
+        written to the outbox once (per dedupe key and address) with its attachments (filename,
+        content type, bytes) in the same transaction."""
+        query = (
+            sa.select(User.email)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.organization_id == organization_id, Membership.role == "owner")
+            .order_by(User.email)
+        )
+        category = category_of(kind)
+        if category is not None:
+            query = query.where(User.id.not_in(muted_by(organization_id, category)))
         with self.engine.connect() as conn:
-            owners = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(User.email)
-                    .join(Membership, Membership.user_id == User.id)
-                    .where(Membership.organization_id == organization_id, Membership.role == "owner")
-                    .order_by(User.email)
-                )
-            ]
+            owners = [r[0] for r in conn.execute(query)]
         queued = []
         for address in owners:
             try:

@@ -27,7 +27,7 @@ def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
     ledger.add_listener(get_notifier(engine).on_postings)
-    ledger.add_listener(low_balance_webhooks(engine))
+    ledger.add_listener(balance_webhooks(engine))
     # a recharge calls the card network: never on the thread of the posting that triggered it
     ledger.add_listener(
         lambda entries: (
@@ -39,8 +39,8 @@ def _ledger_for(engine: Engine) -> Ledger:
     return ledger
 
 
-def low_balance_webhooks(engine: Engine):
-    """balance.low webhooks: the crossing the low-balance email is sent for (notifications.py)"""
+def balance_webhooks(engine: Engine):
+    """balance.low and balance.recovered webhooks: the crossings the emails are sent for (low_balance.py)"""
     from . import webhooks
     from .money import to_units
 

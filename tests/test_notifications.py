@@ -1,4 +1,4 @@
-"""Low-balance emails: one per crossing of the threshold, to the owners, over real SMTP on loopback
+"""Low-balance and balance-recovered emails: one per crossing of the threshold, to the owners, over real SMTP on loopback
 (aiosmtpd), or kept in the outbox when no SMTP server is configured."""
 
 from __future__ import annotations
@@ -56,6 +56,16 @@ def _wait_for(predicate, seconds=10):
     return predicate()
 
 
+def _outbox(engine, organization_id: int) -> list[tuple[str, bool]]:
+    """(kind, sent) of the organization's emails, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT kind, sent_at FROM email_outbox WHERE organization_id = :o ORDER BY id"),
+            {"o": organization_id},
+        ).all()
+    return [(r[0], r[1] is not None) for r in rows]
+
+
 def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     controller, inbox = smtp_server
     settings = dataclasses.replace(
@@ -69,29 +79,33 @@ def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     ledger = Ledger(engine, grace_limit=GRACE)
     ledger.add_listener(notifier.on_postings)
     org, account_id, owner = _org(engine, ledger)
-    ledger.post(Posting(account_id, "purchase", "20", "top-up"))
-    for amount in ("-10", "-6", "-0.5", "-1"):  # crosses below 5.00 on the second debit, then stays below
-        ledger.post(Posting(account_id, "usage", amount, "usage", category="ai_call"))
 
     def mine():  # the outbox also flushes mail other tests left queued in this database
         return [m for m in inbox.messages if org.name in m[1]]
 
-    assert _wait_for(lambda: len(mine()) == 1)
-    time.sleep(0.3)
+    def all_sent(*kinds):
+        """The outbox holds exactly these emails, each recorded as sent by the mailer (which records
+        it after the SMTP server took it): the condition itself, polled up to a deadline."""
+        return _wait_for(lambda: _outbox(engine, org.id) == [(kind, True) for kind in kinds])
+
+    ledger.post(Posting(account_id, "purchase", "20", "top-up"))  # the first credit: nothing to recover
+    for amount in ("-10", "-6", "-0.5", "-1"):  # crosses below 5.00 on the second debit, then stays below
+        ledger.post(Posting(account_id, "usage", amount, "usage", category="ai_call"))
+    assert all_sent("low_balance")
     assert len(mine()) == 1
     recipients, content = mine()[0]
     assert recipients == [owner]  # owners only
     assert f"Subject: Low balance: $4.00 left for {org.name}" in content.replace("\r\n", "\n").replace("=\n", "")
     assert "http://billing.example/billing" in content
-    ledger.post(Posting(account_id, "purchase", "10", "top-up"))  # 12.50: re-armed
+    ledger.post(Posting(account_id, "purchase", "10", "top-up"))  # 12.50: recovered, re-armed
     ledger.post(Posting(account_id, "usage", "-9", "usage", category="ai_call"))  # 3.50: a second crossing
-    assert _wait_for(lambda: len(mine()) == 2)
-    with engine.connect() as conn:
-        sent = conn.execute(
-            sa.text("SELECT COUNT(*) FROM email_outbox WHERE organization_id = :o AND sent_at IS NOT NULL"),
-            {"o": org.id},
-        ).scalar()
-    assert sent == 2
+    assert all_sent("low_balance", "balance_recovered", "low_balance")
+    subjects = [line for _, content in mine() for line in content.splitlines() if line.startswith("Subject:")]
+    assert subjects == [
+        f"Subject: Low balance: $4.00 left for {org.name}",
+        f"Subject: Balance recovered: $12.50 for {org.name}",
+        f"Subject: Low balance: $3.50 left for {org.name}",
+    ]
 
 
 def test_without_smtp_the_email_waits_in_the_outbox(engine):

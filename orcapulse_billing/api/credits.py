@@ -22,6 +22,7 @@ from ..db import get_engine
 from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, history_page, iter_history, usage_summary
 from ..holds import reserved_units
 from ..ledger import IdempotencyConflict, PostedEntry, get_account
+from ..low_balance import current_threshold
 from ..metering import MeteringError, SessionInfo, check, record_usage
 from ..money import fmt4, to_units
 from ..payments.flow import choose
@@ -96,7 +97,8 @@ def balance_json(organization_id: int) -> s.Balance:
     with get_engine().connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
         reserved = reserved_units(conn, acct.id)
-    threshold = to_units(settings.low_balance_threshold)
+        # the organization's own threshold (low_balance.py), else the deployment's
+        threshold = current_threshold(conn, organization_id, to_units(settings.low_balance_threshold)).units
     return s.Balance(
         balance=fmt4(acct.balance_units),
         available=fmt4(acct.balance_units - reserved),

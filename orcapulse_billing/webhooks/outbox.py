@@ -1,5 +1,5 @@
 """The outbox: events written in the caller's transaction, one message per subscribed endpoint,
-keyed so the same event is written once; the low-balance listener and the test event."""
+keyed so the same event is written once; the balance crossings' listener and the test event."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import writer
-from ..ledger import PostedEntry, get_account
+from ..ledger import PostedEntry
 from ..money import fmt4
 from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, TEST_EVENT, WebhookError, now_utc
 from .endpoints import get_endpoint
@@ -99,27 +99,31 @@ def emit_now(engine: Engine, organization_id: int, event_type: str, data: Mappin
         return emit(conn, organization_id, event_type, data, key=key)
 
 
-def on_postings(engine: Engine, entries: Sequence[PostedEntry], threshold: int) -> None:
-    """Ledger listener: `balance.low` for each entry that crossed below `threshold` (units), the same
-    crossing the low-balance email is sent for (notifications.Notifier.on_postings): once per crossing,
-    keyed by the entry (heard twice, written once). Decided after the posting's commit, so it is
-    written in a transaction of its own."""
-    for entry in entries:
-        if entry.balance_before_units >= threshold > entry.balance_after_units:
-            with writer(engine).begin() as conn:
-                organization_id = get_account(conn, account_id=entry.account_id).organization_id
-                emit(
-                    conn,
-                    organization_id,
-                    "balance.low",
-                    {
-                        "organization_id": organization_id,
-                        "balance": fmt4(entry.balance_after_units),
-                        "threshold": fmt4(threshold),
-                        "ledger_entry_id": entry.id,
-                    },
-                    key=f"{entry.account_id}:{entry.id}",
-                )
+def on_postings(engine: Engine, entries: Sequence[PostedEntry], default_threshold: int) -> None:
+    """Ledger listener: `balance.low` for each entry that crossed below its organization's threshold,
+    `balance.recovered` for each that crossed back to or above it (low_balance.crossings: the same
+    crossings the emails are sent for, `default_threshold` in units being LOW_BALANCE_THRESHOLD):
+    once per crossing, keyed by the entry (heard twice, written once). Decided after the posting's
+    commit, so each is written in a transaction of its own."""
+    from ..low_balance import crossings
+
+    with engine.connect() as conn:
+        crossed = crossings(conn, entries, default_threshold)
+    for crossing in crossed:
+        entry = crossing.entry
+        with writer(engine).begin() as conn:
+            emit(
+                conn,
+                crossing.organization_id,
+                "balance.low" if crossing.direction == "low" else "balance.recovered",
+                {
+                    "organization_id": crossing.organization_id,
+                    "balance": fmt4(entry.balance_after_units),
+                    "threshold": fmt4(crossing.threshold),
+                    "ledger_entry_id": entry.id,
+                },
+                key=f"{entry.account_id}:{entry.id}",
+            )
 
 
 def send_test_event(engine: Engine, organization_id: int, endpoint_id: int, user_email: str | None = None) -> str:

@@ -19,6 +19,7 @@ from ...grants import consumed_by, day_label, soonest_expiry
 from ...history import HistoryQuery, billing_session, entries_after, entry_detail, history_page, usage_summary
 from ...holds import reserved_units
 from ...ledger import get_account
+from ...low_balance import current_threshold
 from ...models import CheckoutSession, Organization
 from ...money import fmt4, fmt_balance, fmt_money4, fmt_signed_amount, from_units, to_units
 from ...receipts import DOCUMENTED_TYPES, documents_for_entries
@@ -124,6 +125,8 @@ def _load(
         pending_labels = [fmt_balance(units) for units in pending]
         reserved = reserved_units(conn, acct.id)  # active holds: available = balance - reserved
         expiring = soonest_expiry(conn, acct.id)  # the active grant that expires first
+        # the organization's own low-balance threshold (low_balance.py), else the deployment's
+        threshold = current_threshold(conn, organization_id, to_units(settings.low_balance_threshold)).units
     return {
         "read_at": read_at,
         "full_at": read_at,  # when the last whole read began (_load_newer keeps it)
@@ -135,7 +138,7 @@ def _load(
         "added_units": acct.lifetime_added_units,
         "consumed_units": acct.lifetime_consumed_units,
         "transactions": acct.transaction_count,
-        "threshold_units": to_units(settings.low_balance_threshold),
+        "threshold_units": threshold,
         "grace_units": to_units(settings.grace_limit),
         "rows": [_row(i, documents) for i in result.items],
         "page": result.page,
