@@ -26,7 +26,7 @@ its libraries.
   so a developer (and the tests) can receive on 127.0.0.1.
 
 The package, by concern: `common` (event types, the refusal error, tables), `urls` (where endpoints
-may point), `endpoints`, `outbox` (emit, the low-balance listener, the test event), `delivery`
+may point), `endpoints`, `outbox` (emit, the balance crossings' listener, the test event), `delivery`
 (signing, claiming, sending, backoff), `log` (the delivery log) and `audited` (an owner's
 add and remove with their audit lines). Everything callers use is
 importable from here.
