@@ -35,6 +35,7 @@ class Principal:
     via: str  # "session" | "api_key"
     # An API key's scopes (accounts.SCOPES) that the role allows in this organization; sessions: none.
     scopes: frozenset[str] = frozenset()
+    api_key_id: int | None = None  # the key a request came with (spend budgets count usage per key)
 
     @property
     def is_owner(self) -> bool:
@@ -170,7 +171,7 @@ def principal_for_api_key(engine: Engine, key: str | None, organization_id: int 
         with writer(engine).begin() as conn:
             conn.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=_now()))
     scopes = scopes_of(row.scopes) & allowed_scopes(member.role)
-    return Principal(row.user_id, row.email, member.organization_id, member.role, "api_key", scopes)
+    return Principal(row.user_id, row.email, member.organization_id, member.role, "api_key", scopes, row.id)
 
 
 def session_token_from_cookie_header(header: str | None) -> str | None:

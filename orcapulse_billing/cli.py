@@ -13,7 +13,8 @@ from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, cli_auto_recharge, cli_receipts, cli_webhooks, webhooks
+from . import accounts, cli_auto_recharge, cli_budgets, cli_receipts, cli_webhooks, webhooks
+from .budget_settings import BudgetInputError
 from .config import ConfigError, get_settings, start_refusal
 from .db import get_engine, upgrade
 from .ledger import LedgerError, Posting, get_account
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_receipts.add_commands(sub)
     cli_auto_recharge.add_commands(sub)
     cli_webhooks.add_commands(sub)
+    cli_budgets.add_commands(sub)
     return parser
 
 
@@ -534,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         cli_receipts.ReceiptUsageError,
         cli_auto_recharge.AutoRechargeUsageError,
         webhooks.WebhookError,
+        BudgetInputError,
     ) as exc:
         print(f"orcapulse-billing: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

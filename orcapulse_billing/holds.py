@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from .budgets import BudgetExceeded, open_gate
 from .db import as_utc
 from .ledger import Ledger, LedgerError, PostedEntry, find_entry, get_account
 from .metering import Charge, _qty, post_charge, price, usage_metadata
@@ -211,9 +212,13 @@ def place_hold(
     *,
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: datetime | None = None,
+    api_key_id: int | None = None,
 ) -> Placed:
     """Reserves the estimated cost, or raises HoldRefused (nothing written). MeteringError for an
-    unknown operation or model or a bad quantity; HoldConflict for a key used for another hold."""
+    unknown operation or model or a bad quantity; HoldConflict for a key used for another hold;
+    BudgetExceeded when the month's spend plus the estimate would pass a hard-stopped spend budget of
+    the organization, `api_key_id` or `actor_user_id` (other active holds are not counted against
+    budgets: a budget counts what was charged)."""
     charge = price(operation, estimated_quantity, markup_percent=markup_percent, model=model)
     if not 0 < len(idempotency_key) <= 200:
         raise HoldError("idempotency key must be 1 to 200 characters")
@@ -231,39 +236,54 @@ def place_hold(
                     available = conn.execute(_AVAILABLE, {"account_id": account_id}).scalar_one()
                     return Placed(earlier, organization_id, int(available), replayed=True)
                 _expire_account(conn, account_id, when)  # committed even when the hold is refused
-                available = conn.execute(
-                    _RESERVE, {"amount": amount, "account_id": account_id, "floor": ledger.default_floor}
-                ).scalar()
-                if available is None:
-                    refused = HoldRefused(
-                        int(conn.execute(_AVAILABLE, {"account_id": account_id}).scalar_one()),
-                        amount,
-                        -ledger.default_floor,
-                    )
-                else:
-                    row = conn.execute(
-                        sa.insert(_hold)
-                        .values(
-                            account_id=account_id,
-                            operation=operation,
-                            model=model,
-                            estimated_quantity=quantity,
-                            amount=amount,
-                            status=ACTIVE,
-                            idempotency_key=idempotency_key,
-                            actor_user_id=actor_user_id,
-                            expires_at=when + timedelta(seconds=ttl_seconds),
-                            created_at=when,
+                refused: LedgerError | None = _over_budget(conn, account_id, amount, when, api_key_id, actor_user_id)
+                if refused is None:
+                    available = conn.execute(
+                        _RESERVE, {"amount": amount, "account_id": account_id, "floor": ledger.default_floor}
+                    ).scalar()
+                    if available is None:
+                        refused = HoldRefused(
+                            int(conn.execute(_AVAILABLE, {"account_id": account_id}).scalar_one()),
+                            amount,
+                            -ledger.default_floor,
                         )
-                        .returning(*_hold.c)
-                    ).one()
-                    return Placed(_hold_from(row), organization_id, int(available))
+                    else:
+                        row = conn.execute(
+                            sa.insert(_hold)
+                            .values(
+                                account_id=account_id,
+                                operation=operation,
+                                model=model,
+                                estimated_quantity=quantity,
+                                amount=amount,
+                                status=ACTIVE,
+                                idempotency_key=idempotency_key,
+                                actor_user_id=actor_user_id,
+                                expires_at=when + timedelta(seconds=ttl_seconds),
+                                created_at=when,
+                            )
+                            .returning(*_hold.c)
+                        ).one()
+                        return Placed(_hold_from(row), organization_id, int(available))
             raise refused
         except IntegrityError:
             # a concurrent request committed this key first; ours rolled back whole: now a replay
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _over_budget(
+    conn: Connection, account_id: int, amount: int, when: datetime, api_key_id: int | None, user_id: int | None
+) -> BudgetExceeded | None:
+    """The refusal of a hard-stopped spend budget the hold's estimate would pass (None: it fits)."""
+    gate = open_gate(conn, account_id)
+    try:
+        if gate is not None:
+            gate.check(amount, at=when, api_key_id=api_key_id, user_id=user_id)
+    except BudgetExceeded as exc:
+        return exc
+    return None
 
 
 def _by_key(conn: Connection, account_id: int, key: str) -> Hold | None:
@@ -312,10 +332,12 @@ def capture(
     actor_user_id: int | None = None,
     actor_ip: str | None = None,
     now: datetime | None = None,
+    api_key_id: int | None = None,
 ) -> Settled:
     """Charges the completed operation's actual `quantity` (priced as the hold's operation and model)
     and releases the whole hold, in one transaction. Never refused for the balance: past the hold and
-    past the grace limit the balance goes into debt."""
+    past the grace limit the balance goes into debt. Nor by a spend budget: the hold was admitted
+    under it and the work is done; the charge counts for the budgets (and their alerts)."""
     when = _now(now)
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
@@ -342,6 +364,8 @@ def capture(
             ledger_key=_capture_key(hold),
             actor_user_id=actor_user_id,
             actor_ip=actor_ip,
+            api_key_id=api_key_id,
+            enforce_budgets=False,
         )
         released = hold.amount_units if hold.status == ACTIVE else 0
         settled = _settle(conn, hold, CAPTURED, when, entry.id if entry else None, metadata["quantity"])

@@ -23,6 +23,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .budgets import count_posted
 from .db import as_utc, writer
 from .ledger import InsufficientCredits, Ledger, Posting, get_account
 from .models import EntryType, PhoneNumber
@@ -74,23 +75,23 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
             with engine.connect() as conn:
                 account_id = get_account(conn, organization_id=number.organization_id).id
             description = f"Phone number rental - {format_number(number.number)} - {start:%b %Y}"
+            posting = Posting(
+                account_id,
+                EntryType.usage,
+                -from_units(number.monthly_cost),
+                description,
+                category="phone_rental",
+                metadata={
+                    "provider": "orcapulse",
+                    "feature": "phone_rental",
+                    "phone_number": number.number,
+                    "period_start": start.date().isoformat(),
+                },
+                idempotency_key=f"phone:{number.id}:{start.date().isoformat()}",
+                created_at=datetime.now(UTC),
+            )
             try:
-                entry = ledger.post(
-                    Posting(
-                        account_id,
-                        EntryType.usage,
-                        -from_units(number.monthly_cost),
-                        description,
-                        category="phone_rental",
-                        metadata={
-                            "provider": "orcapulse",
-                            "feature": "phone_rental",
-                            "phone_number": number.number,
-                            "period_start": start.date().isoformat(),
-                        },
-                        idempotency_key=f"phone:{number.id}:{start.date().isoformat()}",
-                    )
-                )
+                entry = _post_rental(ledger, posting, number.monthly_cost)
             except InsufficientCredits:
                 run.refused.append(description)
                 break  # later periods wait for this one
@@ -108,6 +109,16 @@ def bill_phone_numbers(engine: Engine, ledger: Ledger, today: date) -> PhoneBill
                     .values(last_billed_at=start)
                 )
     return run
+
+
+def _post_rental(ledger: Ledger, posting: Posting, units: int):
+    """A rental counts for the organization's spend budgets (alerts included) but is never refused by one:
+    the number was kept, and a hard stop refuses new usage, not a rent already owed."""
+    with ledger.transaction() as conn:
+        entry = ledger.post_in(conn, posting)
+        if not entry.replayed:
+            count_posted(conn, posting.account_id, units, at=entry.created_at, enforce=False)
+    return entry
 
 
 @contextmanager

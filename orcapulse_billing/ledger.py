@@ -304,15 +304,24 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction: `BEGIN IMMEDIATE` under the writer lock on SQLite."""
+        """A write transaction: `BEGIN IMMEDIATE` under the writer lock on SQLite. Callables that the
+        transaction's work appends to `conn.info["after_commit"]` run after the commit (e.g. the emails
+        of what it decided), never after a rollback."""
         with self._write_lock or nullcontext():
             opts = {"sqlite_immediate": True} if self._sqlite else {}
             with self.engine.connect().execution_options(**opts) as conn:
                 conn.info.pop("ledger_posted", None)
+                conn.info.pop("after_commit", None)
                 with conn.begin():
                     yield conn
                 posted = conn.info.pop("ledger_posted", [])
+                after_commit = conn.info.pop("after_commit", [])
         self._notify(posted)
+        for callback in after_commit:
+            try:
+                callback()
+            except Exception:  # the change is committed; what follows it must not fail it
+                log.exception("after-commit callback failed")
 
     def expire_grant(self, grant_id: int, *, now: datetime | None = None) -> PostedEntry | None:
         """Posts what remains of an expired grant as an `expiry` entry that consumes that grant only,

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .budgets import count_posted
 from .history import billing_session
 from .ledger import NO_FLOOR, IdempotencyConflict, Ledger, PostedEntry, Posting, find_entry, get_account
 from .models import BillingSession, EntryType
@@ -162,6 +163,7 @@ def record_usage(
     actor_user_id: int | None = None,
     actor_ip: str | None = None,
     created_at: datetime | None = None,
+    api_key_id: int | None = None,
 ) -> UsageResult:
     """Charge a finished operation exactly: never free, never more than its exact cost.
 
@@ -181,6 +183,8 @@ def record_usage(
 
     A session's row stores its charged total split into parts (base, llm, stt, tts) that add up to it.
     `created_at` backdates the entry (imports, the demo seed); live reports leave it unset.
+    Spend budgets (budgets.py) count the charge for the organization, `api_key_id` and `actor_user_id`;
+    a hard-stopped budget it would pass raises BudgetExceeded and nothing is written.
     """
     charge, metadata = priced_report(
         operation, quantity, status, markup_percent=markup_percent, model=model, session=session
@@ -215,6 +219,7 @@ def record_usage(
             actor_user_id=actor_user_id,
             actor_ip=actor_ip,
             created_at=created_at,
+            api_key_id=api_key_id,
         )
         if entry is not None and entry.replayed:  # the same key committed meanwhile under another operation's lock
             return UsageResult(True, entry, charge, session_id, replayed=True)
@@ -276,14 +281,18 @@ def post_charge(
     actor_user_id: int | None = None,
     actor_ip: str | None = None,
     created_at: datetime | None = None,
+    api_key_id: int | None = None,
+    enforce_budgets: bool = True,
 ) -> tuple[PostedEntry | None, int]:
     """Inside the caller's ledger transaction, after `lock_remainder` gave `carried`: posts
     floor(carried + cost) units of completed usage with no floor (it may leave debt) and stores the
     rest. Returns (the entry or None when nothing reached a whole unit, the units charged). A replayed
-    `ledger_key` changes nothing (the remainder is left as it is)."""
+    `ledger_key` changes nothing (the remainder is left as it is). The charge counts for the spend
+    budgets; with `enforce_budgets`, one it would take past a hard-stopped budget raises BudgetExceeded."""
     units, rest = carry(carried, charge.cost)
     entry = None
     if units > 0:
+        when = created_at or datetime.now(UTC)
         entry = ledger.post_in(
             conn,
             Posting(
@@ -292,18 +301,27 @@ def post_charge(
                 -from_units(units),
                 charge.description,
                 category=charge.category,
-                metadata=metadata,
+                metadata=with_api_key(metadata, api_key_id),
                 actor_user_id=actor_user_id,
                 actor_ip=actor_ip,
                 idempotency_key=ledger_key,
                 floor=DEBT_FLOOR,
-                created_at=created_at,
+                created_at=when,
             ),
         )
         if entry.replayed:
             return entry, units
+        count_posted(
+            conn, account_id, units, at=when, api_key_id=api_key_id, user_id=actor_user_id, enforce=enforce_budgets
+        )
     store_remainder(conn, account_id, operation, rest)
     return entry, units
+
+
+def with_api_key(metadata: dict[str, str], api_key_id: int | None) -> dict[str, str]:
+    """What a usage entry records: the report's metadata, and the API key that posted it (per-key budgets
+    count it). Kept out of the report's own metadata, so a replay from another key is still a replay."""
+    return {**metadata, "api_key_id": str(api_key_id)} if api_key_id is not None else metadata
 
 
 def _fingerprint(charge: Charge, metadata: dict[str, str]) -> str:

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from .budgets import is_budgeted, open_gate
 from .db import one_of
 from .ledger import IdempotencyConflict, Ledger, LedgerError, PostedEntry, Posting, find_entries, get_account
 from .metering import (
@@ -48,6 +49,7 @@ from .metering import (
     already_billed,
     priced_report,
     session_row,
+    with_api_key,
 )
 from .models import BillingSession, EntryType
 from .money import from_units
@@ -140,10 +142,13 @@ def record_usage_batch(
     markup_percent: Decimal,
     actor_user_id: int | None = None,
     actor_ip: str | None = None,
+    api_key_id: int | None = None,
 ) -> list[BatchResult]:
     """Records up to 1,000 usage reports of one organization in one ledger transaction, each as
     `record_usage` would in order, each with its own result (in the order of `events`). Raises only for
-    the batch as a whole: MeteringError for more than 1,000 events, AccountNotFound for the organization."""
+    the batch as a whole: MeteringError for more than 1,000 events, AccountNotFound for the organization.
+    Spend budgets are checked per report, in order: one that would pass a hard-stopped budget is refused
+    (`budget_exceeded`) and the reports after it are judged on the spend without it."""
     if len(events) > MAX_EVENTS:
         raise MeteringError(f"a batch has at most {MAX_EVENTS} usage events, not {len(events)}")
     results: list[BatchResult | None] = [None] * len(events)
@@ -169,7 +174,7 @@ def record_usage_batch(
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with ledger.transaction() as conn:
-                done = _record(ledger, conn, organization_id, reports, barred, actor_user_id, actor_ip)
+                done = _record(ledger, conn, organization_id, reports, barred, actor_user_id, actor_ip, api_key_id)
         except (_Replan, IntegrityError):
             if attempt == ATTEMPTS:
                 raise
@@ -188,6 +193,7 @@ def _record(
     barred: dict[int, LedgerError],
     actor_user_id: int | None,
     actor_ip: str | None,
+    api_key_id: int | None,
 ) -> dict[int, BatchResult]:
     """One attempt, inside the ledger transaction: read and lock, plan, post, store."""
     account_id = get_account(conn, organization_id=organization_id).id
@@ -196,6 +202,9 @@ def _record(
     keys = {r.event.idempotency_key for r in reports}
     lock_usage_keys(conn, account_id, keys)  # before the remainders, as a single report does
     carried, created = lock_remainders(conn, account_id, {r.event.operation for r in reports})
+    budgeted = is_budgeted(conn, account_id)
+    gate = open_gate(conn, account_id) if budgeted else None  # with budgets: the account row locked now
+    now = datetime.now(UTC)
     posted = find_entries(conn, account_id, [f"usage:{k}" for k in keys])
     uncharged = uncharged_reports(conn, account_id, keys)
     billed = _billed_sessions(conn, account_id, {r.session_id for r in reports if r.session_id})
@@ -227,10 +236,14 @@ def _record(
             elif r.index in barred:
                 raise barred[r.index]
             else:
-                units, remainder[r.event.operation] = carry(remainder[r.event.operation], r.charge.cost)
+                units, rest = carry(remainder[r.event.operation], r.charge.cost)
+                at = r.event.created_at or now
+                if units > 0 and gate is not None:  # BudgetExceeded refuses this report alone
+                    gate.admit(units, at=at, api_key_id=api_key_id, user_id=actor_user_id)
+                remainder[r.event.operation] = rest
                 planned = _Planned(r, units, len(postings) if units > 0 else None)
                 if units > 0:
-                    postings.append(_posting(account_id, r, units, actor_user_id, actor_ip))
+                    postings.append(_posting(account_id, r, units, actor_user_id, actor_ip, api_key_id, at))
                 plan.append(planned)
                 first[key] = planned
                 if sid is not None:
@@ -248,6 +261,10 @@ def _record(
         elif outcome is not None and outcome.replayed:
             unplanned = True  # its key was posted meanwhile: the next attempt finds it
     if unplanned:
+        raise _Replan
+    if gate is not None:
+        gate.flush()
+    elif postings and is_budgeted(conn, account_id):  # set meanwhile (read under the row lock now)
         raise _Replan
 
     entries: dict[int, PostedEntry] = {}
@@ -285,7 +302,15 @@ def _record(
     return done
 
 
-def _posting(account_id: int, r: _Report, units: int, actor_user_id: int | None, actor_ip: str | None) -> Posting:
+def _posting(
+    account_id: int,
+    r: _Report,
+    units: int,
+    actor_user_id: int | None,
+    actor_ip: str | None,
+    api_key_id: int | None,
+    at: datetime,
+) -> Posting:
     """The same posting as `metering.post_charge` makes."""
     return Posting(
         account_id,
@@ -293,12 +318,12 @@ def _posting(account_id: int, r: _Report, units: int, actor_user_id: int | None,
         -from_units(units),
         r.charge.description,
         category=r.charge.category,
-        metadata=r.metadata,
+        metadata=with_api_key(r.metadata, api_key_id),
         actor_user_id=actor_user_id,
         actor_ip=actor_ip,
         idempotency_key=f"usage:{r.event.idempotency_key}",
         floor=DEBT_FLOOR,
-        created_at=r.event.created_at,
+        created_at=at,
     )
 
 

@@ -130,6 +130,8 @@ class CreditAccount(SQLModel, table=True):
     adjustment_count: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     # credits reserved by active holds: available = balance - held (never below the floor)
     held: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    # the account has spend budgets (budgets.py): only then does a usage posting read and count them
+    budgeted: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
     version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -770,3 +772,48 @@ class NotificationPreference(SQLModel, table=True):
     category: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
     enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
     updated_at: datetime = _ts(nullable=False)
+
+
+# -- spend budgets (budgets.py, budget_settings.py; migration 0018) ---------------------------------
+
+
+class SpendBudget(SQLModel, table=True):
+    """An owner's monthly spend budget (ledger units) for the organization, one of its API keys or one
+    of its members (`target`: 'organization', 'api_key:<id>', 'member:<user id>'). `hard_stop` refuses
+    usage and holds that would take the month's spend past it."""
+
+    __tablename__ = "spend_budget"
+    __table_args__ = (sa.UniqueConstraint("account_id", "target", name="uq_spend_budget_account_target"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("organization.id"), nullable=False))
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), nullable=False))
+    target: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    api_key_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("api_key.id"), nullable=True)
+    )
+    user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    hard_stop: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    created_by_user_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("app_user.id"), nullable=True)
+    )
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class BudgetSpend(SQLModel, table=True):
+    """A budget's spend in one calendar month (UTC, 'YYYY-MM'), moved in each usage posting's
+    transaction under the account row's lock; `alerted` is the highest threshold (50, 80, 100) whose
+    alert was written this month, so each is written once."""
+
+    __tablename__ = "budget_spend"
+
+    budget_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("spend_budget.id", ondelete="CASCADE"), primary_key=True)
+    )
+    month: str = Field(sa_column=sa.Column(sa.String(7), primary_key=True))
+    spent: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    alerted: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))

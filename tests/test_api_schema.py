@@ -218,6 +218,7 @@ WRITTEN = sa.text(
         (SELECT count(*) FROM webhook_event),
         (SELECT count(*) || ' ' || count(deleted_at) FROM webhook_endpoint WHERE organization_id = :o),
         (SELECT count(*) FROM webhook_message WHERE organization_id = :o),
+        (SELECT count(*) || ' ' || coalesce(sum(amount), 0) FROM spend_budget WHERE organization_id = :o),
         (SELECT count(*) || ' ' || count(revoked_at) FROM api_key WHERE organization_id = :o
             OR user_id IN (SELECT user_id FROM membership WHERE organization_id = :o)),
         (SELECT enabled || ' ' || threshold || ' ' || amount || ' ' || coalesce(monthly_cap, '-')

@@ -15,6 +15,7 @@ from ..db import get_engine
 from . import (
     auth_routes,
     auto_recharge,
+    budgets,
     credits,
     errors,
     grants,
@@ -57,6 +58,7 @@ def create_api_app() -> FastAPI:
     app.include_router(keys.router)
     app.include_router(receipts.router)
     app.include_router(webhooks.router)
+    app.include_router(budgets.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
     openapi.install(app, (*provider_webhooks.WEBHOOK_EVENTS, schemas.BatchUsageEvent))
     return app

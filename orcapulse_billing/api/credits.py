@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
 from ..auth import Principal
+from ..budgets import BudgetExceeded
 from ..config import get_settings
 from ..db import get_engine
 from ..history import PAGE_SIZES, HistoryItem, HistoryQuery, billing_session, history_page, iter_history, usage_summary
@@ -29,7 +30,7 @@ from ..payments.flow import choose
 from ..pricing import CUSTOM_MAX, CUSTOM_MIN, PACKAGES
 from ..services import get_auto_recharger, get_ledger, run_in_background
 from . import schemas as s
-from .deps import INSUFFICIENT_SCOPE, DecimalRoute, client_ip, current_principal, usage_principal
+from .deps import BUDGET_EXCEEDED, INSUFFICIENT_SCOPE, DecimalRoute, client_ip, current_principal, usage_principal
 from .errors import ApiError, responses
 
 router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=DecimalRoute)
@@ -314,7 +315,7 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
 @router.post(
     "/usage",
     response_model=s.UsageResponse,
-    responses={**responses(400, 401, 409), **INSUFFICIENT_SCOPE},
+    responses={**responses(400, 401, 409), **BUDGET_EXCEEDED, **INSUFFICIENT_SCOPE},
     summary="Report a finished operation; completed ones are always charged (into debt if need be), failed ones never",
     description="Spends the organization's credits, so it needs an API key with the `usage:write` scope "
     "(owners and admins create them: POST /api/keys). A session, a member's key or a key without the scope "
@@ -350,7 +351,10 @@ def post_usage(
             session=session_info(body.session),
             actor_user_id=principal.user_id,
             actor_ip=client_ip(request),
+            api_key_id=principal.api_key_id,
         )
+    except BudgetExceeded as exc:
+        raise ApiError(402, "budget_exceeded", str(exc)) from None
     except MeteringError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
     except IdempotencyConflict as exc:

@@ -110,6 +110,16 @@ INSUFFICIENT_SCOPE = {
 }
 
 
+# The documented 402 of every route a hard-stopped spend budget can refuse.
+BUDGET_EXCEEDED = {
+    402: {
+        "model": ErrorBody,
+        "description": "budget_exceeded: it would take the month's spend past a spend budget with a hard stop "
+        "(the organization's, this API key's or its user's); nothing was recorded",
+    }
+}
+
+
 def usage_principal(
     request: Request,
     _key: Annotated[Any, Security(API_KEY, scopes=[USAGE_WRITE])] = None,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from .. import holds
 from ..auth import Principal
+from ..budgets import BudgetExceeded
 from ..config import get_settings
 from ..db import get_engine
 from ..ledger import IdempotencyConflict, get_account
@@ -27,7 +28,8 @@ REFUSED = {
     402: {
         "model": ErrorBody,
         "description": "insufficient_credits: the available balance is at or below zero (debt is paid first), "
-        "or the hold does not fit within the available balance plus the grace limit; nothing is reserved",
+        "or the hold does not fit within the available balance plus the grace limit; budget_exceeded: the month's "
+        "spend plus the estimate would pass a spend budget with a hard stop; nothing is reserved",
     }
 }
 NOT_FOUND = {404: {"model": ErrorBody, "description": "not_found: no such hold in this organization"}}
@@ -64,6 +66,8 @@ def _announce(organization_id: int, hold: holds.Hold) -> None:
 def _refusal(exc: Exception) -> ApiError:
     if isinstance(exc, holds.HoldRefused):
         return ApiError(402, "insufficient_credits", str(exc))
+    if isinstance(exc, BudgetExceeded):
+        return ApiError(402, "budget_exceeded", str(exc))
     if isinstance(exc, holds.HoldNotFound):
         return ApiError(404, "not_found", str(exc))
     if isinstance(exc, holds.HoldConflict | IdempotencyConflict):
@@ -94,8 +98,9 @@ def place(body: s.HoldRequest, principal: Principal = Depends(usage_principal)) 
             model=body.model,
             actor_user_id=principal.user_id,
             ttl_seconds=settings.hold_ttl_seconds,
+            api_key_id=principal.api_key_id,
         )
-    except (holds.HoldError, MeteringError) as exc:
+    except (holds.HoldError, BudgetExceeded, MeteringError) as exc:
         raise _refusal(exc) from None
     if not placed.replayed:
         _announce(principal.organization_id, placed.hold)
@@ -151,6 +156,7 @@ def capture(
             markup_percent=get_settings().markup_percent,
             actor_user_id=principal.user_id,
             actor_ip=client_ip(request),
+            api_key_id=principal.api_key_id,
         )
     except (holds.HoldError, MeteringError, IdempotencyConflict) as exc:
         raise _refusal(exc) from None

@@ -41,7 +41,8 @@ STATUSES = ("charged", "not_charged", "replayed", "refused")
     description="Each event is recorded as `POST /api/credits/usage` would record it, in the order sent, all in "
     "one transaction: charged, not charged (a failed operation, or a cost still below one ledger unit, carried "
     "to the next report of the operation), replayed (its key was seen before, earlier in this batch too: nothing "
-    "changed) or refused with its own error (a bad event, an idempotency conflict, a session already billed), "
+    "changed) or refused with its own error (a bad event, an idempotency conflict, a session already billed, "
+    "`budget_exceeded` when it would take the month's spend past a hard-stopped spend budget), "
     "without affecting the others. Sending the same batch again replays it. Spends the organization's credits, "
     "so it needs an API key with the `usage:write` scope; a session, a member's key or a key without the scope "
     "gets 403 `insufficient_scope` and nothing is recorded. 409 `conflict`: the batch kept meeting concurrent "
@@ -78,6 +79,7 @@ def post_usage_batch(
             markup_percent=get_settings().markup_percent,
             actor_user_id=principal.user_id,
             actor_ip=client_ip(request),
+            api_key_id=principal.api_key_id,
         )
     except IntegrityError:  # met concurrent reports of its keys or sessions on every attempt
         raise ApiError(409, "conflict", "the batch met concurrent reports of the same keys or sessions") from None
