@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from ..auth import Principal
 from ..budget_settings import BudgetInputError, BudgetStatus, list_budgets, remove_budget, set_budget
@@ -44,7 +44,7 @@ def reader_principal(principal: Principal = Depends(current_principal)) -> Princ
 
 class BudgetIn(s.Strict):
     amount: BudgetAmount
-    hard_stop: bool = Field(
+    hard_stop: StrictBool = Field(
         default=False,
         description="Refuse new usage and holds that would take the month's spend past the budget (402 "
         "`budget_exceeded`); off: alerts only",
