@@ -300,7 +300,12 @@ def test_stateful_workflows_as_owner(app_engine, app_ledger, stripe_sandbox, mon
     monkeypatch.setattr(accounts, "hash_password", lambda password: "unused")  # these users only use API keys
     steps = []
 
-    class Workflows(schema.as_state_machine()):
+    # The spend budget routes are left out of the scenarios: they have no links to follow (the contract
+    # runs above cover them), and a generated hard-stopped budget would turn a scenario's spending calls
+    # into 402s before its links are reached.
+    workflows = schema.exclude(path_regex="^/api/credits/budgets")
+
+    class Workflows(workflows.as_state_machine()):
         def setup(self):
             _as(_org(app_engine, app_ledger, "owner"))
 
