@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import accounts, cli_auto_recharge, cli_budgets, cli_receipts, cli_webhooks, webhooks
+from . import accounts, cli_auto_recharge, cli_budgets, cli_notifications, cli_receipts, cli_webhooks, webhooks
 from .budget_settings import BudgetInputError
 from .config import ConfigError, get_settings, start_refusal
 from .db import get_engine, upgrade
@@ -523,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_auto_recharge.add_commands(sub)
     cli_webhooks.add_commands(sub)
     cli_budgets.add_commands(sub)
+    cli_notifications.add_commands(sub)
     return parser
 
 
@@ -535,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         UsageError,
         cli_receipts.ReceiptUsageError,
         cli_auto_recharge.AutoRechargeUsageError,
+        cli_notifications.NotificationsUsageError,
         webhooks.WebhookError,
         BudgetInputError,
     ) as exc:

@@ -222,7 +222,11 @@ WRITTEN = sa.text(
         (SELECT count(*) || ' ' || count(revoked_at) FROM api_key WHERE organization_id = :o
             OR user_id IN (SELECT user_id FROM membership WHERE organization_id = :o)),
         (SELECT enabled || ' ' || threshold || ' ' || amount || ' ' || coalesce(monthly_cap, '-')
-            FROM auto_recharge_policy WHERE organization_id = :o)"""
+            FROM auto_recharge_policy WHERE organization_id = :o),
+        (SELECT mode || ' ' || coalesce(amount, '-') || ' ' || coalesce(percent, '-') || ' ' || updated_at
+            FROM low_balance_setting WHERE organization_id = :o),
+        (SELECT count(*) || ' ' || coalesce(max(updated_at), '-') FROM notification_preference
+            WHERE organization_id = :o)"""
 )
 
 

@@ -22,6 +22,7 @@ from . import (
     guards,
     holds,
     keys,
+    notifications,
     openapi,
     payments,
     provider_webhooks,
@@ -57,6 +58,7 @@ def create_api_app() -> FastAPI:
     app.include_router(provider_webhooks.router)
     app.include_router(keys.router)
     app.include_router(receipts.router)
+    app.include_router(notifications.router)
     app.include_router(webhooks.router)
     app.include_router(budgets.router)
     app.add_api_route("/api/health", health, methods=["GET"], include_in_schema=False)
