@@ -9,10 +9,12 @@ from ...components.layout import page_frame
 from ...config import get_settings
 from ...webhooks import EVENT_TYPES
 from . import BillingState as S
+from .budgets import BudgetsState as B
 from .profile import BillingProfileState as P
 from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
 from .views.billing_profile import billing_profile_card
+from .views.budgets import budget_dialog, budgets_card
 from .views.header import (
     error_state,
     expiry_notice,
@@ -115,6 +117,34 @@ def content() -> rx.Component:
             on_save=P.save_billing_profile,
             saving=P.saving,
             error=P.error,
+        ),
+        budgets_card(
+            visible=B.budgets_visible,
+            can_edit=S.is_owner,
+            rows=B.budget_rows,
+            on_mount=B.load_budgets,
+            on_refresh=B.refresh_budgets,
+            on_add=B.open_new_budget,
+            on_edit=B.open_edit_budget,
+            on_remove=B.remove_budget,
+        ),
+        budget_dialog(
+            is_open=B.budget_dialog_open,
+            on_open_change=B.set_budget_dialog_open,
+            editing=B.budget_editing,
+            scope=B.budget_scope,
+            on_scope=B.set_budget_scope,
+            target=B.budget_target,
+            on_target=B.set_budget_target,
+            key_options=B.key_options,
+            member_options=B.member_options,
+            amount=B.budget_amount,
+            on_amount=B.set_budget_amount,
+            hard_stop=B.budget_hard_stop,
+            on_hard_stop=B.set_budget_hard_stop,
+            error=B.budget_error,
+            saving=B.budget_saving,
+            on_save=B.save_budget,
         ),
         auto_recharge_panel(
             # the tab's edits from the first one until Save or Discard, else the saved settings (live)
