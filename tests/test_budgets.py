@@ -241,3 +241,21 @@ def test_bad_budgets_are_refused_and_write_nothing(funded, amount, target, code)
     assert refused.value.code == code
     with org.engine.connect() as conn:
         assert list_budgets(conn, org.id) == []
+
+
+def test_a_phone_rental_counts_but_is_never_refused_by_a_hard_stop(funded):
+    from orcapulse_billing.jobs import add_phone_number, bill_phone_numbers
+
+    org = funded
+    set_budget(org.ledger, org.id, "1.00", hard_stop=True)
+    run = uuid.uuid4().hex
+    for i in range(19):
+        report(org, f"{run}-{i}")
+    number = "+1555" + str(uuid.uuid4().int)[:7]
+    add_phone_number(org.engine, org.id, number, Decimal("1.15"), datetime.now(UTC))
+    billed = bill_phone_numbers(org.engine, org.ledger, datetime.now(UTC).date())
+    assert len([d for d in billed.billed if "Phone number rental" in d]) >= 1
+    assert spent(org)["Organization"] == (19 * REPORT_UNITS + 11_500, 100)  # past the budget: alerted at 100 %
+    assert len(alert_rows(org)[0]) == 3
+    with pytest.raises(BudgetExceeded):
+        report(org, f"{run}-after")

@@ -1,6 +1,6 @@
 """The spend budgets card in a real browser: an owner adds a budget in the dialog, usage posted through
 the REST API moves its bar live (50 % reached), an admin sees the card without the buttons, a member
-sees no card."""
+sees no card; an owner demoted meanwhile is refused by the server."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def _report(app, org: Org, minutes: str) -> None:
     body = {"operation": "ai_call", "quantity": minutes, "status": "completed", "idempotency_key": uuid.uuid4().hex}
     r = httpx.post(f"{app.backend_url}/api/credits/usage", json=body, headers=org.auth("owner"), timeout=30)
     assert r.status_code == 200, r.text
+
+
+def _set_role(engine, org: Org, role: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE membership SET role = :r WHERE user_id = :u AND organization_id = :o"),
+            {"r": role, "u": org.user_ids["owner"], "o": org.id},
+        )
 
 
 def test_owner_sets_a_budget_and_sees_the_bar_move_admins_read_members_see_nothing(
@@ -67,6 +75,25 @@ def test_owner_sets_a_budget_and_sees_the_bar_move_admins_read_members_see_nothi
                 expect(budgets).to_have_count(0)
         finally:
             context.close()
+
+    # each handler re-reads the role: an owner demoted while the dialog is open saves nothing
+    card.get_by_test_id("budget-add").click()
+    dialog.get_by_test_id("budget-amount").fill("7")
+    _set_role(app_engine, org, "admin")
+    try:
+        dialog.get_by_test_id("budget-save").click()
+        expect(dialog.get_by_test_id("budget-error")).to_contain_text("Only owners can change spend budgets")
+    finally:
+        _set_role(app_engine, org, "owner")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    with app_engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM spend_budget WHERE organization_id = :o"), {"o": org.id}
+            ).scalar()
+            == 1
+        )
 
     # the owner removes it
     row.get_by_test_id("budget-remove").click()
