@@ -31,9 +31,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
+from .auth import Principal, audit
 from .billing_profile import table_of
+from .db import writer
 from .ledger import PostedEntry
 from .models import CreditAccount, LedgerEntry, LowBalanceSetting
 from .money import MoneyError, fmt4, parse_amount, to_units
@@ -143,6 +145,20 @@ def save_setting(conn: Connection, organization_id: int, setting: ThresholdSetti
                 updated_by_user_id=user_id,
                 updated_at=datetime.now(UTC),
             )
+        )
+
+
+def save_audited(engine: Engine, principal: Principal, setting: ThresholdSetting, ip: str | None) -> None:
+    """An owner's change (REST, the page): the setting and its audit line, in one transaction."""
+    with writer(engine).begin() as conn:
+        save_setting(conn, principal.organization_id, setting, principal.user_id)
+        audit(
+            conn,
+            "low_balance_threshold_updated",
+            organization_id=principal.organization_id,
+            user_id=principal.user_id,
+            ip=ip,
+            **setting.as_json(),
         )
 
 

@@ -22,10 +22,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
+from .auth import Principal, audit
 from .billing_profile import table_of
-from .db import dialect_insert
+from .db import dialect_insert, writer
 from .models import NotificationPreference
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,20 @@ def save_preferences(conn: Connection, organization_id: int, user_id: int, chang
             .on_conflict_do_update(
                 index_elements=["organization_id", "user_id", "category"], set_={"enabled": enabled, "updated_at": now}
             )
+        )
+
+
+def save_audited(engine: Engine, principal: Principal, changes: Mapping[str, bool], ip: str | None) -> None:
+    """An owner's change to their own switches (REST, the page) and its audit line, in one transaction."""
+    with writer(engine).begin() as conn:
+        save_preferences(conn, principal.organization_id, principal.user_id, changes)
+        audit(
+            conn,
+            "notification_preferences_updated",
+            organization_id=principal.organization_id,
+            user_id=principal.user_id,
+            ip=ip,
+            **changes,
         )
 
 

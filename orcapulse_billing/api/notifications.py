@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, W
 from pydantic_core import PydanticCustomError
 
 from .. import low_balance, notification_preferences
-from ..auth import Principal, audit
+from ..auth import Principal
 from ..config import get_settings
-from ..db import get_engine, writer
+from ..db import get_engine
 from ..money import fmt4, to_units
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal
 from .errors import ApiError, ErrorBody, responses
@@ -160,21 +160,8 @@ def put_threshold(body: ThresholdIn, request: Request, principal: Principal = De
         setting = low_balance.validate_setting(body.model_dump(mode="json"))
     except low_balance.ThresholdError as exc:
         raise ApiError(400, "invalid_request", exc.message) from None
-    _save_threshold(principal, setting, client_ip(request))
+    low_balance.save_audited(get_engine(), principal, setting, client_ip(request))
     return _threshold_json(principal.organization_id)
-
-
-def _save_threshold(principal: Principal, setting: low_balance.ThresholdSetting, ip: str | None) -> None:
-    with writer(get_engine()).begin() as conn:
-        low_balance.save_setting(conn, principal.organization_id, setting, principal.user_id)
-        audit(
-            conn,
-            "low_balance_threshold_updated",
-            organization_id=principal.organization_id,
-            user_id=principal.user_id,
-            ip=ip,
-            **setting.as_json(),
-        )
 
 
 def _preferences_json(principal: Principal) -> PreferencesOut:
@@ -214,14 +201,5 @@ def put_preferences(
         changes = notification_preferences.validate_changes(given)
     except notification_preferences.PreferenceError as exc:
         raise ApiError(400, "invalid_request", exc.message) from None
-    with writer(get_engine()).begin() as conn:
-        notification_preferences.save_preferences(conn, principal.organization_id, principal.user_id, changes)
-        audit(
-            conn,
-            "notification_preferences_updated",
-            organization_id=principal.organization_id,
-            user_id=principal.user_id,
-            ip=client_ip(request),
-            **changes,
-        )
+    notification_preferences.save_audited(get_engine(), principal, changes, client_ip(request))
     return _preferences_json(principal)

@@ -10,6 +10,7 @@ from ...config import get_settings
 from ...webhooks import EVENT_TYPES
 from . import BillingState as S
 from .budgets import BudgetsState as B
+from .notifications import NotificationsState as N
 from .profile import BillingProfileState as P
 from .views.add_credits import add_credits_dialog
 from .views.auto_recharge import auto_recharge_panel
@@ -26,6 +27,7 @@ from .views.header import (
 )
 from .views.history import empty_state, history_controls, history_footer, history_table
 from .views.history_filters import history_range_controls
+from .views.notifications import notifications_card
 from .views.session_panel import session_panel
 from .views.stats import stats, usage_chart
 from .views.styles import PAGE_CSS
@@ -164,6 +166,23 @@ def content() -> rx.Component:
             on_field=S.set_auto_field,
             on_save=S.save_auto_recharge,
             on_discard=S.discard_auto_edits,
+        ),
+        notifications_card(
+            visible=N.visible,
+            mode=N.mode,
+            amount=N.amount,
+            percent=N.percent,
+            in_force=N.in_force,
+            default_label=N.default_label,
+            error=N.error,
+            saving=N.saving,
+            switches=N.switches,
+            on_mount=N.load_notifications,
+            on_mode=N.set_threshold_mode,
+            on_amount=N.set_threshold_amount,
+            on_percent=N.set_threshold_percent,
+            on_save=N.save_threshold,
+            on_switch=N.set_switch,
         ),
         webhooks_card(
             visible=W.visible,
