@@ -140,14 +140,30 @@ def test_owner_buys_the_50_package_through_the_checkout_popup(app, page, app_eng
     expect(page.get_by_test_id("balance-value")).to_have_text("$105.00", timeout=20_000)
 
 
+def settled_box(page, locator) -> dict:
+    """The element's box once it stops moving (two reads 100 ms apart agree): animations are over."""
+    box = None
+    for _ in range(50):
+        previous, box = box, locator.bounding_box()
+        if box is not None and box == previous:
+            return box
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the element kept moving: {box}")
+
+
 def test_custom_amounts_in_the_dialog(app, page, app_engine, app_ledger):
     org = Org(app_engine, app_ledger, welcome=Decimal(5))
     open_billing(page, app, org, "owner")
     page.get_by_test_id("add-credits-button").click()
-    for bad in ("0.50", "150", "abc"):
+    button = page.get_by_test_id("custom-checkout")
+    where = settled_box(page, button)  # once the dialog's opening animation is over
+    for bad, said in (("0.50", "between $1.00"), ("150", "between $1.00"), ("abc", "whole cents")):
         page.get_by_test_id("custom-amount").fill(bad)
-        page.get_by_test_id("custom-checkout").click()
-        expect(page.get_by_test_id("purchase-error")).to_be_visible()
+        button.click()
+        expect(page.get_by_test_id("purchase-error")).to_contain_text(said)
+        # the error appearing or clearing moves nothing above it: a centred dialog moved the button under
+        # the pointer between mouse-down (whose blur clears the error) and mouse-up, and the click was lost
+        assert settled_box(page, button) == where
     expect(page.get_by_test_id("purchase-error")).to_contain_text("amount")
     page.get_by_test_id("custom-amount").fill("150")
     page.get_by_test_id("custom-checkout").click()

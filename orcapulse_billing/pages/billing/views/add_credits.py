@@ -6,6 +6,7 @@ from __future__ import annotations
 import reflex as rx
 
 from ....pricing import CUSTOM_MAX, CUSTOM_MIN
+from .styles import top_aligned
 
 
 def package_card(p, *, can_quick_pay, quick_pay_label, buying, on_checkout, on_quick_purchase) -> rx.Component:
@@ -196,6 +197,7 @@ def add_credits_dialog(
             ),
             max_width="620px",
             data_testid="add-credits-dialog",
+            custom_attrs=top_aligned(),
         ),
         open=is_open,
         on_open_change=on_open_change,

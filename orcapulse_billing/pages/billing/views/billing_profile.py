@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import reflex as rx
 
+from .styles import top_aligned
+
 FIELDS = (
     ("name", "Billing name", "Company or full name"),
     ("address_line1", "Address", "Street and number"),
@@ -113,6 +115,7 @@ def billing_profile_card(
             ),
             max_width="560px",
             data_testid="billing-profile-dialog",
+            custom_attrs=top_aligned(),
         ),
         open=dialog_open,
         on_open_change=on_open_change,

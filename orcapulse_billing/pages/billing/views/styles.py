@@ -12,3 +12,13 @@ PAGE_CSS = (
     ".pulse-ring{box-shadow:0 0 0 0 rgba(22,163,74,.6);animation:ring 1.8s infinite}"
     "@keyframes ring{70%{box-shadow:0 0 0 10px rgba(22,163,74,0)}100%{box-shadow:0 0 0 0 rgba(22,163,74,0)}}"
 )
+
+# For dialog contents whose height changes as the server answers (an error appears or clears): Radix
+# centres a dialog vertically by default, so a message appearing below a button moved the button under
+# the pointer between mouse-down (whose blur sends the typed amount and clears the error) and mouse-up,
+# and the click was lost. Top-aligned, nothing above the changing part moves. A new dict per call: Reflex
+# adds the component's other attributes (its data-testid) to the dict it is given.
+
+
+def top_aligned() -> dict[str, str]:
+    return {"align": "start"}

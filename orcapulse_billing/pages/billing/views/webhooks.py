@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import reflex as rx
 
+from .styles import top_aligned
+
 
 def _endpoint(row, *, can_manage, on_test, on_remove) -> rx.Component:
     return rx.flex(
@@ -202,6 +204,7 @@ def _add_dialog(
             rx.cond(secret != "", created, form),
             max_width="520px",
             data_testid="webhook-dialog",
+            custom_attrs=top_aligned(),
         ),
         open=is_open,
         on_open_change=on_open_change,
