@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import reflex as rx
 
+from .styles import top_aligned
+
 
 def _bar(row, *, can_edit, on_edit, on_remove) -> rx.Component:
     return rx.vstack(
@@ -210,6 +212,7 @@ def budget_dialog(
             ),
             max_width="480px",
             data_testid="budget-dialog",
+            custom_attrs=top_aligned(),
         ),
         open=is_open,
         on_open_change=on_open_change,
