@@ -3,6 +3,9 @@ for operators (owners use the page or the REST API).
 
     webhooks list ORG                          endpoints (the secret's start only)
     webhooks add ORG URL --events a,b [--description TEXT]   prints the signing secret, once
+    webhooks enable ORG ENDPOINT_ID            it receives the events from now on
+    webhooks disable ORG ENDPOINT_ID           what it has not received yet is cancelled; nothing is
+                                               queued for it until it is enabled again
     webhooks remove ORG ENDPOINT_ID            what it has not received yet is cancelled
     webhooks test ORG ENDPOINT_ID              queues a webhook.test message
     webhooks deliveries ORG [--endpoint ID] [--limit N]      the log, newest first, with response codes
@@ -31,7 +34,10 @@ def cmd_list(args: argparse.Namespace) -> None:
     if not found:
         print("no webhook endpoints")
     for e in found:
-        print(f"{e.id:>5}  {e.url}  [{', '.join(e.event_types)}]  secret {e.secret_hint}  {e.description}".rstrip())
+        state = "" if e.enabled else "  (disabled)"
+        print(
+            f"{e.id:>5}  {e.url}{state}  [{', '.join(e.event_types)}]  secret {e.secret_hint}  {e.description}".rstrip()
+        )
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -46,6 +52,14 @@ def cmd_add(args: argparse.Namespace) -> None:
     )
     print(f"endpoint {endpoint.id}: {endpoint.url} [{', '.join(endpoint.event_types)}]")
     print(f"signing secret (shown once): {secret}")
+
+
+def cmd_set_enabled(args: argparse.Namespace) -> None:
+    enabled = args.webhooks_command == "enable"
+    with writer(get_engine()).begin() as conn:
+        if webhooks.set_endpoint_enabled(conn, _org_id(args.org), args.endpoint_id, enabled) is None:
+            raise webhooks.WebhookError("not_found", f"no webhook endpoint {args.endpoint_id} in {args.org!r}")
+    print(f"{'enabled' if enabled else 'disabled'} endpoint {args.endpoint_id}")
 
 
 def cmd_remove(args: argparse.Namespace) -> None:
@@ -99,6 +113,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--events", required=True, help=f"comma-separated, of: {', '.join(webhooks.EVENT_TYPES)}")
     p.add_argument("--description", default="", help="a note for people")
     p.set_defaults(func=cmd_add)
+    for name, what in (("enable", "send an endpoint events again"), ("disable", "stop sending an endpoint events")):
+        p = commands.add_parser(name, help=what)
+        p.add_argument("org", help="organization id or name")
+        p.add_argument("endpoint_id", type=_endpoint_id)
+        p.set_defaults(func=cmd_set_enabled)
     p = commands.add_parser("remove", help="remove an endpoint")
     p.add_argument("org", help="organization id or name")
     p.add_argument("endpoint_id", type=_endpoint_id)

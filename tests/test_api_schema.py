@@ -216,7 +216,8 @@ WRITTEN = sa.text(
         (SELECT count(*) FROM payment_method WHERE organization_id = :o),
         (SELECT count(*) FROM audit_log WHERE organization_id = :o),
         (SELECT count(*) FROM webhook_event),
-        (SELECT count(*) || ' ' || count(deleted_at) FROM webhook_endpoint WHERE organization_id = :o),
+        (SELECT count(*) || ' ' || count(deleted_at) || ' ' || coalesce(sum(enabled), 0) FROM webhook_endpoint
+            WHERE organization_id = :o),
         (SELECT count(*) FROM webhook_message WHERE organization_id = :o),
         (SELECT count(*) || ' ' || coalesce(sum(amount), 0) FROM spend_budget WHERE organization_id = :o),
         (SELECT count(*) || ' ' || count(revoked_at) FROM api_key WHERE organization_id = :o

@@ -412,6 +412,49 @@ def test_removing_an_endpoint_cancels_what_it_did_not_receive(engine, ledger):
     assert emit(engine, org) == 0
 
 
+def test_a_disabled_endpoint_gets_nothing_and_re_enabled_only_what_comes_next(engine, ledger, receiver):
+    """Disabling cancels what the endpoint had not received (queued, or waiting for a retry); events
+    while it is off are not queued for it (the organization's other endpoints still get them); on
+    again, it gets the events from then on, never the cancelled ones."""
+    org, other_org = make_org(engine, ledger), make_org(engine, ledger)
+    endpoint, secret = add(engine, org, receiver.url)
+    down = Receiver(codes=[500] * 50)  # the organization's other endpoint
+    try:
+        add(engine, org, down.url)
+        receiver.codes = [500]
+        emit(engine, org, key="retried")
+        assert deliver(engine, org).retrying == 2  # both wait for a retry
+        emit(engine, org, key="queued")
+        with writer(engine).begin() as conn:
+            assert webhooks.set_endpoint_enabled(conn, other_org.id, endpoint.id, False) is None  # not theirs
+            off = webhooks.set_endpoint_enabled(conn, org.id, endpoint.id, False)
+            assert off is not None and not off.enabled
+            again = webhooks.set_endpoint_enabled(conn, org.id, endpoint.id, False)  # no change, no error
+            assert again is not None and not again.enabled
+        mine = [m for m in messages(engine, org) if m.endpoint_id == endpoint.id]
+        assert [(m.status, m.last_error) for m in mine] == [("cancelled", "endpoint disabled")] * 2
+        assert emit(engine, org, key="while-off") == 1  # the other endpoint's only
+        with pytest.raises(WebhookError) as refused:
+            webhooks.send_test_event(engine, org.id, endpoint.id)
+        assert refused.value.code == "endpoint_disabled"
+        make_due(engine, org)
+        deliver(engine, org)
+        assert len(receiver.requests) == 1  # the first attempt, before it was disabled
+
+        with writer(engine).begin() as conn:
+            assert webhooks.set_endpoint_enabled(conn, org.id, endpoint.id, True).enabled
+        emit(engine, org, key="after")
+        make_due(engine, org)
+        deliver(engine, org)
+        assert len(receiver.requests) == 2
+        payload = standardwebhooks.Webhook(secret).verify(receiver.requests[1]["body"], receiver.requests[1]["headers"])
+        assert payload["id"] == webhooks.message_id(org.id, "credits.added:after")
+        mine = [m for m in messages(engine, org) if m.endpoint_id == endpoint.id]
+        assert [m.status for m in mine] == ["cancelled", "cancelled", "delivered"]
+    finally:
+        down.stop()
+
+
 def test_a_test_event_goes_to_that_endpoint_only(engine, ledger, receiver):
     org = make_org(engine, ledger)
     first, secret = add(engine, org, receiver.url)

@@ -89,11 +89,83 @@ def test_owners_register_test_and_remove_endpoints_admins_read_members_do_not(cl
         receiver.stop()
 
 
+def test_owners_disable_and_enable_an_endpoint(client, org, other, app_engine):
+    """PATCH {enabled}: owners only, refusals write nothing; off cancels the queue and refuses test
+    events, the receiver gets nothing; on again, it gets what comes next."""
+    receiver = Receiver()
+    try:
+        body = {"url": receiver.url, "event_types": ["credits.added"]}
+        endpoint = client.post("/api/webhooks/endpoints", json=body, headers=org.auth("owner")).json()
+        path = f"/api/webhooks/endpoints/{endpoint['id']}"
+        queued = client.post(path + "/test", headers=org.auth("owner")).json()["msg_id"]
+
+        refusals = [
+            (org.auth("admin"), {"enabled": False}, path, 403, "forbidden"),
+            (org.auth("member"), {"enabled": False}, path, 403, "forbidden"),
+            (other.auth("owner"), {"enabled": False}, path, 404, "not_found"),
+            (org.auth("owner"), {"enabled": False}, "/api/webhooks/endpoints/2147483647", 404, "not_found"),
+            (org.auth("owner"), {"enabled": False}, "/api/webhooks/endpoints/0", 400, "invalid_request"),
+            (org.auth("owner"), {}, path, 400, "invalid_request"),
+            (org.auth("owner"), {"enabled": "false"}, path, 400, "invalid_request"),
+            (org.auth("owner"), {"enabled": 0}, path, 400, "invalid_request"),
+            (org.auth("owner"), {"enabled": False, "url": "http://127.0.0.1:9/"}, path, 400, "invalid_request"),
+        ]
+        for headers, payload, where, status, code in refusals:
+            answer = client.patch(where, json=payload, headers=headers)
+            assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), (payload, answer.text)
+        assert client.patch(path, json={"enabled": False}).status_code == 401
+        assert [
+            e["enabled"] for e in client.get("/api/webhooks/endpoints", headers=org.auth("owner")).json()["endpoints"]
+        ] == [True]
+
+        off = client.patch(path, json={"enabled": False}, headers=org.auth("owner"))
+        assert off.status_code == 200 and off.json()["enabled"] is False and off.json()["id"] == endpoint["id"]
+        assert client.patch(path, json={"enabled": False}, headers=org.auth("owner")).json()["enabled"] is False
+        log = client.get("/api/webhooks/deliveries", headers=org.auth("admin")).json()["deliveries"]
+        assert [(d["msg_id"], d["status"], d["last_error"]) for d in log] == [
+            (queued, "cancelled", "endpoint disabled")
+        ]
+        refused = client.post(path + "/test", headers=org.auth("owner"))
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "endpoint_disabled"
+        # an event while it is off is not queued for it
+        assert webhooks.emit_now(app_engine, org.id, "credits.added", {"amount": "5.0000"}, key="while-off") == 0
+        assert webhooks.deliver_due(app_engine, organization_id=org.id, production=False).delivered == 0
+        assert receiver.requests == []
+
+        on = client.patch(path, json={"enabled": True}, headers=org.auth("owner"))
+        assert on.status_code == 200 and on.json()["enabled"] is True
+        sent = client.post(path + "/test", headers=org.auth("owner")).json()["msg_id"]
+        assert webhooks.deliver_due(app_engine, organization_id=org.id, production=False).delivered == 1
+        assert [r["headers"]["webhook-id"] for r in receiver.requests] == [sent]
+        with app_engine.connect() as conn:
+            actions = (
+                conn.execute(
+                    sa.text(
+                        "SELECT action FROM audit_log WHERE organization_id = :o AND action LIKE 'webhook_endpoint_%' ORDER BY id"
+                    ),
+                    {"o": org.id},
+                )
+                .scalars()
+                .all()
+            )
+        assert actions == [
+            "webhook_endpoint_added",
+            "webhook_endpoint_disabled",
+            "webhook_endpoint_disabled",
+            "webhook_endpoint_enabled",
+        ]
+    finally:
+        receiver.stop()
+
+
 def test_the_webhook_routes_are_documented(client):
     document = client.get("/api/openapi.json").json()
     paths = document["paths"]
     assert set(paths["/api/webhooks/endpoints"]) == {"get", "post"}
-    assert "delete" in paths["/api/webhooks/endpoints/{endpoint_id}"]
+    assert {"delete", "patch"} <= set(paths["/api/webhooks/endpoints/{endpoint_id}"])
+    patch = paths["/api/webhooks/endpoints/{endpoint_id}"]["patch"]
+    assert {"200", "400", "401", "403", "404"} <= set(patch["responses"])
+    assert document["components"]["schemas"]["EndpointPatch"]["required"] == ["enabled"]
     assert "post" in paths["/api/webhooks/endpoints/{endpoint_id}/test"]
     assert "get" in paths["/api/webhooks/deliveries"]
     created = document["components"]["schemas"]["EndpointCreated"]
@@ -102,7 +174,7 @@ def test_the_webhook_routes_are_documented(client):
     assert set(events["enum"]) == set(webhooks.EVENT_TYPES)
 
 
-def test_the_cli_adds_lists_tests_and_removes_endpoints(tmp_path):
+def test_the_cli_adds_lists_tests_disables_enables_and_removes_endpoints(tmp_path):
     cli = _make_cli(tmp_path)
     try:
         cli("create-org", "Acme")
@@ -137,6 +209,15 @@ def test_the_cli_adds_lists_tests_and_removes_endpoints(tmp_path):
             assert result.stderr.startswith("orcapulse-billing: error: ")
         with cli.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT COUNT(*) FROM webhook_endpoint")).scalar() == 1
+
+        # off: listed as such, no test event (exit 2); on again
+        assert f"disabled endpoint {endpoint_id}" in cli("webhooks", "disable", "Acme", endpoint_id).stdout
+        assert "(disabled)" in cli("webhooks", "list", "Acme").stdout
+        for args in (("webhooks", "test", "Acme", endpoint_id), ("webhooks", "enable", "Acme", "999")):
+            result = cli(*args, ok=False)
+            assert result.returncode == 2 and result.stderr.startswith("orcapulse-billing: error: "), result.stderr
+        assert f"enabled endpoint {endpoint_id}" in cli("webhooks", "enable", "Acme", endpoint_id).stdout
+        assert "(disabled)" not in cli("webhooks", "list", "Acme").stdout
         assert f"removed endpoint {endpoint_id}" in cli("webhooks", "remove", "Acme", endpoint_id).stdout
         assert "no webhook endpoints" in cli("webhooks", "list", "Acme").stdout
     finally:

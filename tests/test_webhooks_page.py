@@ -3,7 +3,7 @@
 backend's tests do; private addresses are refused there too): an owner adds endpoints (a refused URL
 writes nothing, the secret is shown once), sends test events and sees in the log the delivery (the
 receiver's body verifies with the `standardwebhooks` library and that secret) and the 500 with its retry
-time, removes one after confirming; admins read, members see nothing, and a handler called by someone
+time, turns one off and on again, removes one after confirming; admins read, members see nothing, and a handler called by someone
 no longer an owner writes nothing."""
 
 from __future__ import annotations
@@ -125,6 +125,17 @@ def test_owners_add_test_and_remove_endpoints_admins_read_members_see_nothing(
         expect(endpoints).to_have_count(1)
         assert [e.deleted_at is not None for e in _endpoints(app_engine, org.id)] == [False, True]
 
+        # off (a badge, no test event) and on again; the switch writes it
+        switch = endpoints.first.get_by_test_id("webhook-enabled")
+        switch.click()
+        expect(endpoints.first.get_by_test_id("webhook-disabled")).to_have_text("Disabled")
+        expect(endpoints.first.get_by_test_id("webhook-test")).to_be_disabled()
+        assert [e.enabled for e in _endpoints(app_engine, org.id)] == [False, False]  # the removed one is off too
+        switch.click()
+        expect(endpoints.first.get_by_test_id("webhook-disabled")).to_have_count(0)
+        expect(endpoints.first.get_by_test_id("webhook-test")).to_be_enabled()
+        assert [e.enabled for e in _endpoints(app_engine, org.id)] == [True, False]
+
         # admins read the endpoints and the log (Show more, Refresh); members see no card
         with app_engine.connect() as conn:
             ok_id = webhooks.list_endpoints(conn, org.id)[0].id
@@ -142,7 +153,7 @@ def test_owners_add_test_and_remove_endpoints_admins_read_members_see_nothing(
                     expect(other_card).to_have_count(0)
                     continue
                 expect(other_card.get_by_test_id("webhook-endpoint")).to_have_count(1, timeout=20_000)
-                for button in ("webhook-add", "webhook-test", "webhook-remove"):
+                for button in ("webhook-add", "webhook-enabled", "webhook-test", "webhook-remove"):
                     expect(other.get_by_test_id(button)).to_have_count(0)
                 rows = other_card.get_by_test_id("delivery-row")
                 expect(rows).to_have_count(10)  # the newest 10 of 12

@@ -1,6 +1,6 @@
 """Outbound webhook endpoints and their delivery log (`/api/webhooks/...`).
 
-Owners register, remove and test endpoints; owners and admins read them and the log (members get
+Owners register, enable or disable, remove and test endpoints; owners and admins read them and the log (members get
 403; another organization's endpoint is 404). The signing secret is answered once, when the endpoint
 is created. Refused input writes nothing.
 """
@@ -59,6 +59,16 @@ class EndpointIn(BaseModel):
     ]
     event_types: Annotated[list[EventType], Field(min_length=1, max_length=len(webhooks.EVENT_TYPES))]
     description: Annotated[str, Field(max_length=200, description="A note for people")] = ""
+
+
+class EndpointPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        description="false: nothing more is sent to it (what it has not received yet is cancelled, and no "
+        "event is queued for it while it is off); true: it receives the events from then on",
+        strict=True,
+    )
 
 
 class EndpointOut(BaseModel):
@@ -127,7 +137,7 @@ def _out(endpoint: webhooks.Endpoint) -> EndpointOut:
 
 
 def _refusal(exc: webhooks.WebhookError) -> ApiError:
-    status = {"not_found": 404, "too_many_endpoints": 409}.get(exc.code, 400)
+    status = {"not_found": 404, "too_many_endpoints": 409, "endpoint_disabled": 409}.get(exc.code, 400)
     return ApiError(status, exc.code, exc.message)
 
 
@@ -188,11 +198,37 @@ def delete_endpoint(
     return Response(status_code=204)
 
 
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    response_model=EndpointOut,
+    responses={**responses(400, 401, 404), **WRITE_FORBIDDEN},
+    summary="Enable or disable a webhook endpoint (owners); disabling cancels what it has not received yet",
+    description='`{"enabled": false}` stops deliveries to the endpoint: its queued messages and retries are '
+    "cancelled (they show as `cancelled`, `endpoint disabled`, in the delivery log) and events while it is "
+    'disabled are not queued for it. `{"enabled": true}` resumes with the events from then on; the cancelled '
+    "ones are not sent. Setting the state it already has changes nothing. Answers the endpoint.",
+)
+def patch_endpoint(
+    body: EndpointPatch,
+    request: Request,
+    endpoint_id: int = EndpointId,
+    principal: Principal = Depends(owner_principal),
+) -> EndpointOut:
+    endpoint = webhooks.set_enabled_audited(get_engine(), principal, endpoint_id, body.enabled, ip=client_ip(request))
+    if endpoint is None:
+        raise ApiError(404, "not_found", "no such webhook endpoint in this organization")
+    return _out(endpoint)
+
+
 @router.post(
     "/endpoints/{endpoint_id}/test",
     status_code=202,
     response_model=TestSent,
-    responses={**responses(400, 401, 404), **WRITE_FORBIDDEN},
+    responses={
+        **responses(400, 401, 404),
+        409: {"model": ErrorBody, "description": "endpoint_disabled: enable the endpoint first"},
+        **WRITE_FORBIDDEN,
+    },
     summary="Send a test event (`webhook.test`) to this endpoint (owners)",
     description="Queued at once and sent within seconds; follow it in GET /api/webhooks/deliveries.",
 )

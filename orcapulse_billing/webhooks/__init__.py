@@ -28,11 +28,11 @@ its libraries.
 The package, by concern: `common` (event types, the refusal error, tables), `urls` (where endpoints
 may point), `endpoints`, `outbox` (emit, the balance crossings' listener, the test event), `delivery`
 (signing, claiming, sending, backoff), `log` (the delivery log) and `audited` (an owner's
-add and remove with their audit lines). Everything callers use is
+add, enable or disable, and remove with their audit lines). Everything callers use is
 importable from here.
 """
 
-from .audited import add_audited, remove_audited
+from .audited import add_audited, remove_audited, set_enabled_audited
 from .common import EVENT_TYPES, TEST_EVENT, WebhookError
 from .delivery import (
     BATCH,
@@ -56,6 +56,7 @@ from .endpoints import (
     list_endpoints,
     new_secret,
     remove_endpoint,
+    set_endpoint_enabled,
 )
 from .log import Delivery, attempts_for, list_deliveries
 from .outbox import emit, emit_now, message_id, on_postings, send_test_event
@@ -94,6 +95,8 @@ __all__ = [
     "remove_audited",
     "remove_endpoint",
     "send_test_event",
+    "set_enabled_audited",
+    "set_endpoint_enabled",
     "sign",
     "system_resolver",
     "validate_url",

@@ -1,5 +1,5 @@
 """What an owner does to the organization's endpoints, audited: the REST routes and the billing page
-both add and remove through here (the caller has checked that the principal is an owner)."""
+both add, enable or disable, and remove through here (the caller has checked that the principal is an owner)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from ..auth import Principal, audit
 from ..db import writer
-from .endpoints import Endpoint, add_endpoint, remove_endpoint
+from .endpoints import Endpoint, add_endpoint, remove_endpoint, set_endpoint_enabled
 
 
 def add_audited(
@@ -60,3 +60,23 @@ def remove_audited(engine: Engine, principal: Principal, endpoint_id: int, *, ip
             endpoint_id=endpoint_id,
         )
     return True
+
+
+def set_enabled_audited(
+    engine: Engine, principal: Principal, endpoint_id: int, enabled: bool, *, ip: str | None
+) -> Endpoint | None:
+    """`set_endpoint_enabled` and its audit line in one transaction; None (nothing written): no such
+    endpoint in the principal's organization."""
+    with writer(engine).begin() as conn:
+        endpoint = set_endpoint_enabled(conn, principal.organization_id, endpoint_id, enabled)
+        if endpoint is None:
+            return None
+        audit(
+            conn,
+            "webhook_endpoint_enabled" if enabled else "webhook_endpoint_disabled",
+            organization_id=principal.organization_id,
+            user_id=principal.user_id,
+            ip=ip,
+            endpoint_id=endpoint_id,
+        )
+    return endpoint

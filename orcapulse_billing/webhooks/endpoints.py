@@ -1,4 +1,4 @@
-"""Endpoints: register (the signing secret answered once), list, find, remove."""
+"""Endpoints: register (the signing secret answered once), list, find, enable or disable, remove."""
 
 from __future__ import annotations
 
@@ -109,14 +109,17 @@ def list_endpoints(conn: Connection, organization_id: int) -> list[Endpoint]:
     return [_endpoint(r) for r in rows]
 
 
+def _this(organization_id: int, endpoint_id: int) -> tuple:
+    """The endpoint, if the organization's and not removed."""
+    return (
+        ENDPOINTS.c.id == endpoint_id,
+        ENDPOINTS.c.organization_id == organization_id,
+        ENDPOINTS.c.deleted_at.is_(None),
+    )
+
+
 def get_endpoint(conn: Connection, organization_id: int, endpoint_id: int) -> Endpoint | None:
-    row = conn.execute(
-        sa.select(ENDPOINTS).where(
-            ENDPOINTS.c.id == endpoint_id,
-            ENDPOINTS.c.organization_id == organization_id,
-            ENDPOINTS.c.deleted_at.is_(None),
-        )
-    ).first()
+    row = conn.execute(sa.select(ENDPOINTS).where(*_this(organization_id, endpoint_id))).first()
     return _endpoint(row) if row else None
 
 
@@ -124,18 +127,34 @@ def remove_endpoint(conn: Connection, organization_id: int, endpoint_id: int) ->
     """Removes the endpoint (False: no such endpoint in the organization); what it had not received
     yet is cancelled. Its delivery log stays."""
     removed = conn.execute(
-        sa.update(ENDPOINTS)
-        .where(
-            ENDPOINTS.c.id == endpoint_id,
-            ENDPOINTS.c.organization_id == organization_id,
-            ENDPOINTS.c.deleted_at.is_(None),
-        )
-        .values(deleted_at=now_utc(), enabled=False)
+        sa.update(ENDPOINTS).where(*_this(organization_id, endpoint_id)).values(deleted_at=now_utc(), enabled=False)
     ).rowcount
     if removed:
-        conn.execute(
-            sa.update(MESSAGES)
-            .where(MESSAGES.c.endpoint_id == endpoint_id, MESSAGES.c.status == "pending")
-            .values(status="cancelled", finished_at=now_utc(), last_error="endpoint removed")
-        )
+        _cancel_pending(conn, endpoint_id, "endpoint removed")
     return bool(removed)
+
+
+def _cancel_pending(conn: Connection, endpoint_id: int, reason: str) -> None:
+    """What the endpoint has not received yet is not sent (an attempt already under way finishes)."""
+    conn.execute(
+        sa.update(MESSAGES)
+        .where(MESSAGES.c.endpoint_id == endpoint_id, MESSAGES.c.status == "pending")
+        .values(status="cancelled", finished_at=now_utc(), last_error=reason)
+    )
+
+
+def set_endpoint_enabled(conn: Connection, organization_id: int, endpoint_id: int, enabled: bool) -> Endpoint | None:
+    """Turns the endpoint on or off; returns it as it now is (None: no such endpoint in the
+    organization). Off: what it has not received yet (queued, or waiting for a retry) is cancelled,
+    as when it is removed, and no event is queued for it while it is off (outbox.emit). On again: it
+    receives the events from then on, not the cancelled or missed ones (a receiver turned off for
+    maintenance is not flooded with stale events; the delivery log shows what it missed). Setting the
+    state it already has changes nothing."""
+    changed = conn.execute(
+        sa.update(ENDPOINTS)
+        .where(*_this(organization_id, endpoint_id), ENDPOINTS.c.enabled.is_(not enabled))
+        .values(enabled=enabled)
+    ).rowcount
+    if changed and not enabled:
+        _cancel_pending(conn, endpoint_id, "endpoint disabled")
+    return get_endpoint(conn, organization_id, endpoint_id)

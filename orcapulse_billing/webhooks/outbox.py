@@ -130,8 +130,11 @@ def send_test_event(engine: Engine, organization_id: int, endpoint_id: int, user
     """Queues a `webhook.test` message to one endpoint and returns its webhook-id."""
     key = uuid.uuid4().hex
     with writer(engine).begin() as conn:
-        if get_endpoint(conn, organization_id, endpoint_id) is None:
+        endpoint = get_endpoint(conn, organization_id, endpoint_id)
+        if endpoint is None:
             raise WebhookError("not_found", "no such webhook endpoint in this organization")
+        if not endpoint.enabled:  # it would not be sent: say so rather than queue nothing
+            raise WebhookError("endpoint_disabled", "this endpoint is disabled: enable it to send it a test event")
         emit(
             conn,
             organization_id,

@@ -195,6 +195,7 @@ def content() -> rx.Component:
             on_refresh=W.refresh_log,
             on_more=W.show_more,
             on_add=W.open_add,
+            on_enabled=W.set_endpoint_enabled,
             on_test=W.send_test,
             on_remove=W.ask_remove,
             add_dialog={

@@ -1,4 +1,4 @@
-"""Outbound webhooks on the billing page: owners add, remove and test endpoints and read the delivery
+"""Outbound webhooks on the billing page: owners add, enable or disable, remove and test endpoints and read the delivery
 log; admins read both; members see nothing (the card is not shown and nothing is read for them).
 
 A state of its own (a substate of SessionState, beside BillingState), so the page's live updates never
@@ -51,6 +51,7 @@ def _endpoint_row(endpoint: webhooks.Endpoint) -> dict[str, str]:
         "events": ", ".join(endpoint.event_types),
         "secret_hint": endpoint.secret_hint,
         "created": _when(endpoint.created_at),
+        "enabled": "yes" if endpoint.enabled else "",
     }
 
 
@@ -254,6 +255,24 @@ class WebhooksState(SessionState):
         )
         await self._reload(principal)
         yield rx.toast.success("Endpoint removed.") if removed else rx.toast.error("That endpoint is already gone.")
+
+    @rx.event
+    async def set_endpoint_enabled(self, endpoint_id: str, enabled: bool):
+        principal = self._owner()
+        if principal is None:
+            yield rx.toast.error(OWNERS_ONLY)
+            return
+        found = _endpoint_id(endpoint_id)
+        endpoint = found is not None and await asyncio.to_thread(
+            webhooks.set_enabled_audited, get_engine(), principal, found, enabled is True, ip=self._client_ip()
+        )
+        await self._reload(principal)
+        if not endpoint:
+            yield rx.toast.error("That endpoint is already gone.")
+        elif endpoint.enabled:
+            yield rx.toast.success("Endpoint enabled: it receives the events from now on.")
+        else:
+            yield rx.toast.success("Endpoint disabled: what it had not received yet is cancelled.")
 
     @rx.event
     async def send_test(self, endpoint_id: str):

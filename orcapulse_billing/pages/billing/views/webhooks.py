@@ -1,5 +1,6 @@
 """The Webhooks card: the organization's endpoints and the delivery log; the owners' dialog that adds
-an endpoint (its signing secret shown once) and the confirmation that removes one."""
+an endpoint (its signing secret shown once), the switch that turns one on or off, and the
+confirmation that removes one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import reflex as rx
 from .styles import top_aligned
 
 
-def _endpoint(row, *, can_manage, on_test, on_remove) -> rx.Component:
+def _endpoint(row, *, can_manage, on_enabled, on_test, on_remove) -> rx.Component:
+    enabled = row["enabled"] == "yes"
     return rx.flex(
         rx.vstack(
-            rx.code(row["url"], size="2", overflow_wrap="anywhere", data_testid="webhook-url"),
+            rx.hstack(
+                rx.code(row["url"], size="2", overflow_wrap="anywhere", data_testid="webhook-url"),
+                rx.cond(~enabled, rx.badge("Disabled", color_scheme="gray", data_testid="webhook-disabled")),
+                align="center",
+            ),
             rx.cond(row["description"] != "", rx.text(row["description"], size="2")),
             rx.text(row["events"], size="1", color_scheme="gray"),
             rx.text("Secret ", row["secret_hint"], " · added ", row["created"], size="1", color_scheme="gray"),
@@ -22,11 +28,19 @@ def _endpoint(row, *, can_manage, on_test, on_remove) -> rx.Component:
         rx.cond(
             can_manage,
             rx.hstack(
+                rx.text("On", size="1", color_scheme="gray"),
+                rx.switch(
+                    checked=enabled,
+                    on_change=lambda value: on_enabled(row["id"], value),
+                    size="1",
+                    data_testid="webhook-enabled",
+                ),
                 rx.button(
                     rx.icon("send", size=14),
                     "Send test event",
                     size="1",
                     variant="soft",
+                    disabled=~enabled,  # nothing is sent to a disabled endpoint
                     on_click=on_test(row["id"]),
                     data_testid="webhook-test",
                 ),
@@ -253,13 +267,14 @@ def webhooks_card(
     on_refresh,
     on_more,
     on_add,
+    on_enabled,
     on_test,
     on_remove,
     add_dialog: dict,
     remove_dialog: dict,
 ) -> rx.Component:
-    """Shown to owners and admins (`visible`); `can_manage`: owners. `on_test(id)`, `on_remove(id)`:
-    an endpoint's buttons. `add_dialog`, `remove_dialog`: the dialogs' vars and handlers."""
+    """Shown to owners and admins (`visible`); `can_manage`: owners. `on_enabled(id, bool)`,
+    `on_test(id)`, `on_remove(id)`: an endpoint's switch and buttons. `add_dialog`, `remove_dialog`: the dialogs' vars and handlers."""
     card = rx.card(
         rx.vstack(
             rx.flex(
@@ -287,7 +302,9 @@ def webhooks_card(
                 rx.vstack(
                     rx.foreach(
                         endpoints,
-                        lambda row: _endpoint(row, can_manage=can_manage, on_test=on_test, on_remove=on_remove),
+                        lambda row: _endpoint(
+                            row, can_manage=can_manage, on_enabled=on_enabled, on_test=on_test, on_remove=on_remove
+                        ),
                     ),
                     width="100%",
                     spacing="0",
