@@ -170,17 +170,28 @@ def test_owners_add_test_and_remove_endpoints_admins_read_members_see_nothing(
 
         # the owner is made a member while the page is open: the handler refuses, writes nothing,
         # and the card goes
+        def make(role: str) -> None:
+            with writer(app_engine).begin() as conn:
+                conn.execute(
+                    sa.update(Membership)
+                    .where(Membership.user_id == org.user_ids["owner"], Membership.organization_id == org.id)
+                    .values(role=role)
+                )
+
         before = len(_messages(app_engine, org.id))
-        with writer(app_engine).begin() as conn:
-            conn.execute(
-                sa.update(Membership)
-                .where(Membership.user_id == org.user_ids["owner"], Membership.organization_id == org.id)
-                .values(role="member")
-            )
+        make("member")
         endpoints.first.get_by_test_id("webhook-test").click()
         expect(page.get_by_text("Only owners can change webhooks.")).to_be_visible()
         expect(card).to_have_count(0)
         assert len(_messages(app_engine, org.id)) == before
+        # the same for the switch
+        make("owner")
+        page.reload()
+        expect(endpoints).to_have_count(1, timeout=20_000)
+        make("member")
+        endpoints.first.get_by_test_id("webhook-enabled").click()
+        expect(card).to_have_count(0)
+        assert [e.enabled for e in _endpoints(app_engine, org.id)] == [True, False]
     finally:
         ok.stop()
         failing.stop()
