@@ -141,7 +141,7 @@ def _hold_from(row: Any) -> Hold:
     )
 
 
-def _ceil_units(cost: Decimal) -> int:
+def ceil_units(cost: Decimal) -> int:
     """A reservation covers its estimate: whole units, rounded up."""
     return int((cost * UNITS_PER_CREDIT).to_integral_value(rounding=ROUND_CEILING))
 
@@ -222,7 +222,7 @@ def place_hold(
     charge = price(operation, estimated_quantity, markup_percent=markup_percent, model=model)
     if not 0 < len(idempotency_key) <= 200:
         raise HoldError("idempotency key must be 1 to 200 characters")
-    amount = _ceil_units(charge.cost)
+    amount = ceil_units(charge.cost)
     when = _now(now)
     quantity = _qty(estimated_quantity)
     for attempt in (1, 2):

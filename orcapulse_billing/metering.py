@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .budgets import count_posted
+from .budgets import BudgetExceeded, count_posted, open_gate
 from .history import billing_session
 from .ledger import NO_FLOOR, IdempotencyConflict, Ledger, PostedEntry, Posting, find_entry, get_account
 from .models import BillingSession, EntryType
@@ -112,10 +112,11 @@ def price(
 
 @dataclass(frozen=True)
 class CheckResult:
-    allowed: bool  # the available balance is above zero
+    allowed: bool  # the available balance is above zero and no hard-stopped budget would be passed
     balance_units: int
     estimated_cost: Decimal
     available_units: int  # the balance minus active holds
+    over_budget: BudgetExceeded | None = None  # the hard-stopped budget the estimate would pass
 
 
 def check(
@@ -126,14 +127,27 @@ def check(
     *,
     markup_percent: Decimal,
     model: str | None = None,
+    api_key_id: int | None = None,
+    user_id: int | None = None,
 ) -> CheckResult:
-    from .holds import reserved_units  # holds prices with this module
+    """May a new operation start? Not when the available balance is at or below zero, nor when its
+    estimate would take a hard-stopped spend budget of the organization, of `api_key_id` or of `user_id`
+    past its amount (the usage report would then be refused: better to know before the work is done).
+    A read: nothing is locked or written, so a concurrent posting may still change the answer."""
+    from .holds import ceil_units, reserved_units  # holds prices with this module
 
     charge = price(operation, estimated_quantity, markup_percent=markup_percent, model=model)
+    over_budget = None
     with engine.connect() as conn:
         acct = get_account(conn, organization_id=organization_id)
         available = acct.balance_units - reserved_units(conn, acct.id)
-    return CheckResult(available > 0, acct.balance_units, charge.cost, available)
+        gate = open_gate(conn, acct.id, lock=False)
+        if gate is not None:
+            try:
+                gate.check(ceil_units(charge.cost), at=datetime.now(UTC), api_key_id=api_key_id, user_id=user_id)
+            except BudgetExceeded as exc:
+                over_budget = exc
+    return CheckResult(available > 0 and over_budget is None, acct.balance_units, charge.cost, available, over_budget)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,13 @@ def test_owners_set_and_remove_budgets_admins_read_members_do_not(client, org, o
     hold = {"operation": "ai_call", "estimated_quantity": "3", "idempotency_key": uuid.uuid4().hex}
     placed = client.post("/api/credits/holds", json=hold, headers=org.auth("owner"))
     assert placed.status_code == 402 and placed.json()["error"]["code"] == "budget_exceeded"
+    # the pre-flight check says so before the work is done, and lets through what still fits
+    asked = {"operation": "ai_call", "estimated_quantity": "3"}
+    checked = client.post("/api/credits/check", json=asked, headers=org.auth("owner"))
+    assert checked.status_code == 402 and checked.json()["error"]["code"] == "budget_exceeded"
+    small = {"operation": "sms_twilio", "estimated_quantity": "1"}
+    checked = client.post("/api/credits/check", json=small, headers=org.auth("owner"))
+    assert checked.status_code == 200 and checked.json()["allowed"] is True
     listed = {b["scope"]: b for b in client.get("/api/credits/budgets", headers=org.auth("owner")).json()["budgets"]}
     assert (listed["organization"]["spent"], listed["organization"]["level"]) == ("0.9576", 80)
     assert listed["member"]["spent"] == listed["api_key"]["spent"] == "0.9072"  # the admin's 18 reports

@@ -286,7 +286,8 @@ def get_session(
     "/check",
     response_model=s.CheckResponse,
     responses=responses(400, 401, 402),
-    summary="May a new operation start? (402 when the available balance is at or below zero)",
+    summary="May a new operation start? (402 when the available balance is at or below zero, or when the "
+    "estimate would pass a spend budget with a hard stop)",
 )
 def post_check(body: s.CheckRequest, principal: Principal = Depends(current_principal)):
     try:
@@ -297,9 +298,13 @@ def post_check(body: s.CheckRequest, principal: Principal = Depends(current_prin
             body.estimated_quantity,
             markup_percent=get_settings().markup_percent,
             model=body.model,
+            api_key_id=principal.api_key_id,
+            user_id=principal.user_id,
         )
     except MeteringError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
+    if result.over_budget is not None:  # what the usage report would answer once the work is done
+        raise ApiError(402, result.over_budget.code, str(result.over_budget))
     answer = s.CheckResponse(
         allowed=result.allowed, balance=fmt4(result.balance_units), estimated_cost=fmt4(to_units(result.estimated_cost))
     )
