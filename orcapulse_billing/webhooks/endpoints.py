@@ -109,7 +109,7 @@ def list_endpoints(conn: Connection, organization_id: int) -> list[Endpoint]:
     return [_endpoint(r) for r in rows]
 
 
-def _this(organization_id: int, endpoint_id: int) -> tuple:
+def _this(organization_id: int, endpoint_id: int) -> tuple[sa.ColumnElement[bool], ...]:
     """The endpoint, if the organization's and not removed."""
     return (
         ENDPOINTS.c.id == endpoint_id,
