@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from .auth import audit
 from .budgets import Budget, budget_from, month_of, reached, target_of, upsert_spend
-from .db import as_utc
+from .db import at_or_now
 from .ledger import Ledger, get_account
 from .models import ApiKey, BudgetSpend, Membership, SpendBudget, User
 from .money import MoneyError, fmt4, parse_amount, to_units
@@ -93,13 +93,9 @@ def parse_budget_amount(value: str | Decimal) -> int:
     return to_units(amount)
 
 
-def _now(now: datetime | None) -> datetime:
-    return as_utc(now) if now is not None else datetime.now(UTC)
-
-
 def list_budgets(conn: Connection, organization_id: int, *, now: datetime | None = None) -> list[BudgetStatus]:
     """The organization's budgets with this month's spend: the organization's first, then keys, members."""
-    month = month_of(_now(now))
+    month = month_of(at_or_now(now))
     rows = conn.execute(
         sa.select(_budgets, _spend.c.spent, _spend.c.alerted, ApiKey.name.label("key_name"), User.email)
         .outerjoin(_spend, sa.and_(_spend.c.budget_id == _budgets.c.id, _spend.c.month == month))
@@ -199,7 +195,7 @@ def set_budget(
     if api_key_id is not None and user_id is not None:
         raise BudgetInputError("invalid_request", "a budget is for the organization, one API key or one member")
     units = parse_budget_amount(amount)
-    when = _now(now)
+    when = at_or_now(now)
     month = month_of(when)
     target = target_of(api_key_id, user_id)
     with ledger.transaction() as conn:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -325,10 +325,6 @@ def email_alerts(engine: Engine, alerts: Sequence[Alert]) -> None:
                 names[org] = conn.execute(_ORG_NAME, {"o": org}).scalar() or ""
         subject, body = alert_email(alert, names[org], url)
         notifier.notify_owners(org, "budget_alert", alert_key(alert), subject, body)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def upsert_spend(conn: Connection, budget_id: int, month: str, spent: int, alerted: int) -> None:

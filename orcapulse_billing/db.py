@@ -99,6 +99,11 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def at_or_now(now: datetime | None) -> datetime:
+    """A caller's moment (tests and replays pass one) in UTC, or the current time."""
+    return as_utc(now) if now is not None else datetime.now(UTC)
+
+
 def alembic_config(url: str | None = None):
     from alembic.config import Config
 

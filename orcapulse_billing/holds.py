@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .budgets import BudgetExceeded, open_gate
-from .db import as_utc
+from .db import as_utc, at_or_now
 from .ledger import Ledger, LedgerError, PostedEntry, find_entry, get_account
 from .metering import Charge, _qty, post_charge, price, usage_metadata
 from .models import CreditHold
@@ -146,10 +146,6 @@ def ceil_units(cost: Decimal) -> int:
     return int((cost * UNITS_PER_CREDIT).to_integral_value(rounding=ROUND_CEILING))
 
 
-def _now(now: datetime | None) -> datetime:
-    return as_utc(now) if now is not None else datetime.now(UTC)
-
-
 # -- reads ---------------------------------------------------------------------------------------
 
 
@@ -158,7 +154,7 @@ def reserved_units(conn: Connection, account_id: int, now: datetime | None = Non
     before the sweep releases them)."""
     total = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(_hold.c.amount), 0)).where(
-            _hold.c.account_id == account_id, _hold.c.status == ACTIVE, _hold.c.expires_at > _now(now)
+            _hold.c.account_id == account_id, _hold.c.status == ACTIVE, _hold.c.expires_at > at_or_now(now)
         )
     ).scalar_one()
     return int(total)
@@ -167,7 +163,7 @@ def reserved_units(conn: Connection, account_id: int, now: datetime | None = Non
 def active_holds(conn: Connection, account_id: int, now: datetime | None = None) -> list[Hold]:
     rows = conn.execute(
         sa.select(_hold)
-        .where(_hold.c.account_id == account_id, _hold.c.status == ACTIVE, _hold.c.expires_at > _now(now))
+        .where(_hold.c.account_id == account_id, _hold.c.status == ACTIVE, _hold.c.expires_at > at_or_now(now))
         .order_by(_hold.c.id)
     ).all()
     return [_hold_from(r) for r in rows]
@@ -223,7 +219,7 @@ def place_hold(
     if not 0 < len(idempotency_key) <= 200:
         raise HoldError("idempotency key must be 1 to 200 characters")
     amount = ceil_units(charge.cost)
-    when = _now(now)
+    when = at_or_now(now)
     quantity = _qty(estimated_quantity)
     for attempt in (1, 2):
         try:
@@ -338,7 +334,7 @@ def capture(
     and releases the whole hold, in one transaction. Never refused for the balance: past the hold and
     past the grace limit the balance goes into debt. Nor by a spend budget: the hold was admitted
     under it and the work is done; the charge counts for the budgets (and their alerts)."""
-    when = _now(now)
+    when = at_or_now(now)
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
         hold = _lock_hold(conn, account_id, hold_id)
@@ -378,7 +374,7 @@ def _capture_key(hold: Hold) -> str:
 
 def release(ledger: Ledger, organization_id: int, hold_id: int, *, now: datetime | None = None) -> Settled:
     """Gives the hold back (the operation failed or never started): nothing is charged."""
-    when = _now(now)
+    when = at_or_now(now)
     with ledger.transaction() as conn:
         account_id = get_account(conn, organization_id=organization_id).id
         hold = _lock_hold(conn, account_id, hold_id)
@@ -416,7 +412,7 @@ def _expire_account(conn: Connection, account_id: int, now: datetime) -> int:
 def expire_holds(ledger: Ledger, now: datetime | None = None) -> dict[int, int]:
     """Releases every active hold past its expiry, one transaction per account; returns how many
     expired per organization (to announce). Idempotent: a second run finds nothing."""
-    when = _now(now)
+    when = at_or_now(now)
     with ledger.engine.connect() as conn:
         accounts = conn.execute(
             sa.text(

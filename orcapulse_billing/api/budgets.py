@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field, StrictBool
 
 from ..auth import Principal
 from ..budget_settings import BudgetInputError, BudgetStatus, list_budgets, remove_budget, set_budget
-from ..budgets import month_of, now_utc
+from ..budgets import month_of
 from ..db import get_engine
-from ..models import Role
+from ..models import Role, utcnow
 from ..services import get_ledger
 from . import schemas as s
 from .deps import DecimalRoute, client_ip, current_principal, owner_principal
@@ -111,7 +111,7 @@ def _remove(principal: Principal, request: Request, **target: int | None) -> Res
     "per budget and month.",
 )
 def get_budgets(principal: Principal = Depends(reader_principal)) -> Budgets:
-    now = now_utc()
+    now = utcnow()
     with get_engine().connect() as conn:
         found = list_budgets(conn, principal.organization_id, now=now)
     return Budgets(month=month_of(now), budgets=[_out(b) for b in found])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,7 +34,3 @@ def _table(model: Any) -> sa.Table:
 
 
 ENDPOINTS, MESSAGES, ATTEMPTS = _table(WebhookEndpoint), _table(WebhookMessage), _table(WebhookAttempt)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..db import as_utc, writer
-from .common import ATTEMPTS, ENDPOINTS, MESSAGES, WebhookError, now_utc
+from ..models import utcnow
+from .common import ATTEMPTS, ENDPOINTS, MESSAGES, WebhookError
 from .urls import Resolver, system_resolver, validate_url
 
 RETRY_BASE = timedelta(seconds=30)
@@ -173,7 +174,7 @@ def deliver_due(
         from ..config import get_settings
 
         production = get_settings().production
-    now = now or now_utc()
+    now = now or utcnow()
     run = DeliveryRun()
     own_client = client is None
     http = client or httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False)

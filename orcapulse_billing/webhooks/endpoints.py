@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import as_utc, writer
-from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, WebhookError, now_utc
+from ..models import utcnow
+from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, WebhookError
 from .urls import Resolver, system_resolver, validate_url
 
 MAX_ENDPOINTS = 20  # per organization
@@ -93,7 +94,7 @@ def add_endpoint(
                 secret=secret,
                 enabled=True,
                 created_by_user_id=user_id,
-                created_at=now_utc(),
+                created_at=utcnow(),
             )
             .returning(*ENDPOINTS.c)
         ).one()
@@ -127,7 +128,7 @@ def remove_endpoint(conn: Connection, organization_id: int, endpoint_id: int) ->
     """Removes the endpoint (False: no such endpoint in the organization); what it had not received
     yet is cancelled. Its delivery log stays."""
     removed = conn.execute(
-        sa.update(ENDPOINTS).where(*_this(organization_id, endpoint_id)).values(deleted_at=now_utc(), enabled=False)
+        sa.update(ENDPOINTS).where(*_this(organization_id, endpoint_id)).values(deleted_at=utcnow(), enabled=False)
     ).rowcount
     if removed:
         _cancel_pending(conn, endpoint_id, "endpoint removed")
@@ -139,7 +140,7 @@ def _cancel_pending(conn: Connection, endpoint_id: int, reason: str) -> None:
     conn.execute(
         sa.update(MESSAGES)
         .where(MESSAGES.c.endpoint_id == endpoint_id, MESSAGES.c.status == "pending")
-        .values(status="cancelled", finished_at=now_utc(), last_error=reason)
+        .values(status="cancelled", finished_at=utcnow(), last_error=reason)
     )
 
 

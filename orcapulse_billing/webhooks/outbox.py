@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..db import writer
 from ..ledger import PostedEntry
+from ..models import utcnow
 from ..money import fmt4
-from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, TEST_EVENT, WebhookError, now_utc
+from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, TEST_EVENT, WebhookError
 from .endpoints import get_endpoint
 
 
@@ -60,7 +61,7 @@ def emit(
     targets = [r.id for r in conn.execute(query) if endpoint_id is not None or event_type in (r.event_types or ())]
     if not targets:
         return 0
-    at = now_utc()
+    at = utcnow()
     msg_id = message_id(organization_id, f"{event_type}:{key}")
     body = _body(msg_id, event_type, data, at)
     written = 0
