@@ -6,8 +6,9 @@ bulk (the rows the account services write), each with an owner whose API key has
 password: these users only use their keys) and a welcome credit posted by the ledger. The API is served
 for real: the app's
 FastAPI application (`orcapulse_billing.api:create_api_app`, the same routes the Reflex backend mounts
-under /api) in a uvicorn subprocess with --workers worker processes on a free loopback port, with the
-database as DATABASE_URL and no Redis (events go to the worker's own listeners).
+under /api) served by uvicorn (`--server granian`: the server the deployment runs), with
+--workers worker processes on a free loopback port, the database as DATABASE_URL and no Redis (events
+go to the worker's own listeners).
 
 --clients threads each keep one HTTP connection and send batches of --batch events (1,000) for a random
 organization, back to back, for --seconds: metered operations, OpenAI tokens (many below one ledger unit,
@@ -21,6 +22,7 @@ are all there, and `check_invariants` holds for a sample of accounts.
 
 Run by hand (short: the machine is shared); it prints figures and never asserts them:
     .venv/bin/python bench/ingest.py [--seconds 5] [--clients 4] [--workers 2] [--accounts 1000] [--batch 1000]
+                                     [--server granian|uvicorn]
 `measure_ingestion(seconds)` is what bench/ledger.py calls.
 """
 
@@ -135,38 +137,42 @@ def make_organizations(url: str, count: int) -> list[tuple[int, int, str]]:
         engine.dispose()
 
 
-class Server:
-    """The API in a uvicorn subprocess with `workers` processes."""
+SERVERS = ("uvicorn", "granian")
 
-    def __init__(self, url: str, workers: int):
+
+def _server_command(server: str, port: int, workers: int) -> list[str]:
+    """uvicorn (with h11, as installed here); or granian, what the deployment serves the app with (Reflex's
+    production backend), which this bench measured slower (3,642 against 4,831 events/s in one sitting,
+    with half the CPUs idle)."""
+    common = ["--factory", "orcapulse_billing.api:create_api_app", "--host", "127.0.0.1", "--port", str(port)]
+    if server == "granian":
+        return [sys.executable, "-m", "granian", "--interface", "asgi", *common, "--workers", str(workers), "--no-log"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        *common,
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+class Server:
+    """The API in a subprocess of `server` (granian or uvicorn) with `workers` processes."""
+
+    def __init__(self, url: str, workers: int, server: str = SERVERS[0]):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
         env.pop("REDIS_URL", None)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "orcapulse_billing.api:create_api_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+        self.process = subprocess.Popen(_server_command(server, self.port, workers), cwd=ROOT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}")
+                raise RuntimeError(f"the API server exited with {self.process.returncode}")
             try:
                 if httpx.get(self.base + "/api/health", timeout=1).status_code == 200:
                     return
@@ -347,7 +353,13 @@ def check_books(url: str, orgs: list[tuple[int, int, str]], clients: list[Client
 
 
 def measure_ingestion(
-    seconds: float, *, clients: int = 4, workers: int = 2, accounts_count: int = 1000, batch: int = 1000
+    seconds: float,
+    *,
+    clients: int = 4,
+    workers: int = 2,
+    accounts_count: int = 1000,
+    batch: int = 1000,
+    server_name: str = SERVERS[0],
 ) -> dict:
     """Events per second through the batch endpoint for `seconds`; keys: rate, events, problems,
     requests, p50_ms, p95_ms (and the set-up)."""
@@ -359,7 +371,7 @@ def measure_ingestion(
         # enough prepared batches for 40,000 events/s in all, four times the target
         per_client = max(4, int(seconds * 40_000 / batch / clients) + 2)
         bodies = [_bodies(n, len(orgs), batch, per_client) for n in range(clients)]
-        server = Server(url, workers)
+        server = Server(url, workers, server_name)
         try:
             threads = [Client(n, server.base, orgs, bodies[n]) for n in range(clients)]
             for t in threads:
@@ -393,6 +405,7 @@ def measure_ingestion(
         "seconds": wall,
         "clients": clients,
         "workers": workers,
+        "server": server_name,
         "accounts": accounts_count,
         "batch": batch,
         "setup_seconds": setup,
@@ -405,17 +418,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the clients send (default 5)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--server", choices=SERVERS, default=SERVERS[0], help="HTTP server (default uvicorn)")
     parser.add_argument("--accounts", type=int, default=1000, help="organizations, one API key each (default 1000)")
     parser.add_argument("--batch", type=int, default=1000, help="events per request (default 1000)")
     args = parser.parse_args()
     print(
         f"batch ingestion: {args.accounts:,} organizations, batches of {args.batch:,}, {args.clients} clients, "
-        f"{args.workers} uvicorn workers, {os.cpu_count()} CPUs, {args.seconds:g} s",
+        f"{args.workers} {args.server} workers, {os.cpu_count()} CPUs, {args.seconds:g} s",
         flush=True,
     )
     r = measure_ingestion(
-        args.seconds, clients=args.clients, workers=args.workers, accounts_count=args.accounts, batch=args.batch
+        args.seconds,
+        clients=args.clients,
+        workers=args.workers,
+        accounts_count=args.accounts,
+        batch=args.batch,
+        server_name=args.server,
     )
     print(f"  set-up: {r['accounts']:,} organizations with keys in {r['setup_seconds']:.1f} s")
     print(
