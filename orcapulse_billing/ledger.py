@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ NO_FLOOR = from_units(NO_FLOOR_UNITS)  # a posting that may go below zero as deb
 DbRow: TypeAlias = Row[*tuple[Any, ...]]
 # How long a group of postings waits for a row lock before it is written posting by posting instead.
 GROUP_LOCK_WAIT = "5s"
+# How long group commit keeps its connection after the last group: one that has been idle for less is
+# used again as it is; an older one goes back to the pool and the next group checks one out, which
+# pings it first (a connection can die while idle). The ping is a round trip of its own, as dear as
+# the posting's, so a lone caller posting one after another would otherwise pay for two.
+GROUP_CONNECTION_LINGER = 1.0  # seconds
 
 
 class LedgerError(Exception):
@@ -221,13 +227,15 @@ class Ledger:
         self._write_lock = threading.Lock() if self._sqlite else None
         self._listeners: list[Callable[[list[PostedEntry]], None]] = []
         self._group: GroupCommit[Write, PostedEntry | None] = GroupCommit(
-            self._write_group, max_group=max_group, on_idle=self._release_group_connection
+            self._write_group, max_group=max_group, on_idle=self._group_idle
         )
         # PostgreSQL: the connection the group leaders write on, kept while groups follow one another (one
         # leader at a time uses it), so that a group is one round trip, not a pool check-out's ping, the
-        # statement and the check-in's reset; returned to the pool when nobody is waiting.
+        # statement and the check-in's reset; returned to the pool when the next group comes more than
+        # GROUP_CONNECTION_LINGER after the last.
         self._group_conn: Connection | None = None
         self._group_raw: PoolProxiedConnection | None = None  # SQLite's, likewise
+        self._group_idle_at: float | None = None  # when the last group ended with nobody waiting
 
     def add_listener(self, listener: Callable[[list[PostedEntry]], None]) -> None:
         """Called with the new entries after each commit that wrote some (never for replays)."""
@@ -391,13 +399,23 @@ class Ledger:
         self._notify([o for o in outcomes if isinstance(o, PostedEntry)])
         return outcomes
 
+    def _group_idle(self) -> None:
+        self._group_idle_at = time.monotonic()
+
+    def _drop_stale_group_connection(self) -> None:
+        idle_at, self._group_idle_at = self._group_idle_at, None
+        if idle_at is not None and time.monotonic() - idle_at > GROUP_CONNECTION_LINGER:
+            self._release_group_connection()
+
     def _group_connection(self) -> Connection:
+        self._drop_stale_group_connection()
         if self._group_conn is None or self._group_conn.invalidated:
             self._group_conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._group_conn
 
     def _group_raw_connection(self) -> PoolProxiedConnection:
         """SQLite: the pooled DB-API connection group leaders write on (see `_group_conn`)."""
+        self._drop_stale_group_connection()
         if self._group_raw is None:
             self._group_raw = self.engine.raw_connection()
         return self._group_raw
