@@ -158,9 +158,7 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
         ],
         separators=(",", ":"),
     )
-    # Driver-level SQL: no compilation, rows as the driver decoded them (jsonb, timestamptz); still
-    # SQLAlchemy's errors, and a lost connection is invalidated in the pool.
-    rows = conn.exec_driver_sql(f"SELECT * FROM {pg_function}(%s::jsonb, %s)", (payload, lock_wait)).all()
+    rows = _driver_rows(conn, f"SELECT * FROM {pg_function}(%s::jsonb, %s)", (payload, lock_wait))
     results: list[Applied | None] = [None] * len(writes)
     for row in rows:
         n, status = row[0], row[1]
@@ -171,6 +169,28 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
     if any(r is None for r in results):
         raise RuntimeError("ledger_post returned fewer results than postings")
     return [r for r in results if r is not None]
+
+
+def _driver_rows(conn: Connection, statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """One statement on the DB-API cursor of `conn` (in its transaction, if any), its rows as the driver
+    decoded them (jsonb, timestamptz). SQLAlchemy's result machinery (metadata, rows, processors) costs
+    more per call than a one-row posting's statement, so it is skipped; its errors are kept: a DB-API
+    error is raised as SQLAlchemy would raise it, and a lost connection is invalidated in the pool."""
+    dbapi_conn = conn.connection.dbapi_connection
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement, parameters)
+        return list(cursor.fetchall())
+    except dbapi_error as exc:
+        lost = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            statement, parameters, exc, dbapi_error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
 
 
 # -- SQLite ----------------------------------------------------------------------------------------
