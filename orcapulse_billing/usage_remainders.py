@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal, Inexact, localcontext
+from decimal import ROUND_FLOOR, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -146,16 +146,19 @@ def _remainder_text(remainder: Decimal) -> str:
     return text
 
 
+# carry's arithmetic: 80 digits, exact or an error (Inexact trapped), never a silent rounding. One shared
+# context used through its methods, not `localcontext()` per call (that copies a context each time, and a
+# batch carries 1,000 costs); the methods raise on a trapped condition without touching the thread's own.
+_EXACT = Context(prec=80, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
 def carry(carried: Decimal, cost: Decimal) -> tuple[int, Decimal]:
     """(units to charge now, rest to carry in credits): floor(carried + cost) in units, exactly."""
     if cost < 0 or not (0 <= carried * UNITS_PER_CREDIT < 1):
         raise ValueError(f"cannot carry a cost of {cost} over a remainder of {carried}")
-    with localcontext() as ctx:
-        ctx.prec = 80
-        ctx.traps[Inexact] = True  # exact or an error, never a silent rounding
-        total = (carried + cost) * UNITS_PER_CREDIT
-        units = int(total.to_integral_value(rounding=ROUND_FLOOR))
-        return units, (total - units) / UNITS_PER_CREDIT
+    total = _EXACT.multiply(_EXACT.add(carried, cost), UNITS_PER_CREDIT)
+    units = int(total.to_integral_value(rounding=ROUND_FLOOR, context=_EXACT))
+    return units, _EXACT.divide(_EXACT.subtract(total, units), UNITS_PER_CREDIT)
 
 
 def uncharged_report(conn: Connection, account_id: int, idempotency_key: str) -> tuple[bool, str | None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal, Inexact, getcontext
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from orcapulse_billing.ledger import get_account as ledger_account
 from orcapulse_billing.metering import SessionInfo, price, record_usage
 from orcapulse_billing.metering_batch import UsageEvent, record_usage_batch
 from orcapulse_billing.money import UNITS_PER_CREDIT, to_units
+from orcapulse_billing.usage_remainders import carry
 
 from .conftest import GRACE
 
@@ -108,6 +109,23 @@ def waiting_on_a_lock(watcher, query_part: str, timeout: float = 10) -> int:
             ).scalar_one()
         time.sleep(0.05)
     return waiting
+
+
+def test_carry_is_exact_to_80_digits_or_refuses():
+    """floor(carried + cost) units and the exact rest, past the 28 digits of the default context; more
+    than 80 digits raise rather than round, a bad input is a ValueError, and the thread's context is untouched."""
+    before = (getcontext().prec, getcontext().rounding, dict(getcontext().traps))
+    assert carry(Decimal(0), Decimal("0.00027432")) == (2, Decimal("0.00007432"))
+    assert carry(Decimal("0.00007432"), Decimal("0.00182448")) == (18, Decimal("0.0000988"))
+    long = Decimal("12345678901234567890.123456789012345678901234567890123456789")
+    units, rest = carry(Decimal("0.00001"), long)
+    assert (units, rest) == (123456789012345678901234, Decimal("0.000066789012345678901234567890123456789"))
+    with pytest.raises(Inexact):
+        carry(Decimal("1E-70"), Decimal("1E+20"))
+    for carried, cost in ((Decimal(0), Decimal("-0.0001")), (Decimal("0.0001"), Decimal(1)), (Decimal(-1), Decimal(1))):
+        with pytest.raises(ValueError, match="cannot carry"):
+            carry(carried, cost)
+    assert (getcontext().prec, getcontext().rounding, dict(getcontext().traps)) == before
 
 
 def test_a_thousand_tiny_reports_charge_the_floor_of_their_exact_sum(engine, ledger, new_account):
