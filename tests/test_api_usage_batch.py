@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 
+from orcapulse_billing.api import schemas as s
 from orcapulse_billing.ledger import check_invariants
 
 from .apiutil import Org
@@ -74,6 +75,9 @@ def test_each_event_gets_its_own_result_in_order(client, org: Org):
     ]
     response = client.post(BATCH, json={"events": events}, headers=org.auth("owner"))
     assert response.status_code == 200, response.text
+    # the answer is built as plain data: byte for byte what its documented model dumps (fields, their order,
+    # nulls, money and timestamp formats)
+    assert s.UsageBatchResponse.model_validate_json(response.content).model_dump_json() == response.text
     body = response.json()
     results = body["results"]
     assert [r["index"] for r in results] == list(range(len(events)))
@@ -116,6 +120,9 @@ def test_each_event_gets_its_own_result_in_order(client, org: Org):
     # a charged event's entry is what the single endpoint answers for its key
     again = client.post("/api/credits/usage", json=sms(f"{tag}-a", "3"), headers=org.auth("owner")).json()
     assert again["replayed"] and again["entry"] == a["entry"]
+    history = client.get("/api/credits/history", headers=org.auth("member")).json()["items"]
+    by_id = {item["id"]: item for item in history}
+    assert a["entry"] == by_id[a["entry"]["id"]] and call_result["entry"] == by_id[call_result["entry"]["id"]]
     session = client.get(f"/api/credits/sessions/call-{tag}", headers=org.auth("member")).json()
     assert session["ledger_entry_id"] == call_result["entry"]["id"]
     assert session["cost"]["total"] == call_result["entry"]["amount"].lstrip("-")
