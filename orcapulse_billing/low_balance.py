@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -46,6 +47,7 @@ UNITS_PER_CENT = 100
 SETTINGS = table_of(LowBalanceSetting)
 ACCOUNTS = table_of(CreditAccount)
 ENTRIES = table_of(LedgerEntry)
+_SEQ = attrgetter("seq")
 
 
 class ThresholdError(ValueError):
@@ -222,9 +224,14 @@ def crossings(conn: Connection, entries: Sequence[PostedEntry], default_units: i
             low, high = min(e.seq for e in group), max(e.seq for e in group)
             # every purchase in the group's range, and the last one before it
             topups = _last_topups(conn, account_id, high, high - low + 2)
-        for entry in sorted(group, key=lambda e: e.seq):
-            last = next((amount for seq, amount in topups if seq <= entry.seq), None)
-            threshold = _in_force(setting, default_units, last).units
+        # the threshold per last top-up: one for the whole group unless it is in percent mode and holds purchases
+        # (a batch brings a thousand entries of one account: each is still judged, by a number looked up once)
+        in_force: dict[int | None, int] = {}
+        for entry in sorted(group, key=_SEQ):
+            last = next((amount for seq, amount in topups if seq <= entry.seq), None) if topups else None
+            threshold = in_force.get(last)
+            if threshold is None:
+                threshold = in_force[last] = _in_force(setting, default_units, last).units
             before, after = entry.balance_before_units, entry.balance_after_units
             if before >= threshold > after:
                 found.append(Crossing(entry, int(row.organization_id), threshold, "low"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -108,6 +109,23 @@ def test_a_burst_of_50_concurrent_debits_causes_exactly_one_charge(engine, app_d
     assert balance == 250_000 and charges == 1  # 30 - 50 x 0.50 + 20
     assert [e[0] for e in emails] == ["auto_recharge_succeeded"]
     assert recharger.maybe_recharge(org.id) == "not_needed"
+
+
+def test_wants_any_debit_of_a_batch_below_its_accounts_threshold(engine, app_database):
+    """The posting thread's check: judged per account by its lowest balance after a debit, wherever that
+    debit is in a thousand entries; credits, and accounts without a policy, never want a recharge."""
+    ledger, recharger, org, account_id = _setup(engine, "4242424242424242", "30")  # below 10.00: recharge
+    entry = ledger.post(Posting(account_id, "usage", "-1", "call", category="ai_call"))  # 29.00 left
+    above = [replace(entry, seq=entry.seq + n, balance_after_units=entry.balance_after_units - n) for n in range(1000)]
+    below = replace(entry, seq=entry.seq + 1000, balance_after_units=99_999)  # 9.9999
+    at = replace(below, balance_after_units=100_000)  # 10.0000: not below
+    assert not recharger.wants([entry]) and not recharger.wants(above) and not recharger.wants([*above, at])
+    assert recharger.wants([*above[:500], below, *above[500:]])
+    assert recharger.wants([below, *above])
+    credit = replace(below, amount_units=10_000)
+    unknown = replace(below, account_id=account_id + 10**6)  # an account without a policy
+    assert not recharger.wants([*above, credit, unknown])
+    assert recharger.wants([unknown, *above, below])
 
 
 def test_auto_recharge_api(client, org):

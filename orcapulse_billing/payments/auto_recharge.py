@@ -77,12 +77,16 @@ class AutoRecharger(Outcomes):
         self._thresholds: dict[int, tuple[int | None, float]] = {}
 
     def wants(self, entries: Iterable[PostedEntry]) -> bool:
-        """Cheap check on the posting's thread: might one of these debits need a recharge?"""
+        """Cheap check on the posting's thread: might one of these debits need a recharge? That is, does
+        an account's lowest balance after one of its debits fall below its threshold (one look-up per
+        account, not per entry: a batch brings a thousand debits of one account)."""
+        lowest: dict[int, int] = {}
+        for e in entries:
+            if e.amount_units < 0 and e.balance_after_units < lowest.get(e.account_id, e.balance_after_units + 1):
+                lowest[e.account_id] = e.balance_after_units
         return any(
-            e.amount_units < 0
-            and (threshold := self._threshold(e.account_id)) is not None  # one lookup: it can expire in between
-            and e.balance_after_units < threshold
-            for e in entries
+            (threshold := self._threshold(account_id)) is not None and balance < threshold
+            for account_id, balance in lowest.items()
         )
 
     def _threshold(self, account_id: int) -> int | None:
