@@ -74,23 +74,26 @@ def _publisher(engine: Engine):
     organizations: dict[int, int] = {}  # account -> organization never changes
 
     def publish(entries) -> None:
-        bus = get_event_bus()
-        for entry in entries:
-            if entry.account_id not in organizations:
-                with engine.connect() as conn:
-                    organizations[entry.account_id] = get_account(conn, account_id=entry.account_id).organization_id
-            bus.publish(
-                {
-                    "organization_id": organizations[entry.account_id],
-                    "entry_id": entry.id,
-                    "seq": entry.seq,  # the account's entry count after it: a tab shows no older balance
-                    "type": entry.type,
-                    "amount": fmt4(entry.amount_units),
-                    "balance": fmt4(entry.balance_after_units),
-                    # lets the tab whose own flow made a purchase announce it once (pages/billing/live.py)
-                    "key": entry.metadata.get("purchaseKey") or entry.idempotency_key,
-                }
-            )
+        events = []
+        try:
+            for entry in entries:
+                if entry.account_id not in organizations:
+                    with engine.connect() as conn:
+                        organizations[entry.account_id] = get_account(conn, account_id=entry.account_id).organization_id
+                events.append(
+                    {
+                        "organization_id": organizations[entry.account_id],
+                        "entry_id": entry.id,
+                        "seq": entry.seq,  # the account's entry count after it: a tab shows no older balance
+                        "type": entry.type,
+                        "amount": fmt4(entry.amount_units),
+                        "balance": fmt4(entry.balance_after_units),
+                        # lets the tab whose own flow made a purchase announce it once (pages/billing/live.py)
+                        "key": entry.metadata.get("purchaseKey") or entry.idempotency_key,
+                    }
+                )
+        finally:  # all at once (a batch brings a thousand), those before a failed look-up too
+            get_event_bus().publish_many(events)
 
     return publish
 

@@ -51,3 +51,23 @@ def test_redis_carries_events_between_workers():
     worker_a, worker_b = EventBus(url), EventBus(url)  # e.g. the webhook lands on A, the tab is on B
     event, others, _ = _run(_receive(worker_b, worker_a, 51, 52))
     assert event["balance"] == "9.2700" and others == 0
+
+
+async def _receive_many(listening: EventBus, publishing: EventBus, events: list[dict], organization_id: int):
+    with listening.listen(organization_id) as mine:
+        await asyncio.sleep(0.3)  # the subscriber thread connects
+        await asyncio.to_thread(publishing.publish_many, events)
+        wanted = sum(1 for e in events if e["organization_id"] == organization_id)
+        return [await asyncio.wait_for(mine.get(), 5) for _ in range(wanted)]
+
+
+@pytest.mark.parametrize("through_redis", [False, True], ids=["in-process", "redis"])
+def test_the_events_of_one_commit_arrive_each_in_order(through_redis):
+    """publish_many (a batch's entries): every event, in order, each to its organization's listeners."""
+    url = _redis_url() if through_redis else None
+    publishing = EventBus(url)
+    listening = EventBus(url) if through_redis else publishing
+    events = [{"organization_id": 71 if n % 10 else 72, "entry_id": n} for n in range(300)]
+    received = _run(_receive_many(listening, publishing, events, 71))
+    assert received == [e for e in events if e["organization_id"] == 71]
+    assert publishing.flush(5) and publishing.dropped == 0
