@@ -32,7 +32,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
@@ -98,6 +98,19 @@ _DEFAULT_SOURCE = {
 # migrated balance) is 2: paid-for credits are spent last.
 GRANT_PRIORITY = {CreditSource.promotional.value: 0, CreditSource.welcome.value: 0, CreditSource.bonus.value: 1}
 PAID_PRIORITY = 2
+
+
+_M = TypeVar("_M")
+# `EntryType(x)` and `CreditSource(x)` as look-ups (a batch prepares a thousand postings): by member or value.
+_ENTRY_TYPES: dict[object, EntryType] = {key: t for t in EntryType for key in (t, t.value)}
+_CREDIT_SOURCES: dict[object, CreditSource] = {key: c for c in CreditSource for key in (c, c.value)}
+
+
+def _member(members: Mapping[object, _M], value: object) -> _M | None:
+    try:
+        return members.get(value)
+    except TypeError:  # unhashable: no member either
+        return None
 
 
 def grant_priority(source: str | None) -> int:
@@ -194,7 +207,9 @@ def _entry_from_row(row: DbRow, *, replayed: bool = False) -> PostedEntry:
     return _entry_from_mapping(row._mapping, replayed=replayed)
 
 
-def _entry_from_mapping(m: Mapping[Any, Any], *, replayed: bool = False) -> PostedEntry:
+def _entry_from_mapping(
+    m: Mapping[Any, Any], *, replayed: bool = False, created_at: datetime | None = None
+) -> PostedEntry:
     return PostedEntry(
         id=m["id"],
         account_id=m["account_id"],
@@ -210,7 +225,7 @@ def _entry_from_mapping(m: Mapping[Any, Any], *, replayed: bool = False) -> Post
         actor_user_id=m["actor_user_id"],
         actor_ip=m["actor_ip"],
         idempotency_key=m["idempotency_key"],
-        created_at=as_utc(m["created_at"]),
+        created_at=created_at or as_utc(m["created_at"]),
         replayed=replayed,
     )
 
@@ -459,10 +474,9 @@ class Ledger:
         return writes, places
 
     def _prepare(self, p: Posting) -> Write:
-        try:
-            entry_type = EntryType(p.type)
-        except ValueError:
-            raise InvalidPosting(f"unknown entry type {p.type!r}") from None
+        entry_type = _member(_ENTRY_TYPES, p.type)
+        if entry_type is None:
+            raise InvalidPosting(f"unknown entry type {p.type!r}")
         if isinstance(p.amount, float):
             raise InvalidPosting("amounts must be Decimal, int or str, never float")
         try:
@@ -484,11 +498,10 @@ class Ledger:
             raise InvalidPosting("only credits expire")
         source = p.source
         if units > 0:
-            source = source or _DEFAULT_SOURCE.get(entry_type)
-            try:
-                source = CreditSource(source).value
-            except ValueError:
-                raise InvalidPosting(f"unknown credit source {p.source!r}") from None
+            credit_source = _member(_CREDIT_SOURCES, source or _DEFAULT_SOURCE.get(entry_type))
+            if credit_source is None:
+                raise InvalidPosting(f"unknown credit source {p.source!r}")
+            source = credit_source.value
         elif source is not None:
             raise InvalidPosting("only credits carry a source")
         description = (p.description or "").strip()
@@ -528,8 +541,8 @@ class Ledger:
 
 def _outcome(w: Write, applied: Applied) -> PostedEntry | LedgerError:
     """A posting's result from what the write path did with it."""
-    if applied.status == POSTED:
-        return _entry_from_mapping(applied.entry or {})
+    if applied.status == POSTED:  # written with the Write's created_at, already UTC
+        return _entry_from_mapping(applied.entry or {}, created_at=w.created_at)
     if applied.status == REFUSED:
         return InsufficientCredits(from_units(applied.balance or 0), from_units(w.amount), from_units(w.floor))
     if applied.status == NO_ACCOUNT:

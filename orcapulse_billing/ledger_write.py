@@ -131,6 +131,12 @@ SET_BASED_FROM = 8
 
 
 def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None, pg_function: str) -> list[Applied]:
+    # (created_at, day) as text per datetime object (by identity: equal instants may differ in offset); the
+    # postings of a batch mostly share one
+    moments: dict[int, tuple[str, str]] = {}
+    for w in writes:
+        if id(w.created_at) not in moments:
+            moments[id(w.created_at)] = (w.created_at.isoformat(), w.created_at.date().isoformat())
     payload = json.dumps(
         [
             {
@@ -147,8 +153,8 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
                 "actor_user_id": w.actor_user_id,
                 "actor_ip": w.actor_ip,
                 "idempotency_key": w.idempotency_key,
-                "created_at": w.created_at.isoformat(),
-                "day": w.created_at.date().isoformat(),
+                "created_at": moments[id(w.created_at)][0],
+                "day": moments[id(w.created_at)][1],
                 "priority": w.priority,
                 "expires_at": w.expires_at.isoformat() if w.expires_at else None,
                 "checkout_session_id": w.checkout_session_id,

@@ -184,6 +184,9 @@ def test_post_in_commits_with_the_callers_transaction(engine, ledger, new_accoun
     "posting, message",
     [
         (dict(type="gift", amount="1"), "unknown entry type"),
+        (dict(type=["usage"], amount="-1"), "unknown entry type"),  # not even hashable
+        (dict(type="dispute", amount="1"), "unknown credit source"),  # a credit without a source or a default
+        (dict(type="adjustment", amount="1", source=["manual"]), "unknown credit source"),
         (dict(type="purchase", amount="-1"), "must be a credit"),
         (dict(type="bonus", amount="-1"), "must be a credit"),
         (dict(type="usage", amount="1"), "must be a debit"),
