@@ -5,6 +5,7 @@ import reflex as rx
 from .api import create_api_app
 from .config import require_safe_start
 from .grants import credit_expiry_loop
+from .heap import freeze_startup_heap
 from .holds import hold_expiry_loop
 from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop, webhook_delivery_loop
 from .pages import login  # noqa: F401  (register the pages)
@@ -29,3 +30,4 @@ app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: p
 app.register_lifespan_task(webhook_delivery_loop)  # every 5 seconds, every worker: outbound webhooks due
 app.register_lifespan_task(hold_expiry_loop)  # every minute: holds past HOLD_TTL_SECONDS released
 app.register_lifespan_task(credit_expiry_loop)  # every 5 minutes: expired grants posted, 7-day warnings
+app.register_lifespan_task(freeze_startup_heap)  # last: the start-up heap out of the garbage collector's way

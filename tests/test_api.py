@@ -628,3 +628,25 @@ def test_the_document_states_the_contract(client):
     webhook = doc["paths"]["/api/credits/webhook"]["post"]
     assert webhook["parameters"][0]["name"] == "Stripe-Signature" and webhook["parameters"][0]["required"] is True
     assert "links" in doc["paths"]["/api/credits/usage"]["post"]["responses"]["200"]
+
+
+def test_a_served_api_freezes_its_start_up_heap_once(client):
+    """heap.py: served, the API's start-up objects leave the cyclic collector's generations, once per process
+    (here the `client` fixture has served it); later objects are still collected."""
+    import gc
+
+    from orcapulse_billing.heap import freeze_startup_heap
+
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000
+    freeze_startup_heap()
+    assert gc.get_freeze_count() == frozen
+
+    class Cycle:
+        pass
+
+    cycle = Cycle()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    del cycle
+    assert gc.collect() >= 1  # made after the freeze: still garbage collected
+    assert client.get("/api/health").json()["status"] == "ok"
