@@ -30,6 +30,9 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 CHANNEL = "orcapulse:billing-events"
 OUTBOX_SIZE = 1000  # events waiting for Redis; beyond this the oldest is dropped
+# Events sent to Redis in one pipeline (one round trip) when more are waiting: a 1,000-entry usage batch
+# publishes 1,000 events at once, and one PUBLISH round trip each would let the outbox overflow.
+PUBLISH_BATCH = 500
 REDIS_DOWN_PAUSE = 5.0  # seconds after a failed publish during which events stay in this worker
 PING_EVERY = 5.0  # seconds of silence on the subscription before the subscriber PINGs Redis
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0  # the subscriber's backoff between attempts, seconds
@@ -45,7 +48,7 @@ class EventBus:
         self._outbox: deque[dict] = deque()
         self._outbox_size = outbox_size
         self._outbox_changed = threading.Condition()
-        self._publishing = False  # the publisher thread holds an event it took from the outbox
+        self._publishing = 0  # events the publisher thread took from the outbox and is sending
         self._publisher: threading.Thread | None = None
         self._publisher_pid = 0
         self._redis_down_until = 0.0
@@ -118,22 +121,29 @@ class EventBus:
     def _publish_forever(self) -> None:
         while True:
             with self._outbox_changed:
-                self._publishing = False
+                self._publishing = 0
                 self._outbox_changed.notify_all()
                 while not self._outbox:
                     self._outbox_changed.wait()
-                event = self._outbox.popleft()
-                self._publishing = True
+                events = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+                self._publishing = len(events)
             try:
-                self._send(event)
+                self._send(events)
             except Exception:  # never let one event stop the thread
                 log.exception("billing events: publishing failed")
 
-    def _send(self, event: dict) -> None:
+    def _send(self, events: list[dict]) -> None:
+        """`events` to Redis in order, in one round trip; when Redis fails, to this worker's tabs."""
         assert self._redis is not None
         if time.monotonic() >= self._redis_down_until:
             try:
-                self._redis.publish(CHANNEL, json.dumps(event))
+                if len(events) == 1:
+                    self._redis.publish(CHANNEL, json.dumps(events[0]))
+                else:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for event in events:
+                        pipe.publish(CHANNEL, json.dumps(event))
+                    pipe.execute()
                 return
             except Exception as exc:  # down or not answering: this worker's tabs still hear it
                 log.warning(
@@ -143,7 +153,8 @@ class EventBus:
                     REDIS_DOWN_PAUSE,
                 )
                 self._redis_down_until = time.monotonic() + REDIS_DOWN_PAUSE
-        self._deliver(event)
+        for event in events:
+            self._deliver(event)
 
     def _deliver(self, event: dict) -> None:
         with self._lock:

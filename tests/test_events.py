@@ -71,3 +71,23 @@ def test_the_events_of_one_commit_arrive_each_in_order(through_redis):
     received = _run(_receive_many(listening, publishing, events, 71))
     assert received == [e for e in events if e["organization_id"] == 71]
     assert publishing.flush(5) and publishing.dropped == 0
+
+
+async def _receive_commits(listening: EventBus, publishing: EventBus, commits: list[list[dict]], organization_id: int):
+    received = []
+    with listening.listen(organization_id) as mine:
+        await asyncio.sleep(0.3)  # the subscriber thread connects
+        for events in commits:  # a tab's queue holds 1,000 events: each commit is read before the next
+            await asyncio.to_thread(publishing.publish_many, events)
+            received += [await asyncio.wait_for(mine.get(), 5) for _ in events]
+    return received
+
+
+def test_big_commits_go_to_redis_in_pipelines_whole_and_in_order():
+    """Commits of 700 events (more than one pipeline of PUBLISH_BATCH): every event arrives, in order."""
+    url = _redis_url()
+    publishing, listening = EventBus(url), EventBus(url)
+    commits = [[{"organization_id": 81, "entry_id": c * 1000 + n} for n in range(700)] for c in range(3)]
+    received = _run(_receive_commits(listening, publishing, commits, 81))
+    assert received == [e for events in commits for e in events]
+    assert publishing.dropped == 0 and publishing.pending() == 0
