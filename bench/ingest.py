@@ -32,34 +32,21 @@ import argparse
 import json
 import os
 import random
-import secrets
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from _support import temporary_postgres  # bench/, next to this script
+from _support import bulk_organizations, temporary_postgres  # bench/, next to this script
 
-from orcapulse_billing import accounts
 from orcapulse_billing.db import make_engine, upgrade
-from orcapulse_billing.ledger import Ledger, PostedEntry, Posting, check_invariants
-from orcapulse_billing.models import (
-    ApiKey,
-    CreditAccount,
-    CreditSource,
-    EntryType,
-    Membership,
-    Organization,
-    Role,
-    User,
-)
+from orcapulse_billing.ledger import check_invariants
 from orcapulse_billing.money import to_units
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,66 +62,10 @@ def _free_port() -> int:
 
 
 def make_organizations(url: str, count: int) -> list[tuple[int, int, str]]:
-    """(organization id, account id, API key with usage:write) for `count` new organizations: the rows
-    `accounts.create_organization`, `add_user` and `create_api_key` write (without their audit entries),
-    in bulk, and each account's welcome credit through the ledger (`post_batch`, with its grant)."""
-    engine = make_engine(url)
-    now = datetime.now(UTC)
-    names = [f"Ingest org {n}" for n in range(count)]
-    emails = [f"owner-{n}@ingest.bench" for n in range(count)]
-    keys = [accounts.API_KEY_PREFIX + secrets.token_urlsafe(32) for _ in range(count)]
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.insert(Organization), [{"name": name, "created_at": now} for name in names])
-            org_of = dict(conn.execute(sa.select(Organization.name, Organization.id)).all())
-            orgs = [org_of[name] for name in names]
-            conn.execute(
-                sa.insert(CreditAccount), [{"organization_id": o, "created_at": now, "updated_at": now} for o in orgs]
-            )
-            account_of = dict(conn.execute(sa.select(CreditAccount.organization_id, CreditAccount.id)).all())
-            # these users only use their keys: no password that could sign in
-            conn.execute(sa.insert(User), [{"email": e, "password_hash": "unused", "created_at": now} for e in emails])
-            user_of = dict(conn.execute(sa.select(User.email, User.id)).all())
-            conn.execute(
-                sa.insert(Membership),
-                [
-                    {"user_id": user_of[e], "organization_id": o, "role": Role.owner.value, "created_at": now}
-                    for e, o in zip(emails, orgs, strict=True)
-                ],
-            )
-            conn.execute(
-                sa.insert(ApiKey),
-                [
-                    {
-                        "user_id": user_of[e],
-                        "organization_id": o,
-                        "scopes": accounts.USAGE_WRITE,
-                        "prefix": key[: len(accounts.API_KEY_PREFIX) + 6],
-                        "key_hash": accounts.hash_api_key(key),
-                        "created_at": now,
-                    }
-                    for e, o, key in zip(emails, orgs, keys, strict=True)
-                ],
-            )
-        welcome = Ledger(engine, grace_limit=Decimal(5)).post_batch(
-            [
-                Posting(
-                    account_of[o],
-                    EntryType.bonus,
-                    WELCOME,
-                    accounts.WELCOME_DESCRIPTION,
-                    source=CreditSource.welcome,
-                    idempotency_key="welcome",
-                )
-                for o in orgs
-            ]
-        )
-        refused = [w for w in welcome if not isinstance(w, PostedEntry)]
-        if refused:
-            raise RuntimeError(f"welcome credits refused: {refused[0]!r}")
-        return [(o, account_of[o], key) for o, key in zip(orgs, keys, strict=True)]
-    finally:
-        engine.dispose()
+    """(organization id, account id, API key with usage:write) for `count` new organizations, made in bulk
+    (`_support.bulk_organizations`), each with a welcome credit far above what a run spends."""
+    made = bulk_organizations(url, "ingest", count, lambda n: WELCOME)
+    return list(zip(made.organization_ids, made.account_ids, made.api_keys, strict=True))
 
 
 SERVERS = ("uvicorn", "granian")

@@ -52,7 +52,7 @@ from random import Random
 
 import psutil
 import sqlalchemy as sa
-from _support import print_table
+from _support import bulk_organizations, print_table
 from live import LightClients, now_ms, percentiles, signed_in_tab
 
 WELCOME_STEP = 100_000  # credits; 30,000 postings of voice_pipeline spend about 2,600
@@ -87,102 +87,41 @@ def displayed(text: str) -> Decimal | None:
 
 
 def make_spread_orgs(url: str, count: int, per_org: int) -> list[SpreadOrg]:
-    from orcapulse_billing import accounts
+    """`count` organizations in bulk (`_support.bulk_organizations`): organization n with a welcome credit of
+    (n + 1) x WELCOME_STEP, an owner whose API key posts, and `per_org` members, each signed in with a
+    session of their own (the clients' cookies)."""
     from orcapulse_billing.auth import SESSION_COOKIE, _token_hash
     from orcapulse_billing.db import make_engine
-    from orcapulse_billing.ledger import Ledger, PostedEntry, Posting
-    from orcapulse_billing.models import (
-        ApiKey,
-        AuthSession,
-        CreditAccount,
-        CreditSource,
-        EntryType,
-        Membership,
-        Organization,
-        Role,
-        User,
-    )
+    from orcapulse_billing.models import AuthSession
 
-    engine = make_engine(url)
-    now = datetime.now(UTC)
-    names = [f"Live org {n}" for n in range(count)]
-    keys = [accounts.API_KEY_PREFIX + secrets.token_urlsafe(32) for _ in range(count)]
-    owners = [f"owner-{n}@live.bench" for n in range(count)]
-    members = [[f"member-{n}-{m}@live.bench" for m in range(per_org)] for n in range(count)]
+    made = bulk_organizations(url, "live", count, lambda n: Decimal(WELCOME_STEP * (n + 1)), per_org)
     tokens = [[secrets.token_urlsafe(32) for _ in range(per_org)] for _ in range(count)]
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.insert(Organization), [{"name": name, "created_at": now} for name in names])
-            org_of = dict(conn.execute(sa.select(Organization.name, Organization.id)).all())
-            orgs = [org_of[name] for name in names]
-            conn.execute(
-                sa.insert(CreditAccount), [{"organization_id": o, "created_at": now, "updated_at": now} for o in orgs]
-            )
-            account_of = dict(conn.execute(sa.select(CreditAccount.organization_id, CreditAccount.id)).all())
-            # no password that could sign in: the owners use their keys, the members their sessions
-            emails = owners + [email for mine in members for email in mine]
-            conn.execute(sa.insert(User), [{"email": e, "password_hash": "unused", "created_at": now} for e in emails])
-            user_of = dict(conn.execute(sa.select(User.email, User.id)).all())
-            conn.execute(
-                sa.insert(Membership),
-                [
-                    {"user_id": user_of[email], "organization_id": o, "role": role, "created_at": now}
-                    for o, owner, mine in zip(orgs, owners, members, strict=True)
-                    for email, role in [(owner, Role.owner.value), *((m, Role.member.value) for m in mine)]
-                ],
-            )
-            conn.execute(
-                sa.insert(ApiKey),
-                [
-                    {
-                        "user_id": user_of[owner],
-                        "organization_id": o,
-                        "scopes": accounts.USAGE_WRITE,
-                        "prefix": key[: len(accounts.API_KEY_PREFIX) + 6],
-                        "key_hash": accounts.hash_api_key(key),
-                        "created_at": now,
-                    }
-                    for o, owner, key in zip(orgs, owners, keys, strict=True)
-                ],
-            )
-            if per_org:  # (--per-org 0: the postings alone, no clients)
+    if per_org:  # (--per-org 0: the postings alone, no clients)
+        now = datetime.now(UTC)
+        engine = make_engine(url)
+        try:
+            with engine.begin() as conn:
                 conn.execute(
                     sa.insert(AuthSession),
                     [
                         {
                             "token_hash": _token_hash(token),
-                            "user_id": user_of[email],
+                            "user_id": user_id,
                             "organization_id": o,
                             "created_at": now,
                             "expires_at": now + timedelta(days=1),
                             "user_agent": "bench/live.py",
                         }
-                        for o, mine, theirs in zip(orgs, members, tokens, strict=True)
-                        for email, token in zip(mine, theirs, strict=True)
+                        for o, mine, theirs in zip(made.organization_ids, made.member_ids, tokens, strict=True)
+                        for user_id, token in zip(mine, theirs, strict=True)
                     ],
                 )
-        welcome = Ledger(engine, grace_limit=Decimal(5)).post_batch(
-            [
-                Posting(
-                    account_of[o],
-                    EntryType.bonus,
-                    Decimal(WELCOME_STEP * (n + 1)),
-                    accounts.WELCOME_DESCRIPTION,
-                    source=CreditSource.welcome,
-                    idempotency_key="welcome",
-                )
-                for n, o in enumerate(orgs)
-            ]
-        )
-        refused = [w for w in welcome if not isinstance(w, PostedEntry)]
-        if refused:
-            raise RuntimeError(f"welcome credits refused: {refused[0]!r}")
-        return [
-            SpreadOrg(o, key, [f"{SESSION_COOKIE}={token}" for token in theirs])
-            for o, key, theirs in zip(orgs, keys, tokens, strict=True)
-        ]
-    finally:
-        engine.dispose()
+        finally:
+            engine.dispose()
+    return [
+        SpreadOrg(o, key, [f"{SESSION_COOKIE}={token}" for token in theirs])
+        for o, key, theirs in zip(made.organization_ids, made.api_keys, tokens, strict=True)
+    ]
 
 
 def server_workers(root_pid: int) -> list[psutil.Process]:
