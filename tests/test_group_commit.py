@@ -376,3 +376,36 @@ def test_postgres_a_group_waiting_on_its_own_callers_lock_gives_up_and_goes_one_
     assert isinstance(posted_inside[0], PostedEntry) and isinstance(other[1][0], PostedEntry)
     assert [d for d, _, _ in _entries(pg_engine, held)] == ["inside", "needs the held row"]
     _sound(pg_engine, blocked, held, free)
+
+
+def test_postgres_a_group_connection_that_died_while_idle_is_not_used_again(pg_url):
+    """Group commit keeps its connection between groups (no pool ping per posting), but only for
+    GROUP_CONNECTION_LINGER: after that the next group checks one out, pinged, so a connection whose
+    server went away while idle (a restart, an idle timeout) costs the next posting nothing."""
+    from orcapulse_billing.accounts import account_id_for, create_organization
+    from orcapulse_billing.ledger import GROUP_CONNECTION_LINGER
+
+    # make_engine's pool (pre-ping), with a name that finds this ledger's connections on the server
+    engine = sa.create_engine(
+        pg_url, pool_size=10, pool_pre_ping=True, connect_args={"application_name": "opb-group-linger"}
+    )
+    try:
+        ledger = Ledger(engine, grace_limit=GRACE)
+        account = account_id_for(
+            engine, create_organization(engine, ledger, f"linger-{time.time_ns()}", welcome_credit=Decimal(0)).id
+        )
+        ledger.post(Posting(account, "purchase", "5", "before the idle"))
+        with make_engine(pg_url).connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'opb-group-linger'"
+                )
+            ).scalar()
+        assert killed >= 1  # the kept group connection among them
+        time.sleep(GROUP_CONNECTION_LINGER + 0.3)
+        entry = ledger.post(Posting(account, "usage", "-1.25", "after the idle", category="sms"))
+        assert entry.balance_after == Decimal("3.7500")
+        _sound(engine, account)
+    finally:
+        engine.dispose()
