@@ -635,10 +635,11 @@ def test_a_served_api_freezes_its_start_up_heap_once(client):
     (here the `client` fixture has served it); later objects are still collected."""
     import gc
 
-    from orcapulse_billing.heap import freeze_startup_heap
+    from orcapulse_billing.heap import OLDER_THRESHOLDS, YOUNG_THRESHOLD, freeze_startup_heap
 
     frozen = gc.get_freeze_count()
     assert frozen > 10_000
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
     freeze_startup_heap()
     assert gc.get_freeze_count() == frozen
 
