@@ -58,19 +58,25 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | Non
 
 
 def entry_json(item: HistoryItem) -> s.HistoryEntry:
-    return s.HistoryEntry(
-        id=item.id,
-        type=item.type,
-        source=item.source,
-        amount=fmt4(item.amount_units),
-        balance_before=fmt4(item.balance_before_units),
-        balance_after=fmt4(item.balance_after_units),
-        description=item.description,
-        category=item.category,
-        created_at=item.created_at,
-        metadata=item.metadata,
-        usage_session_id=item.usage_session_id,
-    )
+    return s.HistoryEntry.model_validate(_entry_fields(item, item.usage_session_id))
+
+
+def _entry_fields(entry: HistoryItem | PostedEntry, usage_session_id: str | None) -> dict[str, Any]:
+    """An entry as `s.HistoryEntry` has it, in its fields' order, as plain data: the one list of them, for
+    the history's items and for entries just posted (whose answers may carry a thousand)."""
+    return {
+        "id": entry.id,
+        "type": entry.type,
+        "source": entry.source,
+        "amount": fmt4(entry.amount_units),
+        "balance_before": fmt4(entry.balance_before_units),
+        "balance_after": fmt4(entry.balance_after_units),
+        "description": entry.description,
+        "category": entry.category,
+        "created_at": entry.created_at,
+        "metadata": entry.metadata,
+        "usage_session_id": usage_session_id,
+    }
 
 
 @router.get("/packages", response_model=s.Packages, summary="Available credit packages (public)")
@@ -390,18 +396,6 @@ def posted_entry_json(entry: PostedEntry) -> s.HistoryEntry:
 
 
 def posted_entry_fields(entry: PostedEntry) -> dict[str, Any]:
-    """`posted_entry_json`'s fields, in `s.HistoryEntry`'s order, as a dict: what its model dumps, for
-    answers that carry a thousand entries and serialize plain data (a model each costs more than the rest)."""
-    return {
-        "id": entry.id,
-        "type": entry.type,
-        "source": entry.source,
-        "amount": fmt4(entry.amount_units),
-        "balance_before": fmt4(entry.balance_before_units),
-        "balance_after": fmt4(entry.balance_after_units),
-        "description": entry.description,
-        "category": entry.category,
-        "created_at": entry.created_at,
-        "metadata": entry.metadata,
-        "usage_session_id": entry.metadata.get("usage_session_id"),
-    }
+    """`posted_entry_json`'s fields as plain data (what its model dumps), for answers that carry a thousand
+    entries and serialize them at once."""
+    return _entry_fields(entry, entry.metadata.get("usage_session_id"))
