@@ -200,6 +200,9 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 1024 * 1024
     hold_ttl_seconds: int = 900  # HOLD_TTL_SECONDS: an active hold not captured or released by then expires
+    # SWEEP_INTERVAL_SECONDS: how often the safety nets run, once per deployment: the auto-recharge sweep
+    # and the reconcile round (which also runs at start-up)
+    sweep_interval_seconds: int = 300
 
     @property
     def production(self) -> bool:
@@ -258,6 +261,7 @@ def load_settings() -> Settings:
         trusted_proxies=_networks("TRUSTED_PROXIES"),
         max_body_bytes=_positive_int("MAX_BODY_BYTES", 1024 * 1024),
         hold_ttl_seconds=_positive_int("HOLD_TTL_SECONDS", 900),
+        sweep_interval_seconds=_positive_int("SWEEP_INTERVAL_SECONDS", 300),
         cookie_secure=_flag("COOKIE_SECURE", app_url.strip().lower().startswith("https://")),
     )
 

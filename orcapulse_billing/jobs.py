@@ -209,13 +209,14 @@ async def phone_billing_loop() -> None:
         await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(UTC)))
 
 
-async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
+async def auto_recharge_sweep_loop(every_seconds: int | None = None) -> None:
     """Lifespan task: the safety net for auto-recharge triggers that were missed (a worker died
-    mid-way, a card came back): every 5 minutes, once per deployment."""
+    mid-way, a card came back): every SWEEP_INTERVAL_SECONDS (5 minutes), once per deployment."""
     from .config import get_settings
     from .db import get_engine
     from .services import get_auto_recharger
 
+    every_seconds = every_seconds or get_settings().sweep_interval_seconds
     while True:
         await asyncio.sleep(every_seconds)
         try:
@@ -231,15 +232,17 @@ async def auto_recharge_sweep_loop(every_seconds: int = 300) -> None:
             log.exception("auto-recharge sweep failed")
 
 
-async def reconcile_loop(every_seconds: int = 300) -> None:
-    """Lifespan task: at start-up and every 5 minutes, once per deployment, credit every paid charge
-    whose posting was lost and settle the charges awaiting confirmation (payments/reconcile.py)."""
+async def reconcile_loop(every_seconds: int | None = None) -> None:
+    """Lifespan task: at start-up and every SWEEP_INTERVAL_SECONDS (5 minutes), once per deployment,
+    credit every paid charge whose posting was lost and settle the charges awaiting confirmation
+    (payments/reconcile.py)."""
     from .config import get_settings
     from .db import get_engine
     from .payments.reconcile import Reconciler
     from .payments.stripe_gateway import PaymentError
     from .services import get_stripe_purchases
 
+    every_seconds = every_seconds or get_settings().sweep_interval_seconds
     while True:
         try:
             await asyncio.to_thread(

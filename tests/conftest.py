@@ -140,6 +140,10 @@ def app_database(tmp_path_factory, stripe_sandbox, lemon_sandbox) -> str:
         LEMONSQUEEZY_VARIANT_ID="1",
         LEMONSQUEEZY_WEBHOOK_SECRET=lemon_sandbox.webhook_secret,
         LEMONSQUEEZY_JS_URL=lemon_sandbox.url + "/js/lemon.js",
+        # The app server's safety nets (auto-recharge sweep, reconcile) share this database with the tests,
+        # which run those rounds themselves when they test them: a deployment's round landing between two
+        # steps of a test would settle its pending charge for it (it did once in CI). A day: never in a run.
+        SWEEP_INTERVAL_SECONDS="86400",
     )
     get_settings.cache_clear()
     upgrade(url)

@@ -145,3 +145,36 @@ def test_run_once_with_redis():
             assert (first, second) == (True, False)
     with run_once(None, name, url) as again:
         assert again
+
+
+@pytest.mark.parametrize("loop_name", ["auto_recharge_sweep_loop", "reconcile_loop"])
+def test_the_safety_nets_run_every_sweep_interval_seconds(loop_name, monkeypatch, sqlite_url):
+    """Both 5-minute rounds wait SWEEP_INTERVAL_SECONDS between runs (the test suite's app server sets a
+    day, so that a round never lands in the middle of a test); a value that is not a positive number of
+    seconds is refused at start-up."""
+    import asyncio
+
+    from orcapulse_billing import jobs
+    from orcapulse_billing.config import ConfigError, get_settings, load_settings
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the loop's wait: recorded, then the loop is stopped
+        waits.append(seconds)
+        raise asyncio.CancelledError
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("SWEEP_INTERVAL_SECONDS", "7")
+    monkeypatch.setattr(jobs, "_locked_round", lambda *args, **kwargs: None)  # the round itself is tested apart
+    monkeypatch.setattr(jobs.asyncio, "sleep", sleep)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(getattr(jobs, loop_name)())
+        assert waits == [7]
+        monkeypatch.setenv("SWEEP_INTERVAL_SECONDS", "0")
+        with pytest.raises(ConfigError, match="SWEEP_INTERVAL_SECONDS"):
+            load_settings()
+    finally:
+        monkeypatch.delenv("SWEEP_INTERVAL_SECONDS")
+        get_settings.cache_clear()
