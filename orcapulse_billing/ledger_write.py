@@ -22,13 +22,13 @@ Plain Python, SQLAlchemy and the DB-API drivers: nothing here imports Reflex.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 from sqlalchemy.engine import Connection, Dialect
 
 from .db import as_utc
@@ -137,7 +137,9 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
     for w in writes:
         if id(w.created_at) not in moments:
             moments[id(w.created_at)] = (w.created_at.isoformat(), w.created_at.date().isoformat())
-    payload = json.dumps(
+    # pydantic_core's encoder (Rust): the same JSON as json.dumps for these plain values, in a third of the
+    # time, which for a batch of 1,000 postings was a few per cent of the request
+    payload = to_json(
         [
             {
                 "i": n,
@@ -161,9 +163,8 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
                 "from_grant": w.from_grant,
             }
             for n, w in enumerate(writes)
-        ],
-        separators=(",", ":"),
-    )
+        ]
+    ).decode()
     rows = _driver_rows(conn, f"SELECT * FROM {pg_function}(%s::jsonb, %s)", (payload, lock_wait))
     results: list[Applied | None] = [None] * len(writes)
     for row in rows:

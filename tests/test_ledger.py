@@ -107,6 +107,36 @@ def test_idempotent_replay_returns_first_entry_and_changes_nothing(engine, ledge
     assert _account(engine, account_id) == before
 
 
+def test_text_beyond_ascii_is_stored_and_replayed_as_sent(engine, ledger, new_account):
+    """Descriptions, categories, metadata and keys go to PostgreSQL's ledger functions as JSON text: accents,
+    emoji, quotes and control characters come back exactly, in the entry, its replay and the rows."""
+    account_id = new_account()
+    ledger.post(Posting(account_id, "purchase", "5", "top-up"))
+    text = 'Café ☕ "quoted" \\ tab\there, ligne\nsuivante, 日本語 \U0001f680'
+    metadata = {"note": text, "nested": {"ünïcode": ["é", 1, None, True]}}
+    posted = [
+        ledger.post(
+            Posting(account_id, "usage", "-0.5", text, category="ümlaut", metadata=metadata, idempotency_key=key)
+        )
+        for key in (f"clé-{n}-☕" for n in range(2))
+    ]
+    again = ledger.post(
+        Posting(account_id, "usage", "-0.5", text, category="ümlaut", metadata=metadata, idempotency_key="clé-0-☕")
+    )
+    assert again.replayed and again.id == posted[0].id
+    for entry in [*posted, again]:
+        assert (entry.description, entry.category, entry.metadata) == (text, "ümlaut", metadata)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT description, category, idempotency_key FROM ledger_entry WHERE account_id = :a AND seq > 1"
+            ),
+            {"a": account_id},
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [(text, "ümlaut", "clé-0-☕"), (text, "ümlaut", "clé-1-☕")]
+    _assert_sound(engine, account_id)
+
+
 def test_same_key_other_parameters_is_a_conflict(engine, ledger, new_account):
     account_id = new_account()
     ledger.post(Posting(account_id, "purchase", "20", "top-up", idempotency_key="k1"))
