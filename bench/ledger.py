@@ -5,7 +5,7 @@ Scenarios (the issue's three):
   2. PostgreSQL: 8 writer processes, all on ONE hot account (every posting queues on one row lock);
   3. PostgreSQL: 8 writer processes, each posting to a random one of 1,000 accounts.
 
-Each scenario runs for every layout of `--callers` (default 1,4): every writer process runs C caller
+Each scenario runs for every layout of `--callers` (default 1,4,8): every writer process runs C caller
 threads, each posting one debit after another. In each scenario and layout two contenders run in turn,
 for `--seconds` each (default 10), with the same processes-and-threads layout:
 
@@ -59,9 +59,9 @@ without planner statistics PostgreSQL probes the idempotency key through the wro
 all of the account's entries on every posting, until autovacuum first analyzes the tables
 (`--no-analyze` measures that fresh-database case).
 
-Run by hand (3 to 4 minutes with the defaults on 2 cores: 12 runs of 10 s, the set-up and the checks,
+Run by hand (5 to 6 minutes with the defaults on 2 cores: 18 runs of 10 s, the set-up and the checks,
 plus the ingestion measurement); it prints figures and never asserts them:
-    .venv/bin/python bench/ledger.py [--seconds N] [--callers 1,4] [--no-analyze] [--no-ingest]
+    .venv/bin/python bench/ledger.py [--seconds N] [--callers 1,4,8] [--no-analyze] [--no-ingest]
 """
 
 from __future__ import annotations
@@ -573,7 +573,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each run (default 10)")
     parser.add_argument(
-        "--callers", type=_callers, default=[1, 4], help="caller threads per writer process, e.g. 1,4 (default)"
+        "--callers", type=_callers, default=[1, 4, 8], help="caller threads per writer process (default 1,4,8)"
     )
     parser.add_argument("--no-analyze", dest="analyze", action="store_false", help="skip ANALYZE after set-up")
     parser.add_argument("--no-ingest", dest="ingest", action="store_false", help="skip the batch ingestion rate")
