@@ -13,7 +13,7 @@ import calendar
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -209,7 +209,9 @@ async def phone_billing_loop() -> None:
         await asyncio.sleep(seconds_until(PHONE_BILLING_AT, datetime.now(UTC)))
 
 
-async def auto_recharge_sweep_loop(every_seconds: int | None = None) -> None:
+async def auto_recharge_sweep_loop(
+    every_seconds: int | None = None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
     """Lifespan task: the safety net for auto-recharge triggers that were missed (a worker died
     mid-way, a card came back): every SWEEP_INTERVAL_SECONDS (5 minutes), once per deployment."""
     from .config import get_settings
@@ -218,7 +220,7 @@ async def auto_recharge_sweep_loop(every_seconds: int | None = None) -> None:
 
     every_seconds = every_seconds or get_settings().sweep_interval_seconds
     while True:
-        await asyncio.sleep(every_seconds)
+        await sleep(every_seconds)
         try:
             await asyncio.to_thread(
                 _locked_round,
@@ -232,7 +234,9 @@ async def auto_recharge_sweep_loop(every_seconds: int | None = None) -> None:
             log.exception("auto-recharge sweep failed")
 
 
-async def reconcile_loop(every_seconds: int | None = None) -> None:
+async def reconcile_loop(
+    every_seconds: int | None = None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
     """Lifespan task: at start-up and every SWEEP_INTERVAL_SECONDS (5 minutes), once per deployment,
     credit every paid charge whose posting was lost and settle the charges awaiting confirmation
     (payments/reconcile.py)."""
@@ -257,7 +261,7 @@ async def reconcile_loop(every_seconds: int | None = None) -> None:
             log.warning("reconcile skipped: %s", exc.message)
         except Exception:
             log.exception("reconcile failed")
-        await asyncio.sleep(every_seconds)
+        await sleep(every_seconds)
 
 
 async def webhook_delivery_loop(every_seconds: float = 5.0) -> None:
