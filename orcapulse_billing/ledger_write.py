@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,12 +31,13 @@ from pydantic_core import to_json
 from sqlalchemy.engine import Connection, Dialect
 
 from .db import as_utc
+from .value_type import value_type
 
 # Statuses of an `Applied`.
 POSTED, REPLAYED, REFUSED, NO_ACCOUNT = "posted", "replayed", "refused", "no_account"
 
 
-@dataclass(frozen=True)
+@value_type
 class Write:
     """One posting, validated and in ledger units: what the write path needs."""
 
@@ -60,16 +60,19 @@ class Write:
     from_grant: int | None
 
 
-@dataclass(frozen=True)
+@value_type
 class Applied:
-    """What became of one `Write`. `entry` holds the ledger_entry columns for `posted` and `replayed`
-    (id, account_id, seq, type, source, amount, balance_before, balance_after, description, category,
-    metadata, actor_user_id, actor_ip, idempotency_key, created_at); `balance` is the account's
-    balance for `refused`."""
+    """What became of one `Write`. `written` holds what the database decided for a `posted` one (the
+    new entry's id, its seq and the balance before it; everything else in the entry is the Write's own);
+    `entry` holds the ledger_entry columns of the earlier entry for `replayed` (id, account_id, seq,
+    type, source, amount, balance_before, balance_after, description, category, metadata,
+    actor_user_id, actor_ip, idempotency_key, created_at); `balance` is the account's balance for
+    `refused`."""
 
     status: str
     entry: dict[str, Any] | None = None
     balance: int | None = None
+    written: tuple[int, int, int] | None = None  # posted: (id, seq, balance_before)
 
 
 ENTRY_COLUMNS = (
@@ -130,6 +133,30 @@ PG_FUNCTIONS = ("ledger_post_group", "ledger_post")
 SET_BASED_FROM = 8
 
 
+# The function's rows, with the columns a `posted` row repeats from its Write left out (NULL): most rows
+# of a batch are posted, and formatting, sending and decoding those columns (metadata as JSON, the
+# timestamp, the texts) again for each was a tenth of the call. The positions are the function's.
+_ECHOED = {
+    "account_id",
+    "type",
+    "source",
+    "amount",
+    "description",
+    "category",
+    "metadata",
+    "actor_user_id",
+    "actor_ip",
+    "idempotency_key",
+    "created_at",
+}
+_PG_CALLS = {
+    name: "SELECT i, status, "
+    + ", ".join(f"CASE WHEN status = '{POSTED}' THEN NULL ELSE {c} END" if c in _ECHOED else c for c in ENTRY_COLUMNS)
+    + f" FROM {name}(%s::jsonb, %s)"
+    for name in PG_FUNCTIONS
+}
+
+
 def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None, pg_function: str) -> list[Applied]:
     # (created_at, day) as text per datetime object (by identity: equal instants may differ in offset); the
     # postings of a batch mostly share one
@@ -165,11 +192,13 @@ def _apply_postgres(conn: Connection, writes: list[Write], lock_wait: str | None
             for n, w in enumerate(writes)
         ]
     ).decode()
-    rows = _driver_rows(conn, f"SELECT * FROM {pg_function}(%s::jsonb, %s)", (payload, lock_wait))
+    rows = _driver_rows(conn, _PG_CALLS[pg_function], (payload, lock_wait))
     results: list[Applied | None] = [None] * len(writes)
     for row in rows:
         n, status = row[0], row[1]
-        if status in (POSTED, REPLAYED):
+        if status == POSTED:
+            results[n] = Applied(status, written=(row[2], row[4], row[8]))
+        elif status == REPLAYED:
             results[n] = Applied(status, dict(zip(ENTRY_COLUMNS, row[2:], strict=True)))
         else:
             results[n] = Applied(status, balance=row[9])
@@ -356,28 +385,7 @@ class _SqliteWriter:
                 state[0] = balance + w.amount
                 moved += 1
                 last_at = created_at
-                results.append(
-                    Applied(
-                        POSTED,
-                        {
-                            "id": entry_id,
-                            "account_id": account_id,
-                            "seq": state[1],
-                            "type": w.type,
-                            "source": w.source,
-                            "amount": w.amount,
-                            "balance_before": balance,
-                            "balance_after": balance + w.amount,
-                            "description": w.description,
-                            "category": w.category,
-                            "metadata": w.metadata,
-                            "actor_user_id": w.actor_user_id,
-                            "actor_ip": w.actor_ip,
-                            "idempotency_key": w.idempotency_key,
-                            "created_at": w.created_at,
-                        },
-                    )
-                )
+                results.append(Applied(POSTED, written=(entry_id, state[1], balance)))
             if state is not None and moved:
                 cur.execute(_S_SAVE_ACCOUNT, (*state[:8], state[8] + moved, last_at, account_id))
             if rollup:

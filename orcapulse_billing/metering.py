@@ -37,6 +37,7 @@ from .usage_remainders import (
     store_remainder,
     uncharged_report,
 )
+from .value_type import value_type
 
 SESSION_OPERATIONS = {"voice_pipeline": "pipeline", "voice_realtime": "realtime", "chat": "chat"}
 OPENAI_OPERATIONS = {"openai_input_tokens": "input", "openai_output_tokens": "output"}
@@ -51,7 +52,7 @@ class MeteringError(ValueError):
     """Bad usage input (unknown operation or model, bad quantity or session)."""
 
 
-@dataclass(frozen=True)
+@value_type
 class SessionInfo:
     id: str
     agent_id: str | None = None
@@ -63,7 +64,7 @@ class SessionInfo:
     analysis: dict[str, Any] | None = None  # JSON object
 
 
-@dataclass(frozen=True)
+@value_type
 class Charge:
     cost: Decimal  # full precision; the ledger rounds half-up to 4 places
     category: str

@@ -62,6 +62,7 @@ from .usage_remainders import (
     store_remainders,
     uncharged_reports,
 )
+from .value_type import value_type
 
 MAX_EVENTS = 1000
 ATTEMPTS = 4  # each attempt after the first knows more (a refused posting, a key or session committed meanwhile)
@@ -69,7 +70,7 @@ Status = Literal["charged", "not_charged", "replayed", "refused"]
 _sessions = sa.inspect(BillingSession).local_table
 
 
-@dataclass(frozen=True)
+@value_type
 class UsageEvent:
     """One usage report, as `record_usage` takes it."""
 
@@ -82,7 +83,7 @@ class UsageEvent:
     created_at: datetime | None = None  # backdates the entry (imports); live reports leave it unset
 
 
-@dataclass(frozen=True)
+@value_type
 class BatchResult:
     """One report's result. `charge` is its price (None: refused before it could be priced); `entry` the
     entry it posted (charged) or its key's first entry (replayed, when that posted one); `error` why it

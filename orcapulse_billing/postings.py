@@ -10,7 +10,7 @@ Plain Python: nothing here imports Reflex or touches the database.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from .db import as_utc
 from .ledger_write import NO_ACCOUNT, POSTED, REFUSED, Applied, Write
 from .models import ENTRY_KINDS, CreditSource, EntryType
 from .money import MoneyError, from_units, parse_amount, to_units
+from .value_type import value_type
 
 MAX_AMOUNT = Decimal("1000000000")  # one billion credits in a single posting is a bug, not a sale
 NO_FLOOR_UNITS = -(2**62)
@@ -82,7 +83,7 @@ def grant_priority(source: str | None) -> int:
     return GRANT_PRIORITY.get(source or "", PAID_PRIORITY)
 
 
-@dataclass(frozen=True)
+@value_type
 class Posting:
     """What to post. `amount` is signed: credits positive, debits negative.
 
@@ -111,7 +112,7 @@ class Posting:
     from_grant: int | None = None
 
 
-@dataclass(frozen=True)
+@value_type
 class PostedEntry:
     id: int
     account_id: int
@@ -143,9 +144,7 @@ class PostedEntry:
         return from_units(self.balance_after_units)
 
 
-def entry_from_mapping(
-    m: Mapping[Any, Any], *, replayed: bool = False, created_at: datetime | None = None
-) -> PostedEntry:
+def entry_from_mapping(m: Mapping[Any, Any], *, replayed: bool = False) -> PostedEntry:
     return PostedEntry(
         id=m["id"],
         account_id=m["account_id"],
@@ -161,7 +160,7 @@ def entry_from_mapping(
         actor_user_id=m["actor_user_id"],
         actor_ip=m["actor_ip"],
         idempotency_key=m["idempotency_key"],
-        created_at=created_at or as_utc(m["created_at"]),
+        created_at=as_utc(m["created_at"]),
         replayed=replayed,
     )
 
@@ -236,8 +235,26 @@ def prepare(p: Posting, default_floor: int) -> Write:
 
 def outcome(w: Write, applied: Applied) -> PostedEntry | LedgerError:
     """A posting's result from what the write path did with it."""
-    if applied.status == POSTED:  # written with the Write's created_at, already UTC
-        return entry_from_mapping(applied.entry or {}, created_at=w.created_at)
+    if applied.status == POSTED:  # the entry is the Write, as written
+        assert applied.written is not None
+        entry_id, seq, before = applied.written
+        return PostedEntry(
+            id=entry_id,
+            account_id=w.account_id,
+            seq=seq,
+            type=w.type,
+            source=w.source,
+            amount_units=w.amount,
+            balance_before_units=before,
+            balance_after_units=before + w.amount,
+            description=w.description,
+            category=w.category,
+            metadata=dict(w.metadata),
+            actor_user_id=w.actor_user_id,
+            actor_ip=w.actor_ip,
+            idempotency_key=w.idempotency_key,
+            created_at=w.created_at,  # already UTC
+        )
     if applied.status == REFUSED:
         return InsufficientCredits(from_units(applied.balance or 0), from_units(w.amount), from_units(w.floor))
     if applied.status == NO_ACCOUNT:

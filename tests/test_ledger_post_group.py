@@ -128,7 +128,7 @@ def _for(writes: list[Write], twin: dict[int, int]) -> list[Write]:
 
 def _results(applied) -> list[tuple]:
     return [
-        (a.status, a.balance)
+        (a.status, a.balance, a.written[1:] if a.written is not None else None)  # ids differ between twins
         + (tuple(v for k, v in a.entry.items() if k not in ("id", "account_id")) if a.entry is not None else ())
         for a in applied
     ]
