@@ -136,19 +136,7 @@ SET_BASED_FROM = 8
 # The function's rows, with the columns a `posted` row repeats from its Write left out (NULL): most rows
 # of a batch are posted, and formatting, sending and decoding those columns (metadata as JSON, the
 # timestamp, the texts) again for each was a tenth of the call. The positions are the function's.
-_ECHOED = {
-    "account_id",
-    "type",
-    "source",
-    "amount",
-    "description",
-    "category",
-    "metadata",
-    "actor_user_id",
-    "actor_ip",
-    "idempotency_key",
-    "created_at",
-}
+_ECHOED = set(ENTRY_COLUMNS) - {"id", "seq", "balance_before", "balance_after"}
 _PG_CALLS = {
     name: "SELECT i, status, "
     + ", ".join(f"CASE WHEN status = '{POSTED}' THEN NULL ELSE {c} END" if c in _ECHOED else c for c in ENTRY_COLUMNS)
