@@ -8,12 +8,13 @@ switched off so that SQLAlchemy's BEGIN is the real one: the ledger asks for `BE
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -92,6 +93,31 @@ def one_of(conn: Connection, column: sa.ColumnElement[Any], values: Collection[A
     if conn.dialect.name == "postgresql":
         return column == sa.any_(sa.literal(list(values), postgresql.ARRAY(column.type)))
     return column.in_(list(values))
+
+
+def insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts `rows` (mappings with the same keys, column names of `table`). On PostgreSQL in one statement
+    whatever their number: `INSERT ... SELECT * FROM unnest(...)` with one array per column, one execution
+    and one plan, where executemany runs the INSERT once per row (the billing sessions of a batch of 1,000
+    usage reports: 150 executions and their Python). Elsewhere executemany, which SQLite runs in-process."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(sa.insert(table), list(rows))
+        return
+    names = list(rows[0])
+    arrays: dict[str, list[Any]] = {}
+    casts = []
+    for n, name in enumerate(names):
+        column = table.c[name]
+        values = [row[name] for row in rows]
+        if isinstance(column.type, sa.JSON):  # sent as JSON text, cast by the server
+            values = [None if v is None else to_json(v).decode() for v in values]
+        arrays[f"c{n}"] = values
+        casts.append(f"CAST(:c{n} AS {column.type.compile(dialect=conn.dialect)}[])")
+    conn.execute(
+        sa.text(f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)})"), arrays
+    )
 
 
 def as_utc(value: datetime) -> datetime:

@@ -34,8 +34,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from .billing_profile import table_of
 from .budgets import is_budgeted, open_gate
-from .db import one_of
+from .db import insert_many, one_of
 from .ledger import IdempotencyConflict, Ledger, LedgerError, PostedEntry, Posting, find_entries, get_account
 from .metering import (
     DEBT_FLOOR,
@@ -67,7 +68,7 @@ from .value_type import value_type
 MAX_EVENTS = 1000
 ATTEMPTS = 4  # each attempt after the first knows more (a refused posting, a key or session committed meanwhile)
 Status = Literal["charged", "not_charged", "replayed", "refused"]
-_sessions = sa.inspect(BillingSession).local_table
+_sessions = table_of(BillingSession)
 
 
 @value_type
@@ -342,8 +343,7 @@ def _insert_sessions(conn: Connection, account_id: int, plan: list[_Planned], en
                 account_id, entry, p.units, when, event.operation, event.quantity, p.report.charge, event.session
             )
         )
-    if rows:
-        conn.execute(sa.insert(BillingSession), rows)
+    insert_many(conn, _sessions, rows)
 
 
 def _billed_sessions(conn: Connection, account_id: int, session_ids: set[str]) -> set[str]:

@@ -20,7 +20,8 @@ from decimal import ROUND_FLOOR, Context, Decimal, DivisionByZero, Inexact, Inva
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .db import dialect_insert, one_of
+from .billing_profile import table_of
+from .db import dialect_insert, insert_many, one_of
 from .models import UsageRemainder, UsageReport
 from .money import UNITS_PER_CREDIT
 
@@ -28,7 +29,7 @@ SESSION_PARTS = ("base", "llm", "stt", "tts")  # the cost columns of `billing_se
 
 REMAINDER_CHARS = 64  # usage_remainder.remainder is a String(64)
 _remainder = sa.inspect(UsageRemainder).local_table
-_report = sa.inspect(UsageReport).local_table
+_report = table_of(UsageReport)
 _CREATE_REMAINDER = sa.text(
     "INSERT INTO usage_remainder (account_id, operation, remainder, updated_at) "
     "VALUES (:account_id, :operation, '0', :now) ON CONFLICT (account_id, operation) DO NOTHING"
@@ -196,8 +197,9 @@ def record_uncharged_many(
     if not reports:
         return
     now = datetime.now(UTC)
-    conn.execute(
-        sa.insert(UsageReport),
+    insert_many(
+        conn,
+        _report,
         [
             {"account_id": account_id, "idempotency_key": key, "fingerprint": said, "created_at": at or now}
             for key, at, said in reports

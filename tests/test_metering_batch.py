@@ -39,7 +39,20 @@ def tokens(key: str, n: str = "277", model: str = "gpt-4o-mini", status: str = "
 
 
 def event(key: str, operation: str, quantity: str, session: str | None = None, **kw) -> UsageEvent:
-    info = SessionInfo(id=session, agent_id="agent_b", agent_name="Batch desk") if session else None
+    info = (
+        SessionInfo(  # every column of its billing_session row (insert_many sends each as an array on PostgreSQL)
+            id=session,
+            agent_id="agent_b",
+            agent_name="Batch desk é’",
+            started_at=datetime(2026, 1, 1, 9, 0, tzinfo=UTC),
+            ended_at=datetime(2026, 1, 1, 9, 7, 30, tzinfo=UTC),
+            transcript="Caller: hello\nAgent: ¿qué tal?",
+            recording_url=f"https://recordings.example/{session}.mp3",
+            analysis={"sentiment": "positive", "score": 0.5, "tags": ["a", "b"], "none": None},
+        )
+        if session
+        else None
+    )
     return UsageEvent(operation, Decimal(quantity), kw.pop("status", "completed"), key, session=info, **kw)
 
 
@@ -120,7 +133,8 @@ def books(engine, account_id: int) -> dict:
             "remainder_text": rows("SELECT operation, remainder FROM usage_remainder WHERE account_id = :a ORDER BY 1"),
             "uncharged": rows("SELECT idempotency_key, fingerprint FROM usage_report WHERE account_id = :a ORDER BY 1"),
             "sessions": rows(
-                "SELECT s.external_id, s.operation, s.agent_id, s.architecture, s.duration_minutes, s.message_count, "
+                "SELECT s.external_id, s.operation, s.agent_id, s.agent_name, s.architecture, s.duration_minutes, "
+                "s.message_count, s.started_at, s.ended_at, s.transcript, s.recording_url, s.analysis, "
                 "s.cost_base, s.cost_llm, s.cost_stt, s.cost_tts, s.cost_total, e.seq "
                 "FROM billing_session s LEFT JOIN ledger_entry e ON e.id = s.ledger_entry_id "
                 "WHERE s.account_id = :a ORDER BY 1"
