@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.pool import PoolProxiedConnection
 
 from . import postings
-from .db import as_utc, is_sqlite
+from .db import as_utc, is_sqlite, json_keys
 from .group_commit import GroupCommit
 from .ledger_write import Write, apply_writes, commit_sqlite_group
 from .models import EntryType, JsonType
@@ -384,9 +384,10 @@ def day_label(moment: datetime) -> str:
     return f"{moment:%b} {moment.day}, {moment.year}"
 
 
-# Several keys: one probe of that index per key (PostgreSQL), or one IN list (SQLite).
+# Several keys: one probe of that index per key (PostgreSQL), or one IN list (SQLite). PostgreSQL gets the
+# keys as one JSON array (`json_keys`): as a list, psycopg would dump them with a Python call per key.
 _FIND_BY_KEYS_PG = sa.text(
-    f"SELECT e.* FROM unnest(CAST(:keys AS VARCHAR[])) AS k(key) CROSS JOIN LATERAL ("
+    f"SELECT e.* FROM json_array_elements_text(CAST(:keys AS json)) AS k(key) CROSS JOIN LATERAL ("
     f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE account_id = :account_id "
     "AND idempotency_key >= k.key AND idempotency_key <= k.key ORDER BY idempotency_key LIMIT 1) e"
 ).columns(**_RESULT_TYPES)
@@ -401,8 +402,10 @@ def find_entries(conn: Connection, account_id: int, idempotency_keys: Sequence[s
     """`find_entry` for several keys in one query: {key: its entry, marked as a replay}."""
     if not idempotency_keys:
         return {}
-    query = _FIND_BY_KEYS_SQLITE if conn.dialect.name == "sqlite" else _FIND_BY_KEYS_PG
-    rows = conn.execute(query, {"account_id": account_id, "keys": list(idempotency_keys)})
+    if conn.dialect.name == "sqlite":
+        rows = conn.execute(_FIND_BY_KEYS_SQLITE, {"account_id": account_id, "keys": list(idempotency_keys)})
+    else:
+        rows = conn.execute(_FIND_BY_KEYS_PG, {"account_id": account_id, "keys": json_keys(idempotency_keys)})
     return {row.idempotency_key: _entry_from_row(row, replayed=True) for row in rows}
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .billing_profile import table_of
-from .db import dialect_insert, insert_many, one_of
+from .db import dialect_insert, insert_many, json_keys, one_of
 from .models import UsageRemainder, UsageReport
 from .money import UNITS_PER_CREDIT
 
@@ -176,12 +176,23 @@ def uncharged_reports(conn: Connection, account_id: int, idempotency_keys: Colle
     """`uncharged_report` for several keys in one query: {key: fingerprint} of those that were seen."""
     if not idempotency_keys:
         return {}
-    rows = conn.execute(
-        sa.select(_report.c.idempotency_key, _report.c.fingerprint).where(
-            _report.c.account_id == account_id, one_of(conn, _report.c.idempotency_key, idempotency_keys)
+    if conn.dialect.name == "postgresql":  # the keys as one JSON array (db.json_keys)
+        rows = conn.execute(_UNCHARGED_PG, {"account_id": account_id, "keys": json_keys(idempotency_keys)})
+    else:
+        rows = conn.execute(
+            sa.select(_report.c.idempotency_key, _report.c.fingerprint).where(
+                _report.c.account_id == account_id, one_of(conn, _report.c.idempotency_key, idempotency_keys)
+            )
         )
-    )
     return {key: fingerprint for key, fingerprint in rows}
+
+
+# one probe of the primary key per key, as ledger.find_entries probes its key index
+_UNCHARGED_PG = sa.text(
+    "SELECT r.idempotency_key, r.fingerprint FROM json_array_elements_text(CAST(:keys AS json)) AS k(key) "
+    "CROSS JOIN LATERAL (SELECT idempotency_key, fingerprint FROM usage_report WHERE account_id = :account_id "
+    "AND idempotency_key >= k.key AND idempotency_key <= k.key ORDER BY idempotency_key LIMIT 1) r"
+)
 
 
 def record_uncharged(

@@ -165,7 +165,8 @@ def mixed_events(n: int, seed: int) -> list[UsageEvent]:
     rng = random.Random(seed)
     events: list[UsageEvent] = []
     for i in range(n):
-        k = f"ev-{seed}-{i}"
+        # keys beyond plain ASCII, with what array and JSON syntax quote (PostgreSQL gets them as one JSON array)
+        k = f"ev-{seed}-{i}" + ("", ' "q", \\b', "{x,y} NULL", "caf\u00e9 \u2713 \U0001f4de")[i % 4]
         roll = rng.random()
         if roll < 0.35:
             events.append(tokens(k, str(rng.choice([1, 7, 277, 400, 2000]))))
