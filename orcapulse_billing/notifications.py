@@ -39,10 +39,18 @@ class Notifier:
     # -- ledger listener ----------------------------------------------------------------------
 
     def on_postings(self, entries: list[PostedEntry]) -> None:
+        """Every email the postings call for: their low-balance crossings' and their documents'. (The app
+        computes the crossings once for these emails and the webhooks: services.low_balance_listener.)"""
         with self.engine.connect() as conn:
             crossed = crossings(conn, entries, to_units(self.settings.low_balance_threshold))
+        self.on_crossings(crossed)
+        self.on_documents(entries)
+
+    def on_crossings(self, crossed: Sequence[Crossing]) -> None:
         for crossing in crossed:
             self.crossed(crossing)
+
+    def on_documents(self, entries: list[PostedEntry]) -> None:
         documented = [e.id for e in entries if e.type in DOCUMENTED_TYPES]  # purchases, refunds
         if documented:
             self.document_emails(documented)

@@ -26,8 +26,8 @@ def get_event_bus() -> EventBus:
 def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
-    ledger.add_listener(get_notifier(engine).on_postings)
-    ledger.add_listener(balance_webhooks(engine))
+    ledger.add_listener(low_balance_listener(engine, get_notifier(engine)))
+    ledger.add_listener(get_notifier(engine).on_documents)
     # a recharge calls the card network: never on the thread of the posting that triggered it
     ledger.add_listener(
         lambda entries: (
@@ -39,13 +39,24 @@ def _ledger_for(engine: Engine) -> Ledger:
     return ledger
 
 
-def balance_webhooks(engine: Engine):
-    """balance.low and balance.recovered webhooks: the crossings the emails are sent for (low_balance.py)"""
+def low_balance_listener(engine: Engine, notifier: Notifier | None = None):
+    """Ledger listener for the crossings of the low-balance threshold (low_balance.crossings), computed once
+    per commit for both what is sent for them: the owners' emails (`notifier`, when given) and the
+    balance.low and balance.recovered webhooks. One failing does not keep the other from being written."""
     from . import webhooks
+    from .low_balance import crossings
     from .money import to_units
 
     def listen(entries) -> None:
-        webhooks.on_postings(engine, entries, to_units(get_settings().low_balance_threshold))
+        with engine.connect() as conn:
+            crossed = crossings(conn, entries, to_units(get_settings().low_balance_threshold))
+        if not crossed:
+            return
+        try:
+            webhooks.on_crossings(engine, crossed)
+        finally:
+            if notifier is not None:
+                notifier.on_crossings(crossed)
 
     return listen
 

@@ -588,10 +588,10 @@ def test_completed_top_ups_and_refunds_are_sent(engine, ledger, receiver):
 def test_a_low_balance_crossing_is_sent_once(engine, receiver):
     from orcapulse_billing.config import get_settings
     from orcapulse_billing.ledger import Ledger
-    from orcapulse_billing.services import balance_webhooks
+    from orcapulse_billing.services import low_balance_listener
 
     ledger = Ledger(engine, grace_limit=Decimal(5))
-    listener = balance_webhooks(engine)
+    listener = low_balance_listener(engine)
     ledger.add_listener(listener)  # as the app's ledger (services.py)
     org = make_org(engine, ledger)
     _, secret = add(engine, org, receiver.url, ["balance.low"])

@@ -59,7 +59,7 @@ from .endpoints import (
     set_endpoint_enabled,
 )
 from .log import Delivery, attempts_for, list_deliveries
-from .outbox import emit, emit_now, message_id, on_postings, send_test_event
+from .outbox import emit, emit_now, message_id, on_crossings, send_test_event
 from .urls import Resolver, system_resolver, validate_url
 
 __all__ = [
@@ -91,7 +91,7 @@ __all__ = [
     "list_endpoints",
     "message_id",
     "new_secret",
-    "on_postings",
+    "on_crossings",
     "remove_audited",
     "remove_endpoint",
     "send_test_event",

@@ -8,17 +8,19 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import writer
-from ..ledger import PostedEntry
 from ..models import utcnow
 from ..money import fmt4
 from .common import ENDPOINTS, EVENT_TYPES, MESSAGES, TEST_EVENT, WebhookError
 from .endpoints import get_endpoint
+
+if TYPE_CHECKING:
+    from ..low_balance import Crossing
 
 
 def message_id(organization_id: int, key: str) -> str:
@@ -100,16 +102,12 @@ def emit_now(engine: Engine, organization_id: int, event_type: str, data: Mappin
         return emit(conn, organization_id, event_type, data, key=key)
 
 
-def on_postings(engine: Engine, entries: Sequence[PostedEntry], default_threshold: int) -> None:
-    """Ledger listener: `balance.low` for each entry that crossed below its organization's threshold,
-    `balance.recovered` for each that crossed back to or above it (low_balance.crossings: the same
-    crossings the emails are sent for, `default_threshold` in units being LOW_BALANCE_THRESHOLD):
-    once per crossing, keyed by the entry (heard twice, written once). Decided after the posting's
-    commit, so each is written in a transaction of its own."""
-    from ..low_balance import crossings
-
-    with engine.connect() as conn:
-        crossed = crossings(conn, entries, default_threshold)
+def on_crossings(engine: Engine, crossed: Sequence[Crossing]) -> None:
+    """`balance.low` for each entry that crossed below its organization's threshold, `balance.recovered`
+    for each that crossed back to or above it (low_balance.crossings: the same crossings the emails are
+    sent for, computed once per commit by services.low_balance_listener): once per crossing, keyed by the
+    entry (heard twice, written once). Decided after the posting's commit, so each is written in a
+    transaction of its own."""
     for crossing in crossed:
         entry = crossing.entry
         with writer(engine).begin() as conn:
