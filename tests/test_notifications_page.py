@@ -72,3 +72,37 @@ def _wait_saved(conn, org) -> bool:
         conn.rollback()
         time.sleep(0.1)
     return False
+
+
+def test_an_unsaved_threshold_edit_survives_the_page_showing_its_content_again(
+    app, page, app_engine, app_ledger, monkeypatch
+):
+    """The card reads the saved setting when it mounts, and it mounts again whenever the page's content
+    does (after its error state, after its load's skeleton; in dev, React mounts twice): that must not
+    put the saved setting back over an edit the owner has not saved yet."""
+    from orcapulse_billing.pages.billing import data as billing  # the page's reads (the app runs in this process)
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("database unreachable")
+
+    org = Org(app_engine, app_ledger)
+    org.post("purchase", "40")
+    open_billing(page, app, org, "owner")
+    card = page.get_by_test_id("notifications-card")
+    expect(card.get_by_test_id("threshold-in-force")).to_have_text("In force now: $5.00", timeout=20_000)
+    card.get_by_test_id("threshold-mode-percent").click()
+    card.get_by_test_id("threshold-percent").fill("50")
+    card.get_by_test_id("threshold-percent").blur()  # the input's debounced change goes now
+    monkeypatch.setattr(billing, "history_page", broken)
+    page.get_by_test_id("refresh-button").click()
+    expect(page.get_by_test_id("error-alert")).to_be_visible(timeout=20_000)  # the content is gone
+    expect(page.get_by_test_id("notifications-card")).to_have_count(0)
+    monkeypatch.undo()
+    page.get_by_test_id("refresh-button").click()
+    card = page.get_by_test_id("notifications-card")  # mounted anew
+    expect(card.get_by_test_id("threshold-mode-percent")).to_have_attribute("data-state", "on", timeout=20_000)
+    expect(card.get_by_test_id("threshold-percent")).to_have_value("50")
+    card.get_by_test_id("threshold-save").click()
+    expect(card.get_by_test_id("threshold-in-force")).to_have_text(
+        "In force now: $20.00 (50% of the last top-up, $40.00)", timeout=20_000
+    )

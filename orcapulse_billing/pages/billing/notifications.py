@@ -53,9 +53,13 @@ class NotificationsState(SessionState):
     saving: bool = False
     switches: list[dict[str, str]] = []  # key, label, description, on ("true" | "false")
     _bound: str = ""
+    # The owner changed the form since it was loaded or saved. The card loads on mount, and it mounts
+    # again whenever the page's content does (the page's own load shows the skeleton first, and in dev
+    # React mounts twice): that must not put the saved setting back over an edit not yet saved.
+    _editing: bool = False
 
     def _clear(self) -> None:
-        self.visible, self.saving, self.switches = False, False, []
+        self.visible, self.saving, self.switches, self._editing = False, False, [], False
         self.mode, self.amount, self.percent, self.in_force, self.error, self._bound = "default", "", "", "", "", ""
 
     def _owner(self) -> Principal | None:
@@ -87,21 +91,21 @@ class NotificationsState(SessionState):
     async def load_notifications(self):
         principal = self._owner()
         if principal is not None:
-            await self._reload(principal, form=True)
+            await self._reload(principal, form=not self._editing)
 
     @rx.event
     def set_threshold_mode(self, value: str | list[str]):
         value = value[0] if isinstance(value, list) and value else value
         if value in low_balance.MODES:
-            self.mode, self.error = str(value), ""
+            self.mode, self.error, self._editing = str(value), "", True
 
     @rx.event
     def set_threshold_amount(self, value: str):
-        self.amount, self.error = str(value)[:20], ""
+        self.amount, self.error, self._editing = str(value)[:20], "", True
 
     @rx.event
     def set_threshold_percent(self, value: str):
-        self.percent, self.error = str(value)[:10], ""
+        self.percent, self.error, self._editing = str(value)[:10], "", True
 
     @rx.event
     async def save_threshold(self):
@@ -125,6 +129,7 @@ class NotificationsState(SessionState):
         try:
             await asyncio.to_thread(low_balance.save_audited, get_engine(), principal, setting, self._client_ip())
             await self._reload(principal, form=True)
+            self._editing = False
         finally:
             self.saving = False
         yield rx.toast.success("Low-balance threshold saved.")
