@@ -40,7 +40,7 @@ def tokens(key: str, n: str = "277", model: str = "gpt-4o-mini", status: str = "
 
 def event(key: str, operation: str, quantity: str, session: str | None = None, **kw) -> UsageEvent:
     info = (
-        SessionInfo(  # every column of its billing_session row (insert_many sends each as an array on PostgreSQL)
+        SessionInfo(  # every column of its billing_session row (insert_many sends the rows as JSON on PostgreSQL)
             id=session,
             agent_id="agent_b",
             agent_name="Batch desk é’",
