@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from .config import Settings
 from .db import writer
 from .ledger import PostedEntry
-from .low_balance import Crossing, crossings
+from .low_balance import Crossing
 from .models import EmailAttachment, EmailOutbox, Membership, Organization, User
 from .money import fmt_balance, to_units
 from .notification_preferences import category_of, muted_by
@@ -37,14 +37,6 @@ class Notifier:
         self._sending = threading.Lock()
 
     # -- ledger listener ----------------------------------------------------------------------
-
-    def on_postings(self, entries: list[PostedEntry]) -> None:
-        """Every email the postings call for: their low-balance crossings' and their documents'. (The app
-        computes the crossings once for these emails and the webhooks: services.low_balance_listener.)"""
-        with self.engine.connect() as conn:
-            crossed = crossings(conn, entries, to_units(self.settings.low_balance_threshold))
-        self.on_crossings(crossed)
-        self.on_documents(entries)
 
     def on_crossings(self, crossed: Sequence[Crossing]) -> None:
         for crossing in crossed:

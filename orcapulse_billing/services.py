@@ -4,6 +4,7 @@ jobs) take their collaborators from here instead of constructing them."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 
 from sqlalchemy.engine import Engine
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Engine
 from .config import get_settings
 from .db import get_engine
 from .events import EventBus
-from .ledger import Ledger, get_account
+from .ledger import Ledger, PostedEntry, get_account
 from .money import fmt4
 from .notifications import Notifier
 
@@ -26,8 +27,8 @@ def get_event_bus() -> EventBus:
 def _ledger_for(engine: Engine) -> Ledger:
     ledger = Ledger(engine, grace_limit=get_settings().grace_limit)
     ledger.add_listener(_publisher(engine))
-    ledger.add_listener(low_balance_listener(engine, get_notifier(engine)))
-    ledger.add_listener(get_notifier(engine).on_documents)
+    for listener in notification_listeners(engine, get_notifier(engine)):
+        ledger.add_listener(listener)
     # a recharge calls the card network: never on the thread of the posting that triggered it
     ledger.add_listener(
         lambda entries: (
@@ -37,6 +38,12 @@ def _ledger_for(engine: Engine) -> Ledger:
         )
     )
     return ledger
+
+
+def notification_listeners(engine: Engine, notifier: Notifier) -> list[Callable[[list[PostedEntry]], None]]:
+    """The ledger listeners for what committed postings send: the low-balance crossings' emails and
+    webhooks, and the purchase and refund emails with their documents."""
+    return [low_balance_listener(engine, notifier), notifier.on_documents]
 
 
 def low_balance_listener(engine: Engine, notifier: Notifier | None = None):

@@ -27,7 +27,7 @@ from orcapulse_billing.models import EmailOutbox, WebhookMessage
 from orcapulse_billing.money import to_units
 from orcapulse_billing.notifications import Notifier
 from orcapulse_billing.payments.flow import credit_postings
-from orcapulse_billing.services import low_balance_listener
+from orcapulse_billing.services import notification_listeners
 
 from .apiutil import Org
 from .conftest import GRACE
@@ -44,9 +44,10 @@ class Wired:
         self.ledger = Ledger(engine, grace_limit=GRACE)
         self.notifier = Notifier(engine, dataclasses.replace(load_settings(), smtp_host=None))
         # as the app's ledger (services.py): the crossings once for the emails and the webhooks
-        self.crossing_listener = low_balance_listener(engine, self.notifier)
-        self.ledger.add_listener(self.crossing_listener)
-        self.ledger.add_listener(self.notifier.on_documents)
+        listeners = notification_listeners(engine, self.notifier)
+        self.crossing_listener = listeners[0]
+        for listener in listeners:
+            self.ledger.add_listener(listener)
         self.org = Org(engine, self.ledger, roles=roles)
         self.id = self.org.id
         webhooks.add_endpoint(
@@ -137,8 +138,7 @@ def test_down_then_up_is_one_low_and_one_recovered_email_and_webhook(engine):
     [purchase] = wired.topup("5")  # 12: recovered
     wired.topup("1")  # 13: staying above sends nothing
     wired.post("usage", "-2.5")  # 10.5
-    wired.notifier.on_postings([low, purchase])  # heard again (another worker): written once
-    wired.crossing_listener([low, purchase])
+    wired.crossing_listener([low, purchase])  # heard again (another worker): written once
     assert wired.emails() == [("low_balance", owner), ("balance_recovered", owner)]  # owners only
     assert wired.events() == [
         (

@@ -16,6 +16,7 @@ from orcapulse_billing.accounts import account_id_for, add_user, create_organiza
 from orcapulse_billing.config import load_settings
 from orcapulse_billing.ledger import Ledger, Posting
 from orcapulse_billing.notifications import Notifier
+from orcapulse_billing.services import notification_listeners
 
 from .conftest import GRACE
 from .sandboxes import free_port
@@ -77,7 +78,9 @@ def test_one_email_per_crossing_over_real_smtp(engine, smtp_server):
     )
     notifier = Notifier(engine, settings)
     ledger = Ledger(engine, grace_limit=GRACE)
-    ledger.add_listener(notifier.on_postings)
+    listeners = notification_listeners(engine, notifier)  # as the app's ledger
+    for listener in listeners:
+        ledger.add_listener(listener)
     org, account_id, owner = _org(engine, ledger)
 
     def mine():  # the outbox also flushes mail other tests left queued in this database
@@ -112,11 +115,14 @@ def test_without_smtp_the_email_waits_in_the_outbox(engine):
     settings = dataclasses.replace(load_settings(), smtp_host=None)
     notifier = Notifier(engine, settings)
     ledger = Ledger(engine, grace_limit=GRACE)
-    ledger.add_listener(notifier.on_postings)
+    listeners = notification_listeners(engine, notifier)  # as the app's ledger
+    for listener in listeners:
+        ledger.add_listener(listener)
     org, account_id, owner = _org(engine, ledger)
     ledger.post(Posting(account_id, "bonus", "6", "grant"))
     entry = ledger.post(Posting(account_id, "usage", "-2", "usage", category="sms"))
-    notifier.on_postings([entry])  # a second delivery of the same posting writes nothing new
+    for listener in listeners:
+        listener([entry])  # a second delivery of the same posting writes nothing new
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT to_address, kind, sent_at FROM email_outbox WHERE organization_id = :o"), {"o": org.id}

@@ -356,6 +356,7 @@ def test_the_receipt_goes_out_over_smtp_as_a_pdf_attachment(engine, smtp_server)
     from orcapulse_billing.ledger import Ledger
     from orcapulse_billing.notifications import Notifier
     from orcapulse_billing.receipt_pdf import render
+    from orcapulse_billing.services import notification_listeners
 
     from .test_notifications import _wait_for
     from .test_receipt_numbers import _complete_concurrently, _open_purchases
@@ -365,7 +366,8 @@ def test_the_receipt_goes_out_over_smtp_as_a_pdf_attachment(engine, smtp_server)
         load_settings(), smtp_host="127.0.0.1", smtp_port=controller.port, smtp_starttls=False
     )
     ledger = Ledger(engine, grace_limit=Decimal(5))
-    ledger.add_listener(Notifier(engine, settings).on_postings)
+    for listener in notification_listeners(engine, Notifier(engine, settings)):  # as the app's ledger
+        ledger.add_listener(listener)
     org = Org(engine, ledger, roles=("owner", "member"))
     _complete_concurrently(ledger, _open_purchases(engine, org, 1), deliveries=1, fail=lambda pid: False)
     with engine.connect() as conn:
