@@ -200,8 +200,8 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 1024 * 1024
     hold_ttl_seconds: int = 900  # HOLD_TTL_SECONDS: an active hold not captured or released by then expires
-    # SWEEP_INTERVAL_SECONDS: how often the safety nets run, once per deployment: the auto-recharge sweep
-    # and the reconcile round (which also runs at start-up)
+    # SWEEP_INTERVAL_SECONDS: how often the safety nets run, once per deployment: the auto-recharge sweep,
+    # the reconcile round (which also runs at start-up) and the notice sweep
     sweep_interval_seconds: int = 300
 
     @property

@@ -234,6 +234,35 @@ async def auto_recharge_sweep_loop(
             log.exception("auto-recharge sweep failed")
 
 
+async def notice_sweep_loop(
+    every_seconds: int | None = None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Lifespan task: the safety net for the notices of committed postings that no listener wrote (a
+    worker died between a commit and its listeners: notice_sweep.py), every SWEEP_INTERVAL_SECONDS
+    (5 minutes), once per deployment."""
+    from .config import get_settings
+    from .db import get_engine
+    from .services import sweep_notices
+
+    every_seconds = every_seconds or get_settings().sweep_interval_seconds
+    while True:
+        await sleep(every_seconds)
+        try:
+            run = await asyncio.to_thread(
+                _locked_round, get_engine(), "notice-sweep", get_settings().redis_url, sweep_notices, every_seconds
+            )
+            if run is not None and (run.failed or run.crossings or run.documents):
+                log.info(
+                    "notice sweep: %d accounts, %d crossings and %d documents judged, %d accounts failed",
+                    run.accounts,
+                    run.crossings,
+                    run.documents,
+                    run.failed,
+                )
+        except Exception:
+            log.exception("notice sweep failed")
+
+
 async def reconcile_loop(
     every_seconds: int | None = None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 ) -> None:

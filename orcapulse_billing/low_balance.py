@@ -203,6 +203,37 @@ def current_threshold(conn: Connection, organization_id: int, default_units: int
     return _in_force(setting, default_units, last)
 
 
+def thresholds_between(
+    conn: Connection, account_id: int, default_units: int, after_seq: int, upto_seq: int
+) -> set[int]:
+    """Every threshold the account's entries with `seq` in (after_seq, upto_seq] can be judged by now: the
+    one of an amount or the default, or in percent mode one per top-up they may follow (the last one
+    before them and each among them), and the default for those before the first top-up. To pick out
+    the entries that may cross one; `crossings` then judges each by its own."""
+    row = conn.execute(
+        sa.select(SETTINGS.c.mode, SETTINGS.c.amount, SETTINGS.c.percent)
+        .select_from(ACCOUNTS.outerjoin(SETTINGS, SETTINGS.c.organization_id == ACCOUNTS.c.organization_id))
+        .where(ACCOUNTS.c.id == account_id)
+    ).first()
+    setting = _setting(row.mode, row.amount, row.percent) if row is not None else DEFAULT
+    if setting.mode != "percent" or setting.percent is None:
+        return {_in_force(setting, default_units, None).units}
+    inside = conn.execute(
+        sa.select(ENTRIES.c.amount).where(
+            ENTRIES.c.account_id == account_id,
+            ENTRIES.c.kind == "topup",
+            ENTRIES.c.type == "purchase",
+            ENTRIES.c.seq > after_seq,
+            ENTRIES.c.seq <= upto_seq,
+        )
+    ).scalars()
+    before = _last_topups(conn, account_id, after_seq, 1)
+    found = {percent_of(int(amount), setting.percent) for amount in [*inside, *(a for _, a in before)]}
+    if not before:
+        found.add(default_units)  # percent mode before any top-up
+    return found
+
+
 def crossings(conn: Connection, entries: Sequence[PostedEntry], default_units: int) -> list[Crossing]:
     """The entries that crossed their account's threshold, each judged by the threshold in force for
     it (module docstring). One read per account for the setting, one more in percent mode."""

@@ -7,7 +7,13 @@ from .config import require_safe_start
 from .grants import credit_expiry_loop
 from .heap import freeze_startup_heap
 from .holds import hold_expiry_loop
-from .jobs import auto_recharge_sweep_loop, phone_billing_loop, reconcile_loop, webhook_delivery_loop
+from .jobs import (
+    auto_recharge_sweep_loop,
+    notice_sweep_loop,
+    phone_billing_loop,
+    reconcile_loop,
+    webhook_delivery_loop,
+)
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
 from .pages.billing.fanout import LiveSync, fanout
@@ -27,6 +33,7 @@ app.add_middleware(LiveSync())
 app.register_lifespan_task(phone_billing_loop)  # once per deployment: the jobs take a lock
 app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once
+app.register_lifespan_task(notice_sweep_loop)  # every 5 minutes: the notices no listener wrote (a worker died)
 app.register_lifespan_task(webhook_delivery_loop)  # every 5 seconds, every worker: outbound webhooks due
 app.register_lifespan_task(hold_expiry_loop)  # every minute: holds past HOLD_TTL_SECONDS released
 app.register_lifespan_task(credit_expiry_loop)  # every 5 minutes: expired grants posted, 7-day warnings

@@ -11,9 +11,11 @@ from decimal import Decimal
 from sqlalchemy.engine import Engine
 
 from .accounts import AccountsError, account_id_for, add_user, create_organization, find_organization
+from .db import writer
 from .ledger import Ledger, Posting
 from .metering import SessionInfo, record_usage
 from .models import EntryType
+from .notice_sweep import mark_judged
 
 DEMO_ORG = "Demo Org"
 DEMO_OWNER = ("owner@demo.orcapulse.test", "demo-owner-pass")
@@ -55,6 +57,8 @@ def seed_demo(
         else:
             record_usage(ledger, org.id, markup_percent=markup_percent, **item)
         count += 1
+    with writer(engine).begin() as conn:  # history: the notice sweep starts after it
+        mark_judged(conn, account_id)
     return SeedResult(True, org.id, count)
 
 

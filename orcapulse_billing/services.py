@@ -50,22 +50,43 @@ def low_balance_listener(engine: Engine, notifier: Notifier | None = None):
     """Ledger listener for the crossings of the low-balance threshold (low_balance.crossings), computed once
     per commit for both what is sent for them: the owners' emails (`notifier`, when given) and the
     balance.low and balance.recovered webhooks. One failing does not keep the other from being written."""
-    from . import webhooks
     from .low_balance import crossings
     from .money import to_units
+
+    write = _crossing_writer(engine, notifier)
 
     def listen(entries) -> None:
         with engine.connect() as conn:
             crossed = crossings(conn, entries, to_units(get_settings().low_balance_threshold))
-        if not crossed:
-            return
+        if crossed:
+            write(crossed)
+
+    return listen
+
+
+def _crossing_writer(engine: Engine, notifier: Notifier | None):
+    """Writes the notices of crossings: the webhooks, then the emails even when the webhooks failed."""
+    from . import webhooks
+
+    def write(crossed) -> None:
         try:
             webhooks.on_crossings(engine, crossed)
         finally:
             if notifier is not None:
                 notifier.on_crossings(crossed)
 
-    return listen
+    return write
+
+
+def sweep_notices(engine: Engine):
+    """One round of the notice sweep (notice_sweep.py) with the app's emails and webhooks: what the
+    listeners above should have written for committed postings and did not."""
+    from .money import to_units
+    from .notice_sweep import sweep_notices as sweep
+
+    notifier = get_notifier(engine)
+    threshold = to_units(get_settings().low_balance_threshold)
+    return sweep(engine, threshold, _crossing_writer(engine, notifier), notifier.on_documents)
 
 
 def run_in_background(fn, *args) -> None:

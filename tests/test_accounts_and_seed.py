@@ -68,6 +68,11 @@ def test_demo_seed_runs_once_and_leaves_a_sound_ledger(tmp_path):
         }
         span = conn.execute(sa.text("SELECT MIN(created_at), MAX(created_at) FROM ledger_entry")).one()
         emails = {r[0] for r in conn.execute(sa.text("SELECT email FROM app_user"))}
+        # history, not news: the notice sweep starts after it
+        watermark = conn.execute(
+            sa.text("SELECT judged_seq FROM notice_watermark WHERE account_id = :a"), {"a": account_id}
+        ).scalar_one()
+    assert watermark == acct.transaction_count
     assert acct.transaction_count == first.entries + 1 and acct.balance > 0
     assert kinds["purchase"] == 3 and kinds["bonus"] == 1 and kinds["usage"] > 50
     assert {"ai_call", "sms", "chat"} <= categories

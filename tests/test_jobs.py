@@ -148,9 +148,9 @@ def test_run_once_with_redis():
         assert again
 
 
-@pytest.mark.parametrize("loop_name", ["auto_recharge_sweep_loop", "reconcile_loop"])
+@pytest.mark.parametrize("loop_name", ["auto_recharge_sweep_loop", "reconcile_loop", "notice_sweep_loop"])
 def test_the_safety_nets_run_every_sweep_interval_seconds(loop_name, monkeypatch, sqlite_url):
-    """Both 5-minute rounds wait SWEEP_INTERVAL_SECONDS between runs (the test suite's app server sets a
+    """The 5-minute rounds wait SWEEP_INTERVAL_SECONDS between runs (the test suite's app server sets a
     day, so that a round never lands in the middle of a test); a value that is not a positive number of
     seconds is refused at start-up. The loop's wait is handed in, never patched: this process may run the
     app server, whose own loops must keep their asyncio."""

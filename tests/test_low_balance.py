@@ -39,14 +39,15 @@ class Wired:
     """An organization on a ledger with the app's crossing listeners: emails (kept in the outbox:
     no SMTP) and webhooks (an endpoint subscribed to both balance events, never delivered here)."""
 
-    def __init__(self, engine, roles=("owner", "admin", "member")):
+    def __init__(self, engine, roles=("owner", "admin", "member"), *, listening: bool = True):
         self.engine = engine
         self.ledger = Ledger(engine, grace_limit=GRACE)
         self.notifier = Notifier(engine, dataclasses.replace(load_settings(), smtp_host=None))
-        # as the app's ledger (services.py): the crossings once for the emails and the webhooks
+        # as the app's ledger (services.py): the crossings once for the emails and the webhooks; without
+        # them (`listening=False`), as a worker that died between its commits and its listeners
         listeners = notification_listeners(engine, self.notifier)
         self.crossing_listener = listeners[0]
-        for listener in listeners:
+        for listener in listeners if listening else ():
             self.ledger.add_listener(listener)
         self.org = Org(engine, self.ledger, roles=roles)
         self.id = self.org.id

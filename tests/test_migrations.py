@@ -62,7 +62,8 @@ def test_downgrade_to_base_and_back(tmp_path):
 
 def test_upgrading_a_ledger_with_data_backfills_it(tmp_path, pg_database_factory):
     """An account with history at revision 0002 comes through the later migrations with its
-    per-kind sequences, counters and usage rollup filled in, on both databases."""
+    per-kind sequences, counters and usage rollup filled in, and the notice sweep's watermark at its
+    last entry, on both databases."""
     from orcapulse_billing.ledger import check_invariants
 
     for url in (f"sqlite:///{tmp_path / 'old.db'}", pg_database_factory()):
@@ -106,5 +107,7 @@ def test_upgrading_a_ledger_with_data_backfills_it(tmp_path, pg_database_factory
         with engine.connect() as conn:
             assert check_invariants(conn, 1) == []
             assert conn.execute(sa.text("SELECT usage_count, topup_count FROM credit_account")).one() == (2, 1)
+            # the notice sweep starts after the history the account had (0020)
+            assert conn.execute(sa.text("SELECT account_id, judged_seq FROM notice_watermark")).all() == [(1, 3)]
         engine.dispose()
         assert _diff(url) == []

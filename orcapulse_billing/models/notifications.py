@@ -133,6 +133,19 @@ class LowBalanceSetting(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
 
 
+class NoticeWatermark(SQLModel, table=True):
+    """How far the notice sweep (notice_sweep.py) has judged an account's entries: every entry with
+    `seq` at or below `judged_seq` has had its low-balance crossing and its document judged. An
+    account's entries commit in `seq` order (its row lock), so one number per account is exact. No
+    row: judged from the account's first entry."""
+
+    __tablename__ = "notice_watermark"
+
+    account_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("credit_account.id"), primary_key=True))
+    judged_seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    updated_at: datetime = _ts(nullable=False)
+
+
 class NotificationPreference(SQLModel, table=True):
     """One owner's choice for one category of emails in one organization. Without a row the category
     is on (the default), so a category added later reaches everyone until they turn it off."""
