@@ -203,6 +203,9 @@ class Settings:
     # SWEEP_INTERVAL_SECONDS: how often the safety nets run, once per deployment: the auto-recharge sweep,
     # the reconcile round (which also runs at start-up) and the notice sweep
     sweep_interval_seconds: int = 300
+    # WEBHOOK_RETENTION_DAYS: outbound webhook messages that are done are deleted, with their attempts, this
+    # many days after they finished (webhooks/retention.py)
+    webhook_retention_days: int = 30
 
     @property
     def production(self) -> bool:
@@ -262,6 +265,7 @@ def load_settings() -> Settings:
         max_body_bytes=_positive_int("MAX_BODY_BYTES", 1024 * 1024),
         hold_ttl_seconds=_positive_int("HOLD_TTL_SECONDS", 900),
         sweep_interval_seconds=_positive_int("SWEEP_INTERVAL_SECONDS", 300),
+        webhook_retention_days=_positive_int("WEBHOOK_RETENTION_DAYS", 30),
         cookie_secure=_flag("COOKIE_SECURE", app_url.strip().lower().startswith("https://")),
     )
 

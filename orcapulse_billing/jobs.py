@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import hashlib
 import logging
 import threading
@@ -307,6 +308,33 @@ async def webhook_delivery_loop(every_seconds: float = 5.0) -> None:
         except Exception:
             log.exception("webhook delivery failed")
         await asyncio.sleep(every_seconds)
+
+
+async def webhook_retention_loop(
+    every_seconds: float = 3600.0, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Lifespan task: every hour, once per deployment, delete the outbound webhook messages that finished
+    more than WEBHOOK_RETENTION_DAYS ago, with their attempts (webhooks/retention.py)."""
+    from .config import get_settings
+    from .db import get_engine
+    from .webhooks import prune_finished
+
+    while True:
+        await sleep(every_seconds)
+        days = get_settings().webhook_retention_days
+        try:
+            pruned = await asyncio.to_thread(
+                _locked_round,
+                get_engine(),
+                "webhook-retention",
+                get_settings().redis_url,
+                functools.partial(prune_finished, older_than=timedelta(days=days)),
+                int(every_seconds),
+            )
+            if pruned:
+                log.info("webhooks: %d messages older than %d days deleted", pruned, days)
+        except Exception:
+            log.exception("webhook retention failed")
 
 
 def add_phone_number(

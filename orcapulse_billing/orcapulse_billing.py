@@ -13,6 +13,7 @@ from .jobs import (
     phone_billing_loop,
     reconcile_loop,
     webhook_delivery_loop,
+    webhook_retention_loop,
 )
 from .pages import login  # noqa: F401  (register the pages)
 from .pages.billing import page  # noqa: F401
@@ -35,6 +36,7 @@ app.register_lifespan_task(auto_recharge_sweep_loop)
 app.register_lifespan_task(reconcile_loop)  # at start-up and every 5 minutes: paid charges credited once
 app.register_lifespan_task(notice_sweep_loop)  # every 5 minutes: the notices no listener wrote (a worker died)
 app.register_lifespan_task(webhook_delivery_loop)  # every 5 seconds, every worker: outbound webhooks due
+app.register_lifespan_task(webhook_retention_loop)  # every hour: finished webhook messages past their retention
 app.register_lifespan_task(hold_expiry_loop)  # every minute: holds past HOLD_TTL_SECONDS released
 app.register_lifespan_task(credit_expiry_loop)  # every 5 minutes: expired grants posted, 7-day warnings
 app.register_lifespan_task(freeze_startup_heap)  # last: the start-up heap out of the garbage collector's way

@@ -182,3 +182,63 @@ def test_the_safety_nets_run_every_sweep_interval_seconds(loop_name, monkeypatch
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_the_webhook_retention_round_deletes_what_finished_before_the_retention(monkeypatch, sqlite_url):
+    """One round of the hourly loop, for real on SQLite, with WEBHOOK_RETENTION_DAYS=7: a message that
+    finished 8 days ago goes with its attempts, one that finished 6 days ago stays."""
+    import asyncio
+    from datetime import timedelta
+
+    from orcapulse_billing import jobs, webhooks
+    from orcapulse_billing.config import get_settings
+    from orcapulse_billing.db import make_engine, writer
+    from orcapulse_billing.models import WebhookAttempt, WebhookMessage
+
+    from .apiutil import Org
+
+    engine = make_engine(sqlite_url)
+    org = Org(engine, Ledger(engine, grace_limit=GRACE), roles=("owner",))
+    webhooks.add_endpoint(
+        engine, org.id, "http://127.0.0.1:9/hook", ["credits.added"], production=False, user_id=org.user_ids["owner"]
+    )
+    ids = []
+    for key, days in (("eight", 8), ("six", 6)):
+        with writer(engine).begin() as conn:
+            webhooks.emit(conn, org.id, "credits.added", {"amount": "1.0000"}, key=key)
+            message = conn.execute(sa.select(sa.func.max(WebhookMessage.id))).scalar_one()
+            finished = datetime.now(UTC) - timedelta(days=days)
+            conn.execute(
+                sa.update(WebhookMessage)
+                .where(WebhookMessage.id == message)
+                .values(status="delivered", finished_at=finished, attempts=1)
+            )
+            conn.execute(
+                sa.insert(WebhookAttempt).values(
+                    message_id=message, attempt=1, status_code=200, duration_ms=5, attempted_at=finished
+                )
+            )
+        ids.append(message)
+    rounds: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the first wait passes, the second stops the loop
+        rounds.append(seconds)
+        if len(rounds) > 1:
+            raise asyncio.CancelledError
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("WEBHOOK_RETENTION_DAYS", "7")
+    get_settings.cache_clear()
+    try:
+        # on a thread of its own: in the suite's app part, Playwright's sync API keeps a loop running on this one
+        with ThreadPoolExecutor(1) as thread, pytest.raises(asyncio.CancelledError):
+            thread.submit(asyncio.run, jobs.webhook_retention_loop(sleep=sleep)).result()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert rounds == [3600.0, 3600.0]
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(WebhookMessage.id).where(WebhookMessage.organization_id == org.id)).scalars()
+        attempts = conn.execute(sa.select(WebhookAttempt.message_id).where(WebhookAttempt.message_id.in_(ids)))
+        assert list(kept) == [ids[1]] and list(attempts.scalars()) == [ids[1]]
+    engine.dispose()

@@ -328,6 +328,26 @@ def test_5xx_answers_are_retried_with_backoff_and_the_same_webhook_id(engine, le
         receiver.stop()
 
 
+def test_finished_messages_are_deleted_with_their_attempts_after_the_retention(engine, ledger, receiver):
+    org = make_org(engine, ledger)
+    add(engine, org, receiver.url)
+    emit(engine, org, key="purchase:old")
+    emit(engine, org, key="purchase:new")
+    assert deliver(engine, org).delivered == 2
+    emit(engine, org, key="purchase:waiting")  # pending: never deleted, however old
+    old, new, waiting = messages(engine, org)
+    month_ago = datetime.now(UTC) - timedelta(days=31)
+    with writer(engine).begin() as conn:
+        conn.execute(sa.update(WebhookMessage).where(WebhookMessage.id == old.id).values(finished_at=month_ago))
+        conn.execute(sa.update(WebhookMessage).where(WebhookMessage.id == waiting.id).values(created_at=month_ago))
+    assert webhooks.prune_finished(engine, timedelta(days=30)) >= 1  # other tests' messages are all recent
+    assert [(m.id, m.status) for m in messages(engine, org)] == [(new.id, "delivered"), (waiting.id, "pending")]
+    assert attempts(engine, old.id) == [] and len(attempts(engine, new.id)) == 1
+    with engine.connect() as conn:
+        logged = webhooks.list_deliveries(conn, org.id)
+    assert [d.msg_id for d in logged] == [waiting.msg_id, new.msg_id]  # the delivery log, newest first
+
+
 def test_a_receiver_that_is_down_for_a_while_gets_the_events_when_it_is_back(engine, ledger):
     org = make_org(engine, ledger)
     port = free_port()

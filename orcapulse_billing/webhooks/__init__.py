@@ -19,6 +19,8 @@ its libraries.
   `FOR UPDATE SKIP LOCKED`, so concurrent senders take different rows; SQLite: `BEGIN IMMEDIATE`),
   and records the result only if the claim is still its own (same attempt count). A sender that dies
   mid-way leaves its messages due again when the lease ends: at least once, as the spec expects.
+- **Retention** (`prune_finished`, a lifespan job every hour): messages that are done are deleted
+  with their attempts `WEBHOOK_RETENTION_DAYS` (30) after they finished; pending ones never.
 - **Where endpoints may point.** https only in production mode (config.Settings.production); never a
   private, link-local, unique-local, loopback or otherwise non-public address, checked for every
   address the host name resolves to, at registration and again before each attempt (so a name later
@@ -27,7 +29,7 @@ its libraries.
 
 The package, by concern: `common` (event types, the refusal error, tables), `urls` (where endpoints
 may point), `endpoints`, `outbox` (emit, the balance crossings' listener, the test event), `delivery`
-(signing, claiming, sending, backoff), `log` (the delivery log) and `audited` (an owner's
+(signing, claiming, sending, backoff), `log` (the delivery log), `retention` and `audited` (an owner's
 add, enable or disable, and remove with their audit lines). Everything callers use is
 importable from here.
 """
@@ -60,6 +62,7 @@ from .endpoints import (
 )
 from .log import Delivery, attempts_for, list_deliveries
 from .outbox import emit, emit_now, message_id, on_crossings, send_test_event
+from .retention import prune_finished
 from .urls import Resolver, system_resolver, validate_url
 
 __all__ = [
@@ -92,6 +95,7 @@ __all__ = [
     "message_id",
     "new_secret",
     "on_crossings",
+    "prune_finished",
     "remove_audited",
     "remove_endpoint",
     "send_test_event",
