@@ -203,6 +203,16 @@ def current_threshold(conn: Connection, organization_id: int, default_units: int
     return _in_force(setting, default_units, last)
 
 
+def _account_setting(conn: Connection, account_id: int) -> tuple[int, ThresholdSetting] | None:
+    """The account's organization and its threshold setting (None: no such account)."""
+    row = conn.execute(
+        sa.select(ACCOUNTS.c.organization_id, SETTINGS.c.mode, SETTINGS.c.amount, SETTINGS.c.percent)
+        .select_from(ACCOUNTS.outerjoin(SETTINGS, SETTINGS.c.organization_id == ACCOUNTS.c.organization_id))
+        .where(ACCOUNTS.c.id == account_id)
+    ).first()
+    return (int(row.organization_id), _setting(row.mode, row.amount, row.percent)) if row is not None else None
+
+
 def thresholds_between(
     conn: Connection, account_id: int, default_units: int, after_seq: int, upto_seq: int
 ) -> set[int]:
@@ -210,12 +220,8 @@ def thresholds_between(
     one of an amount or the default, or in percent mode one per top-up they may follow (the last one
     before them and each among them), and the default for those before the first top-up. To pick out
     the entries that may cross one; `crossings` then judges each by its own."""
-    row = conn.execute(
-        sa.select(SETTINGS.c.mode, SETTINGS.c.amount, SETTINGS.c.percent)
-        .select_from(ACCOUNTS.outerjoin(SETTINGS, SETTINGS.c.organization_id == ACCOUNTS.c.organization_id))
-        .where(ACCOUNTS.c.id == account_id)
-    ).first()
-    setting = _setting(row.mode, row.amount, row.percent) if row is not None else DEFAULT
+    found_account = _account_setting(conn, account_id)
+    setting = found_account[1] if found_account is not None else DEFAULT
     if setting.mode != "percent" or setting.percent is None:
         return {_in_force(setting, default_units, None).units}
     inside = conn.execute(
@@ -242,14 +248,10 @@ def crossings(conn: Connection, entries: Sequence[PostedEntry], default_units: i
     for entry in entries:  # a replay is judged again: the dedupe keys keep its notices once
         by_account.setdefault(entry.account_id, []).append(entry)
     for account_id, group in by_account.items():
-        row = conn.execute(
-            sa.select(ACCOUNTS.c.organization_id, SETTINGS.c.mode, SETTINGS.c.amount, SETTINGS.c.percent)
-            .select_from(ACCOUNTS.outerjoin(SETTINGS, SETTINGS.c.organization_id == ACCOUNTS.c.organization_id))
-            .where(ACCOUNTS.c.id == account_id)
-        ).first()
-        if row is None:
+        found_account = _account_setting(conn, account_id)
+        if found_account is None:
             continue
-        setting = _setting(row.mode, row.amount, row.percent)
+        organization_id, setting = found_account
         topups: list[tuple[int, int]] = []
         if setting.mode == "percent":
             low, high = min(e.seq for e in group), max(e.seq for e in group)
@@ -265,7 +267,7 @@ def crossings(conn: Connection, entries: Sequence[PostedEntry], default_units: i
                 threshold = in_force[last] = _in_force(setting, default_units, last).units
             before, after = entry.balance_before_units, entry.balance_after_units
             if before >= threshold > after:
-                found.append(Crossing(entry, int(row.organization_id), threshold, "low"))
+                found.append(Crossing(entry, organization_id, threshold, "low"))
             elif before < threshold <= after and entry.seq > 1:  # an account's first credit recovers nothing
-                found.append(Crossing(entry, int(row.organization_id), threshold, "recovered"))
+                found.append(Crossing(entry, organization_id, threshold, "recovered"))
     return found
